@@ -1,0 +1,17 @@
+//! Everything the three tako-server roles share: the IPC messages, the framing that carries
+//! them (with file descriptors beside a frame), and the privilege helpers each role uses to
+//! shed what it does not need.
+
+pub mod frame;
+pub mod messages;
+pub mod privilege;
+
+pub use frame::{FrameError, FrameReader, FrameWriter, Outgoing, MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
+pub use messages::*;
+
+/// Version of the IPC protocol between the master and its children. Bumped on any change of
+/// the message enums; a child built from another version refuses to talk.
+pub const IPC_VERSION: u32 = 1;
+
+/// File descriptor number on which a child finds its IPC socket.
+pub const CHILD_IPC_FD: i32 = 3;

@@ -1,0 +1,274 @@
+//! The message enums, one per direction per pair. The type of a channel is the allowlist:
+//! the master decodes a worker's frames only as [`WorkerToMaster`], so a worker cannot send
+//! what only the launcher may send. Order-dependent rules (hello first, once) are checked by
+//! the receiving side with [`WorkerToMaster::is_hello`] and friends.
+
+use serde::{Deserialize, Serialize};
+
+/// Which listener an inherited socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListenerKind {
+    Http,
+    Https,
+}
+
+/// Settings a worker needs that never change during its life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    pub index: u32,
+    pub generation: u32,
+    pub http_port: u16,
+    pub https_port: u16,
+    /// CIDRs whose forwarded headers are believed, as given on the command line.
+    pub trusted_proxies: Vec<String>,
+    pub acme_enabled: bool,
+    /// Unix seconds when the master started, for `uptime_secs`.
+    pub server_started_unix_secs: u64,
+}
+
+/// One healthy instance a worker may send traffic to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub instance_id: u32,
+    pub port: u16,
+}
+
+/// Everything a worker needs to route and serve one app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRoutes {
+    pub name: String,
+    /// Normalized route strings, in deploy order.
+    pub routes: Vec<String>,
+    /// Canonical path of the live release; static files come from its `public/`.
+    pub release_path: String,
+    pub stopped: bool,
+    pub on_demand: bool,
+    /// Healthy instances of every live build: the rotation.
+    pub backends: Vec<Backend>,
+    /// An instance is starting: requests with no backend are held instead of refused.
+    pub starting: bool,
+}
+
+/// An immutable routing snapshot. `epoch` grows with every push so that the master knows
+/// when every worker has applied a change (a ready instance becomes healthy then).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub epoch: u64,
+    pub apps: Vec<AppRoutes>,
+}
+
+/// A certificate for the SNI resolver. `name` is a host, `*.domain` or `default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertEntry {
+    pub name: String,
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+}
+
+/// Why a cold start ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WakeOutcome {
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MasterToWorker {
+    Hello {
+        version: u32,
+        config: WorkerConfig,
+    },
+    /// The listening sockets, one descriptor per entry, in this order.
+    Listeners {
+        kinds: Vec<ListenerKind>,
+    },
+    Routes(RouteTable),
+    Certs(Vec<CertEntry>),
+    /// The rendered body of `tako.internal/status` and its health bit.
+    StatusPage {
+        body: String,
+        healthy: bool,
+    },
+    /// The rendered body of `tako.internal/metrics`.
+    MetricsPage {
+        body: String,
+    },
+    WakeResult {
+        app: String,
+        outcome: WakeOutcome,
+    },
+    /// Stop accepting, finish in-flight work within the deadline, then exit.
+    Drain {
+        deadline_ms: u64,
+    },
+}
+
+/// Per-instance counters from one worker: totals since the worker started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceCounters {
+    pub app: String,
+    pub instance_id: u32,
+    pub requests_total: u64,
+    pub in_flight: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerToMaster {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    /// Listeners are being served and the first route table is applied.
+    Ready,
+    RoutesApplied {
+        epoch: u64,
+    },
+    /// A request for an on-demand app found no instance: start one.
+    Wake {
+        app: String,
+    },
+    Counters(Vec<InstanceCounters>),
+}
+
+impl WorkerToMaster {
+    pub fn is_hello(&self) -> bool {
+        matches!(self, WorkerToMaster::Hello { .. })
+    }
+}
+
+/// Identity and paths the launcher needs for every instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LauncherConfig {
+    /// `Some` when running as root: instances switch to this user.
+    pub app_user: Option<RunAs>,
+    /// Owner of log files (the deploy user) when running as root.
+    pub log_owner: Option<RunAs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// Everything needed to start one instance. The environment is complete: the launcher
+/// adds nothing and inherits nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnSpec {
+    pub app: String,
+    pub instance_id: u32,
+    pub version: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub env: Vec<(String, String)>,
+    pub port: u16,
+    /// `<data-dir>/apps/<app>/shared/logs`
+    pub log_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstallSpec {
+    pub request_id: u64,
+    pub app: String,
+    /// The shell command (`sh -lc`), or the argv to run directly.
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub env: Vec<(String, String)>,
+    pub log_dir: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MasterToLauncher {
+    Hello {
+        version: u32,
+        config: LauncherConfig,
+    },
+    Spawn(SpawnSpec),
+    /// SIGTERM the instance's process group, SIGKILL after `grace_ms`. The master has
+    /// already drained it.
+    Stop {
+        app: String,
+        instance_id: u32,
+        grace_ms: u64,
+    },
+    /// SIGKILL the process group at once.
+    Kill {
+        app: String,
+        instance_id: u32,
+    },
+    Install(InstallSpec),
+    /// Stop every instance (SIGTERM, SIGKILL after `grace_ms`) and exit.
+    Shutdown {
+        grace_ms: u64,
+    },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InstanceEvent {
+    Spawned {
+        pid: u32,
+    },
+    /// The spawn itself failed (exec error, bad user).
+    SpawnFailed {
+        error: String,
+    },
+    /// The startup probe got a 2xx.
+    Ready,
+    /// No 2xx within the startup limit; the process group was killed.
+    StartupTimeout,
+    /// Two consecutive probe failures.
+    Unhealthy {
+        reason: String,
+    },
+    /// A probe succeeded again after `Unhealthy`.
+    Recovered,
+    /// Five consecutive probe failures; the master stops and replaces it.
+    Dead,
+    /// The process exited. `during_startup` carries the first output for the error text.
+    Exited {
+        status: ExitStatus,
+        during_startup: bool,
+        output: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InstallResult {
+    Ok,
+    Failed { status: ExitStatus, output: String },
+    TimedOut,
+    SpawnError { error: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LauncherToMaster {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Instance {
+        app: String,
+        instance_id: u32,
+        event: InstanceEvent,
+    },
+    InstallDone {
+        request_id: u64,
+        result: InstallResult,
+    },
+}
+
+impl LauncherToMaster {
+    pub fn is_hello(&self) -> bool {
+        matches!(self, LauncherToMaster::Hello { .. })
+    }
+}
