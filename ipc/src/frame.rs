@@ -54,7 +54,7 @@ fn bincode_config() -> Configuration<config::BigEndian, config::Varint, config::
 /// Encodes `msg` into a complete frame (header included) announcing `fd_count` descriptors.
 pub fn encode_frame<T: Serialize>(msg: &T, fd_count: u32) -> Result<Vec<u8>, FrameError> {
     let mut buf = vec![0u8; 4];
-    bincode::serde::encode_into_std_write(&(fd_count, msg), &mut buf, bincode_config())
+    bincode::serde::encode_into_std_write((fd_count, msg), &mut buf, bincode_config())
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = buf.len() - 4;
     if len > MAX_FRAME_LEN {
