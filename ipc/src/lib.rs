@@ -5,6 +5,7 @@
 pub mod frame;
 pub mod messages;
 pub mod privilege;
+pub mod route;
 
 pub use frame::{FrameError, FrameReader, FrameWriter, Outgoing, MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 pub use messages::*;
