@@ -72,7 +72,7 @@ pub enum WakeOutcome {
     Failed,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MasterToWorker {
     Hello {
         version: u32,
