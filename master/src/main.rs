@@ -1,1 +1,3 @@
+mod mgmt;
+mod state;
 fn main() {}

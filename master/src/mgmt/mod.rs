@@ -1,0 +1,3 @@
+pub mod linereader;
+pub mod protocol;
+pub mod validate;
