@@ -1,0 +1,314 @@
+//! The IPC loop with the master: hello, then orders until `Shutdown` or the master is gone.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tako_ipc::{
+    FrameError, FrameReader, FrameWriter, InstanceEvent, LauncherConfig, LauncherToMaster,
+    MasterToLauncher, IPC_VERSION,
+};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::context::{Ctx, Events, Outbound};
+use crate::instance::{self, Command};
+use crate::logs::LogWriterThread;
+use crate::reaper::Reaper;
+use crate::signal::AFTER_KILL_BOUND;
+use crate::{install, Limits};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the last events and log lines may take to be written out at exit.
+const FLUSH_BOUND: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    #[error("IPC protocol mismatch: the master speaks version {master}, this launcher speaks version {IPC_VERSION}; the master and launcher must come from the same tako-server binary")]
+    Version { master: u32 },
+    #[error("the master's first message was not a hello")]
+    NotHello,
+    #[error("the master closed the IPC channel before its hello")]
+    Closed,
+    #[error("no hello from the master within {} s", HELLO_TIMEOUT.as_secs())]
+    Timeout,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+pub fn run(ipc: StdUnixStream, limits: Limits) -> i32 {
+    // Orphaned grandchildren of instances come to us, so we can reap them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphaned app processes will go to init");
+    }
+    if let Err(e) = ipc.set_nonblocking(true) {
+        tracing::error!(error = %e, "cannot use the IPC socket");
+        return 1;
+    }
+    // One thread: instances get PR_SET_PDEATHSIG, which fires when the thread that forked
+    // them ends, so every spawn must come from the thread that lives as long as we do.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return 1;
+        }
+    };
+    let code = runtime.block_on(serve(ipc, limits));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+async fn hello(reader: &mut FrameReader<MasterToLauncher>) -> Result<LauncherConfig, HelloError> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, reader.recv())
+        .await
+        .map_err(|_| HelloError::Timeout)??;
+    match first {
+        None => Err(HelloError::Closed),
+        Some((MasterToLauncher::Hello { version, config }, _)) => {
+            if version == IPC_VERSION {
+                Ok(config)
+            } else {
+                Err(HelloError::Version { master: version })
+            }
+        }
+        Some(_) => Err(HelloError::NotHello),
+    }
+}
+
+async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
+    let stream = match UnixStream::from_std(ipc) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use the IPC socket");
+            return 1;
+        }
+    };
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FrameReader::<MasterToLauncher>::new(read_half);
+    let mut writer = FrameWriter::<LauncherToMaster>::new(write_half);
+    let config = match hello(&mut reader).await {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "launcher cannot start");
+            return 1;
+        }
+    };
+    let answer = LauncherToMaster::Hello {
+        version: IPC_VERSION,
+        pid: std::process::id(),
+    };
+    if let Err(e) = writer.send(&answer).await {
+        tracing::error!(error = %e, "cannot answer the master's hello");
+        return 1;
+    }
+
+    let log_thread = match LogWriterThread::start(config.log_owner.clone(), limits.log_rotate_bytes)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the log writer thread");
+            return 1;
+        }
+    };
+    let reaper = match Reaper::start() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGCHLD");
+            return 1;
+        }
+    };
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(write_events(writer, out_rx));
+    let ctx = Arc::new(Ctx {
+        config,
+        reaper,
+        logs: log_thread.sink(),
+        events: Events(out_tx.clone()),
+        limits: limits.clone(),
+    });
+    // SIGTERM (also our parent-death signal) means the master is gone (cli.md §6).
+    let mut sigterm = signal(SignalKind::terminate())
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGTERM"))
+        .ok();
+
+    tracing::info!("launcher ready");
+    let mut supervisor = Supervisor::new(ctx);
+    let (grace, code) = loop {
+        tokio::select! {
+            msg = reader.recv() => match msg {
+                // Descriptors have no meaning towards the launcher; dropping closes them.
+                Ok(Some((msg, _fds))) => {
+                    if let Some(grace) = supervisor.handle(msg) {
+                        tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested; stopping every instance");
+                        break (grace, 0);
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!("the master closed the IPC channel; stopping every instance");
+                    break (limits.master_gone_grace, 0);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "IPC channel failed; stopping every instance");
+                    break (limits.master_gone_grace, 1);
+                }
+            },
+            _ = next_signal(&mut sigterm) => {
+                tracing::warn!("SIGTERM: the master is gone; stopping every instance");
+                break (limits.master_gone_grace, 0);
+            }
+        }
+    };
+    supervisor.shutdown(grace).await;
+
+    let (ack_tx, ack_rx) = oneshot::channel();
+    if out_tx.send(Outbound::Flush(ack_tx)).is_ok() {
+        let _ = tokio::time::timeout(FLUSH_BOUND, ack_rx).await;
+    }
+    writer_task.abort();
+    log_thread.close(FLUSH_BOUND);
+    tracing::info!(code, "launcher exiting");
+    code
+}
+
+async fn next_signal(sig: &mut Option<Signal>) {
+    match sig {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+async fn write_events(
+    mut writer: FrameWriter<LauncherToMaster>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+) {
+    let mut broken = false;
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outbound::Msg(msg) => {
+                if broken {
+                    continue;
+                }
+                if let Err(e) = writer.send(&msg).await {
+                    tracing::warn!(error = %e, "cannot send to the master; dropping further events");
+                    broken = true;
+                }
+            }
+            Outbound::Flush(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
+/// Running instances and installs, keyed the way the master names them.
+struct Supervisor {
+    ctx: Arc<Ctx>,
+    instances: HashMap<(String, u32), instance::Handle>,
+    installs: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<Option<Duration>>,
+}
+
+impl Supervisor {
+    fn new(ctx: Arc<Ctx>) -> Self {
+        Self {
+            ctx,
+            instances: HashMap::new(),
+            installs: Vec::new(),
+            shutdown: watch::channel(None).0,
+        }
+    }
+
+    /// Handles one order. `Some(grace)` means shut down.
+    fn handle(&mut self, msg: MasterToLauncher) -> Option<Duration> {
+        self.instances.retain(|_, h| !h.task.is_finished());
+        self.installs.retain(|t| !t.is_finished());
+        match msg {
+            MasterToLauncher::Hello { .. } => {
+                tracing::warn!("ignoring a second hello from the master");
+            }
+            MasterToLauncher::Spawn(spec) => {
+                let key = (spec.app.clone(), spec.instance_id);
+                if self.instances.contains_key(&key) {
+                    self.ctx.events.instance(
+                        &spec.app,
+                        spec.instance_id,
+                        InstanceEvent::SpawnFailed {
+                            error: format!(
+                                "instance {} of app '{}' is already running",
+                                spec.instance_id, spec.app
+                            ),
+                        },
+                    );
+                } else if let Some(handle) = instance::start(spec, self.ctx.clone()) {
+                    self.instances.insert(key, handle);
+                }
+            }
+            MasterToLauncher::Stop {
+                app,
+                instance_id,
+                grace_ms,
+            } => self.command(
+                app,
+                instance_id,
+                Command::Stop {
+                    grace: Duration::from_millis(grace_ms),
+                },
+            ),
+            MasterToLauncher::Kill { app, instance_id } => {
+                self.command(app, instance_id, Command::Kill)
+            }
+            MasterToLauncher::Install(spec) => {
+                let task = install::start(spec, self.ctx.clone(), self.shutdown.subscribe());
+                self.installs.push(task);
+            }
+            MasterToLauncher::Shutdown { grace_ms } => {
+                return Some(Duration::from_millis(grace_ms));
+            }
+        }
+        None
+    }
+
+    fn command(&mut self, app: String, instance_id: u32, cmd: Command) {
+        match self.instances.get(&(app, instance_id)) {
+            Some(handle) => {
+                let _ = handle.commands.send(cmd);
+            }
+            // Already exited, and its Exited is on its way or sent.
+            None => tracing::debug!(
+                instance_id,
+                ?cmd,
+                "order for an instance that is not running"
+            ),
+        }
+    }
+
+    /// Stops every instance and install and waits (bounded) until each is reaped and reported.
+    async fn shutdown(&mut self, grace: Duration) {
+        for handle in self.instances.values() {
+            let _ = handle.commands.send(Command::Stop { grace });
+        }
+        let _ = self.shutdown.send(Some(grace));
+        let instances: Vec<_> = self.instances.drain().map(|(_, h)| h.task).collect();
+        let installs = std::mem::take(&mut self.installs);
+        let all = async move {
+            for task in instances.into_iter().chain(installs) {
+                let _ = task.await;
+            }
+        };
+        let bound = grace + AFTER_KILL_BOUND + Duration::from_secs(5);
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!("some instances did not finish stopping in time");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Output kept in memory for error messages: the first bytes of each stream during startup
+//! (instances.md §5, §7) or of an install (§2), and the trimming rule both messages share.
+
+/// Bytes kept per stream while an instance starts (§5).
+pub const STARTUP_CAPTURE_BYTES: usize = 4096;
+/// Bytes kept per stream of an install: enough for 400 characters after trimming.
+pub const INSTALL_CAPTURE_BYTES: usize = 16 * 1024;
+/// Longest output in an error message, in characters.
+pub const MESSAGE_MAX_CHARS: usize = 400;
+
+/// Which pipe bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+impl Stream {
+    /// The word in `app.log` lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stream::Out => "out",
+            Stream::Err => "err",
+        }
+    }
+}
+
+/// Trims `text` and cuts it to 400 characters, appending `...` when it was cut.
+pub fn summarize(text: &str) -> String {
+    let trimmed = text.trim();
+    match trimmed.char_indices().nth(MESSAGE_MAX_CHARS) {
+        Some((cut, _)) => format!("{}...", &trimmed[..cut]),
+        None => trimmed.to_string(),
+    }
+}
+
+/// The first `limit` bytes of stdout and of stderr.
+#[derive(Debug)]
+pub struct Capture {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    limit: usize,
+    active: bool,
+}
+
+impl Capture {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            out: Vec::new(),
+            err: Vec::new(),
+            limit,
+            active: true,
+        }
+    }
+
+    pub fn push(&mut self, stream: Stream, bytes: &[u8]) {
+        if !self.active {
+            return;
+        }
+        let buf = match stream {
+            Stream::Out => &mut self.out,
+            Stream::Err => &mut self.err,
+        };
+        let room = self.limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&bytes[..room.min(bytes.len())]);
+    }
+
+    /// Stops keeping output and frees what was kept: startup is over.
+    pub fn stop(&mut self) {
+        self.active = false;
+        self.out = Vec::new();
+        self.err = Vec::new();
+    }
+
+    /// The startup output of §7: stderr first, then stdout, trimmed, 400 characters max.
+    pub fn startup_output(&self) -> String {
+        let parts: Vec<String> = [&self.err, &self.out]
+            .into_iter()
+            .map(|b| String::from_utf8_lossy(b).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        summarize(&parts.join("\n"))
+    }
+
+    /// The install output of §2: the trimmed stderr, stdout when stderr is empty.
+    pub fn install_output(&self) -> String {
+        let err = String::from_utf8_lossy(&self.err);
+        if err.trim().is_empty() {
+            summarize(&String::from_utf8_lossy(&self.out))
+        } else {
+            summarize(&err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summarize_trims_and_cuts_at_400_characters() {
+        assert_eq!(summarize("  boom\n"), "boom");
+        assert_eq!(summarize(""), "");
+        let exact = "a".repeat(400);
+        assert_eq!(summarize(&exact), exact);
+        let long = "é".repeat(401);
+        let cut = summarize(&long);
+        assert_eq!(cut.chars().count(), 403);
+        assert!(cut.ends_with("é..."));
+    }
+
+    #[test]
+    fn startup_output_puts_stderr_first() {
+        let mut c = Capture::new(STARTUP_CAPTURE_BYTES);
+        c.push(Stream::Out, b"listening\n");
+        c.push(Stream::Err, b"\n  boom  \n");
+        assert_eq!(c.startup_output(), "boom\nlistening");
+        let mut only_out = Capture::new(STARTUP_CAPTURE_BYTES);
+        only_out.push(Stream::Out, b"hello\n");
+        assert_eq!(only_out.startup_output(), "hello");
+        assert_eq!(Capture::new(10).startup_output(), "");
+    }
+
+    #[test]
+    fn capture_keeps_only_the_first_bytes_of_each_stream() {
+        let mut c = Capture::new(4);
+        c.push(Stream::Err, b"abc");
+        c.push(Stream::Err, b"defg");
+        c.push(Stream::Out, b"123456");
+        assert_eq!(c.startup_output(), "abcd\n1234");
+        c.stop();
+        c.push(Stream::Err, b"x");
+        assert_eq!(c.startup_output(), "");
+    }
+
+    #[test]
+    fn install_output_prefers_stderr() {
+        let mut c = Capture::new(INSTALL_CAPTURE_BYTES);
+        c.push(Stream::Out, b"progress\n");
+        assert_eq!(c.install_output(), "progress");
+        c.push(Stream::Err, b"error: no lockfile\n");
+        assert_eq!(c.install_output(), "error: no lockfile");
+        let mut long = Capture::new(INSTALL_CAPTURE_BYTES);
+        long.push(Stream::Err, "x".repeat(1000).as_bytes());
+        assert_eq!(long.install_output(), format!("{}...", "x".repeat(400)));
+    }
+}

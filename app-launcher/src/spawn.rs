@@ -1,0 +1,220 @@
+//! Starting a process the way instances and installs run (instances.md §1, §3): argv
+//! without a shell, exactly the given environment, stdin `/dev/null`, stdout and stderr piped,
+//! its own session and process group, the app user with the user's groups, no_new_privs and
+//! umask 0022.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tako_ipc::{ExitStatus, RunAs};
+use tokio::sync::oneshot;
+
+use crate::reaper::Reaper;
+
+/// `PATH` when the environment has none (§4).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Signals whose disposition the launcher changed: an ignored signal stays ignored across
+/// exec, and an app must start with the defaults.
+const RESET_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGPIPE,
+    libc::SIGTERM,
+    libc::SIGQUIT,
+    libc::SIGCHLD,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The os error text alone: the master prefixes it (`Failed to spawn instance: ...`).
+    #[error("{0}")]
+    Os(#[from] io::Error),
+    #[error("the command is empty")]
+    EmptyArgv,
+    #[error("the working directory contains a NUL byte")]
+    BadCwd,
+    #[error("cannot read the groups of user '{name}': {source}")]
+    Groups { name: String, source: nix::Error },
+}
+
+/// What to run.
+pub struct ProcessSpec<'a> {
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub cwd: &'a str,
+    pub run_as: Option<&'a RunAs>,
+}
+
+/// A started process: its pid (also its process group id), its output pipes and its exit.
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub exit: oneshot::Receiver<ExitStatus>,
+}
+
+struct Ids {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+}
+
+/// Everything the child does between fork and exec, prepared before the fork: after it only
+/// async-signal-safe calls are allowed.
+struct ChildSetup {
+    ids: Option<Ids>,
+    cwd: CString,
+    launcher_pid: libc::pid_t,
+}
+
+pub fn spawn(spec: &ProcessSpec<'_>, reaper: &Reaper) -> Result<Spawned, SpawnError> {
+    let arg0 = spec.argv.first().ok_or(SpawnError::EmptyArgv)?;
+    let program = resolve_program(arg0, spec.env)?;
+    let setup = ChildSetup {
+        ids: spec.run_as.map(user_ids).transpose()?,
+        cwd: CString::new(spec.cwd).map_err(|_| SpawnError::BadCwd)?,
+        launcher_pid: std::process::id() as libc::pid_t,
+    };
+    let mut cmd = Command::new(program);
+    cmd.arg0(arg0)
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: child_setup only makes async-signal-safe syscalls on data prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || child_setup(&setup));
+    }
+    let (mut child, exit) = reaper.spawn(&mut cmd)?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        // Cannot happen with piped stdio; never leave a process we cannot watch.
+        crate::signal::signal_group(child.id() as i32, nix::sys::signal::Signal::SIGKILL);
+        return Err(SpawnError::Os(io::Error::other("output pipes missing")));
+    };
+    Ok(Spawned {
+        pid: child.id() as i32,
+        stdout: stdout.into(),
+        stderr: stderr.into(),
+        exit,
+    })
+}
+
+fn user_ids(user: &RunAs) -> Result<Ids, SpawnError> {
+    let name = CString::new(user.name.as_str()).map_err(|_| SpawnError::Groups {
+        name: user.name.clone(),
+        source: nix::Error::EINVAL,
+    })?;
+    let groups = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid)).map_err(
+        |source| SpawnError::Groups {
+            name: user.name.clone(),
+            source,
+        },
+    )?;
+    Ok(Ids {
+        uid: user.uid,
+        gid: user.gid,
+        groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+    })
+}
+
+/// `argv[0]` as given when it has a `/`, else the first executable file of that name in the
+/// environment's `PATH` (§1).
+pub fn resolve_program(arg0: &str, env: &[(String, String)]) -> io::Result<PathBuf> {
+    if arg0.contains('/') {
+        return Ok(PathBuf::from(arg0));
+    }
+    if arg0.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(OsStr::from_bytes(arg0.as_bytes())))
+        .find(|candidate| is_executable_file(candidate))
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn child_setup(s: &ChildSetup) -> io::Result<()> {
+    // SAFETY: each call is an async-signal-safe syscall wrapper on memory owned by `s`.
+    unsafe {
+        check(libc::setsid())?;
+        for sig in RESET_SIGNALS {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        if let Some(ids) = &s.ids {
+            check(libc::setgroups(ids.groups.len(), ids.groups.as_ptr()))?;
+            check(libc::setresgid(ids.gid, ids.gid, ids.gid))?;
+            check(libc::setresuid(ids.uid, ids.uid, ids.uid))?;
+        }
+        // After the user switch: the app user must be able to enter its directory.
+        check(libc::chdir(s.cwd.as_ptr()))?;
+        // Instances never outlive the launcher. Set after the credential change, which
+        // clears it; the check catches a launcher that died before this line.
+        check(libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ))?;
+        if libc::getppid() != s.launcher_pid {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        libc::umask(0o022);
+        // Descriptors the launcher may have inherited without CLOEXEC never reach the app.
+        // Best effort: kernels before 5.11 lack the flag.
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_lookup_uses_the_given_path_only() {
+        let env = vec![("PATH".to_string(), "/nonexistent:/bin:/usr/bin".to_string())];
+        let sh = resolve_program("sh", &env).unwrap();
+        assert!(sh.ends_with("sh") && sh.is_absolute());
+        let none = vec![("PATH".to_string(), "/nonexistent".to_string())];
+        let err = resolve_program("sh", &none).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(
+            resolve_program("./run.sh", &none).unwrap(),
+            PathBuf::from("./run.sh")
+        );
+    }
+}
