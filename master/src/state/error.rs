@@ -87,12 +87,10 @@ impl StateError {
                     detail: err.to_string(),
                 }
             }
-            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
-                StateError::Locked {
-                    file,
-                    err: err.to_string(),
-                }
-            }
+            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => StateError::Locked {
+                file,
+                err: err.to_string(),
+            },
             Some(ErrorCode::PermissionDenied) | Some(ErrorCode::ReadOnly) => {
                 StateError::CannotOpen {
                     file,

@@ -136,6 +136,7 @@ impl StateHandle {
     }
 
     pub async fn write_primary_ready(&self, at_unix_secs: u64) -> Result<(), StateError> {
-        self.call(move |s| s.write_primary_ready(at_unix_secs)).await
+        self.call(move |s| s.write_primary_ready(at_unix_secs))
+            .await
     }
 }

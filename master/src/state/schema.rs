@@ -105,7 +105,12 @@ pub fn migrate_v1_to_v2(conn: &mut Connection, binary_version: &str) -> rusqlite
     }
     add_column(&tx, "server_state", "settings_json", "TEXT")?;
     add_column(&tx, "server_state", "primary_pid", "INTEGER")?;
-    add_column(&tx, "server_state", "primary_started_at_unix_secs", "INTEGER")?;
+    add_column(
+        &tx,
+        "server_state",
+        "primary_started_at_unix_secs",
+        "INTEGER",
+    )?;
     add_column(&tx, "server_state", "primary_ready_at_unix_secs", "INTEGER")?;
     tx.execute(DEFAULT_SERVER_STATE, [])?;
 

@@ -64,8 +64,8 @@ impl Store {
         prepare_file(&file)?;
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(&file, flags)
-            .map_err(|e| StateError::at_open(&file, e))?;
+        let mut conn =
+            Connection::open_with_flags(&file, flags).map_err(|e| StateError::at_open(&file, e))?;
         configure(&conn).map_err(|e| StateError::at_open(&file, e))?;
         quick_check(&conn, &file)?;
 
@@ -89,8 +89,8 @@ impl Store {
                 );
             }
             schema::SCHEMA_VERSION => {
-                let min = schema::min_binary_version(&conn)
-                    .map_err(|e| StateError::at_open(&file, e))?;
+                let min =
+                    schema::min_binary_version(&conn).map_err(|e| StateError::at_open(&file, e))?;
                 if let Some(min) = min {
                     if schema::version_is_newer(&min, binary_version) {
                         return Err(StateError::NewerBinary {
@@ -170,8 +170,8 @@ impl Store {
         kind: ReleaseKind,
         now_unix_secs: u64,
     ) -> Result<(), StateError> {
-        let command_json = serde_json::to_string(&app.command)
-            .map_err(|e| StateError::Decode(e.to_string()))?;
+        let command_json =
+            serde_json::to_string(&app.command).map_err(|e| StateError::Decode(e.to_string()))?;
         let env_json =
             serde_json::to_string(&app.env).map_err(|e| StateError::Decode(e.to_string()))?;
         let now = to_i64(now_unix_secs);
@@ -317,7 +317,13 @@ impl Store {
             let (Some(kind), Some(result)) =
                 (ReleaseKind::from_db(&kind), ReleaseResult::from_db(&result))
             else {
-                tracing::warn!(app, id, kind, result, "skipping release row with unknown kind or result");
+                tracing::warn!(
+                    app,
+                    id,
+                    kind,
+                    result,
+                    "skipping release row with unknown kind or result"
+                );
                 continue;
             };
             out.push(ReleaseRow {
@@ -338,15 +344,20 @@ impl Store {
     pub fn server_mode(&mut self) -> Result<ServerMode, StateError> {
         let mode: Option<String> = self
             .conn
-            .query_row("SELECT server_mode FROM server_state WHERE id = 1", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT server_mode FROM server_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(match mode.as_deref() {
             Some("upgrading") => ServerMode::Upgrading,
             Some("normal") | None => ServerMode::Normal,
             Some(other) => {
-                tracing::warn!(value = other, "unknown server_mode in state; treating as normal");
+                tracing::warn!(
+                    value = other,
+                    "unknown server_mode in state; treating as normal"
+                );
                 ServerMode::Normal
             }
         })
@@ -550,7 +561,7 @@ fn prepare_file(file: &Path) -> Result<(), StateError> {
         })?;
     let mode = handle.metadata().map(|m| m.permissions().mode() & 0o777);
     match mode {
-        Ok(m) if m == 0o600 => {}
+        Ok(0o600) => {}
         Ok(m) => {
             if existed {
                 tracing::warn!(file = %file.display(), mode = format!("{m:o}"), "state file mode was not 0600; narrowing it");

@@ -144,8 +144,12 @@ fn reopen_of_v2_changes_nothing_and_keeps_data() {
     let dir = TempDir::new("reopen");
     {
         let mut s = Store::open(dir.path(), "0.0.9").expect("open");
-        s.commit_deploy(&app("web", "v1", &["web.example.com"]), ReleaseKind::Deploy, 10)
-            .expect("commit");
+        s.commit_deploy(
+            &app("web", "v1", &["web.example.com"]),
+            ReleaseKind::Deploy,
+            10,
+        )
+        .expect("commit");
     }
     let mut s = Store::open(dir.path(), BIN).expect("reopen");
     let min: String = s
@@ -173,9 +177,14 @@ fn deploy_round_trip_keeps_route_order_and_clears_stopped() {
     let dir = TempDir::new("deploy");
     let mut s = Store::open(dir.path(), BIN).expect("open");
     let web = app("web", "v1", &["z.example.com", "a.example.com/api/*"]);
-    s.commit_deploy(&web, ReleaseKind::Deploy, 100).expect("commit");
-    s.commit_deploy(&app("api", "v7", &["api.example.com"]), ReleaseKind::Deploy, 101)
+    s.commit_deploy(&web, ReleaseKind::Deploy, 100)
         .expect("commit");
+    s.commit_deploy(
+        &app("api", "v7", &["api.example.com"]),
+        ReleaseKind::Deploy,
+        101,
+    )
+    .expect("commit");
 
     let apps = s.load_apps().expect("load");
     assert_eq!(
@@ -198,7 +207,8 @@ fn deploy_round_trip_keeps_route_order_and_clears_stopped() {
     let mut web2 = app("web", "v2", &["new.example.com", "b.example.com"]);
     web2.stopped = true; // ignored: the switch always writes stopped = 0
     web2.min_instances = 0;
-    s.commit_deploy(&web2, ReleaseKind::Rollback, 200).expect("commit");
+    s.commit_deploy(&web2, ReleaseKind::Rollback, 200)
+        .expect("commit");
     let got = &s.load_apps().expect("load")[1];
     assert!(!got.stopped);
     assert_eq!(got.version, "v2");
@@ -221,14 +231,21 @@ fn release_failures_are_recorded_and_history_is_trimmed_to_100() {
     let mut s = Store::open(dir.path(), BIN).expect("open");
     s.record_release_failure("web", "bad", "/p/bad", ReleaseKind::Deploy, "boom", 1)
         .expect("fail");
-    assert!(s.load_apps().expect("load").is_empty(), "failure writes releases only");
+    assert!(
+        s.load_apps().expect("load").is_empty(),
+        "failure writes releases only"
+    );
     let rel = s.releases("web").expect("releases");
     assert_eq!(rel[0].result, ReleaseResult::Failed);
     assert_eq!(rel[0].error.as_deref(), Some("boom"));
 
     for i in 0..120u64 {
-        s.commit_deploy(&app("web", &format!("v{i}"), &["w.example.com"]), ReleaseKind::Deploy, 10 + i)
-            .expect("commit");
+        s.commit_deploy(
+            &app("web", &format!("v{i}"), &["w.example.com"]),
+            ReleaseKind::Deploy,
+            10 + i,
+        )
+        .expect("commit");
     }
     s.record_release_failure("other", "x", "/p/x", ReleaseKind::Deploy, "e", 5)
         .expect("fail");
@@ -243,8 +260,12 @@ fn release_failures_are_recorded_and_history_is_trimmed_to_100() {
 fn env_stop_base_port_and_delete() {
     let dir = TempDir::new("misc");
     let mut s = Store::open(dir.path(), BIN).expect("open");
-    s.commit_deploy(&app("web", "v1", &["w.example.com"]), ReleaseKind::Deploy, 1)
-        .expect("commit");
+    s.commit_deploy(
+        &app("web", "v1", &["w.example.com"]),
+        ReleaseKind::Deploy,
+        1,
+    )
+    .expect("commit");
 
     let env = BTreeMap::from([
         ("A".to_string(), "1".to_string()),
@@ -273,12 +294,23 @@ fn env_stop_base_port_and_delete() {
 fn undecodable_app_rows_are_skipped_and_left_in_place() {
     let dir = TempDir::new("skip");
     let mut s = Store::open(dir.path(), BIN).expect("open");
-    s.commit_deploy(&app("good", "v1", &["g.example.com"]), ReleaseKind::Deploy, 1)
-        .expect("commit");
-    s.commit_deploy(&app("bad", "v1", &["b.example.com"]), ReleaseKind::Deploy, 1)
-        .expect("commit");
+    s.commit_deploy(
+        &app("good", "v1", &["g.example.com"]),
+        ReleaseKind::Deploy,
+        1,
+    )
+    .expect("commit");
+    s.commit_deploy(
+        &app("bad", "v1", &["b.example.com"]),
+        ReleaseKind::Deploy,
+        1,
+    )
+    .expect("commit");
     s.conn()
-        .execute("UPDATE apps SET command_json = 'not json' WHERE name = 'bad'", [])
+        .execute(
+            "UPDATE apps SET command_json = 'not json' WHERE name = 'bad'",
+            [],
+        )
         .expect("break");
     let apps = s.load_apps().expect("load");
     assert_eq!(apps.len(), 1);
@@ -295,21 +327,33 @@ fn upgrade_lock_has_a_single_owner() {
     let dir = TempDir::new("upgrade");
     let mut s = Store::open(dir.path(), BIN).expect("open");
     assert_eq!(s.exit_upgrading("a").expect("exit"), ExitOutcome::NotHolder);
-    assert_eq!(s.enter_upgrading("a").expect("enter"), EnterOutcome::Acquired);
+    assert_eq!(
+        s.enter_upgrading("a").expect("enter"),
+        EnterOutcome::Acquired
+    );
     assert_eq!(s.server_mode().expect("mode"), ServerMode::Upgrading);
     assert_eq!(s.upgrade_owner().expect("owner").as_deref(), Some("a"));
-    assert_eq!(s.enter_upgrading("a").expect("again"), EnterOutcome::AlreadyHeld);
+    assert_eq!(
+        s.enter_upgrading("a").expect("again"),
+        EnterOutcome::AlreadyHeld
+    );
     assert_eq!(
         s.enter_upgrading("b").expect("other"),
         EnterOutcome::HeldBy("a".to_string())
     );
-    assert_eq!(s.exit_upgrading("b").expect("exit b"), ExitOutcome::NotHolder);
+    assert_eq!(
+        s.exit_upgrading("b").expect("exit b"),
+        ExitOutcome::NotHolder
+    );
     assert_eq!(s.server_mode().expect("mode"), ServerMode::Upgrading);
 
     // Another connection (a candidate) sees the same durable mode.
     let mut other = Store::open(dir.path(), BIN).expect("second connection");
     assert_eq!(other.server_mode().expect("mode"), ServerMode::Upgrading);
-    assert_eq!(other.exit_upgrading("a").expect("exit"), ExitOutcome::Released);
+    assert_eq!(
+        other.exit_upgrading("a").expect("exit"),
+        ExitOutcome::Released
+    );
     assert_eq!(s.server_mode().expect("mode"), ServerMode::Normal);
     assert_eq!(s.upgrade_owner().expect("owner"), None);
 
@@ -328,7 +372,8 @@ fn primary_boot_and_ready_columns() {
     let dir = TempDir::new("boot");
     let mut s = Store::open(dir.path(), BIN).expect("open");
     s.write_primary_ready(5).expect("ready");
-    s.write_primary_boot(r#"{"workers":4}"#, 4242, 1000).expect("boot");
+    s.write_primary_boot(r#"{"workers":4}"#, 4242, 1000)
+        .expect("boot");
     let row: (Option<String>, Option<i64>, Option<i64>, Option<i64>) = s
         .conn()
         .query_row(
@@ -337,13 +382,23 @@ fn primary_boot_and_ready_columns() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .expect("row");
-    assert_eq!(row, (Some(r#"{"workers":4}"#.into()), Some(4242), Some(1000), None));
+    assert_eq!(
+        row,
+        (
+            Some(r#"{"workers":4}"#.into()),
+            Some(4242),
+            Some(1000),
+            None
+        )
+    );
     s.write_primary_ready(1010).expect("ready");
     let ready: i64 = s
         .conn()
-        .query_row("SELECT primary_ready_at_unix_secs FROM server_state", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT primary_ready_at_unix_secs FROM server_state",
+            [],
+            |r| r.get(0),
+        )
         .expect("ready");
     assert_eq!(ready, 1010);
     assert_eq!(
@@ -391,7 +446,11 @@ fn garbage_file_is_reported_corrupt_and_left_alone() {
         err.to_string(),
         format!("State database {f} is corrupt: file is not a database. Restore a backup ({f}.bak-*) or move the file away to start with an empty state.")
     );
-    assert_eq!(std::fs::read(&file).expect("read"), garbage, "never recreated");
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        garbage,
+        "never recreated"
+    );
 }
 
 #[test]
@@ -401,8 +460,10 @@ fn data_dir_that_is_a_file_cannot_be_opened() {
     std::fs::write(&data_dir, b"x").expect("write");
     let err = Store::open(&data_dir, BIN).expect_err("cannot open");
     assert!(
-        err.to_string()
-            .starts_with(&format!("Cannot open state database {}: ", data_dir.join(STATE_FILE).display())),
+        err.to_string().starts_with(&format!(
+            "Cannot open state database {}: ",
+            data_dir.join(STATE_FILE).display()
+        )),
         "{err}"
     );
     assert!(!err.is_permission_denied());
@@ -413,7 +474,9 @@ fn busy_file_at_startup_is_locked_after_the_busy_timeout() {
     let dir = TempDir::new("locked");
     drop(Store::open(dir.path(), BIN).expect("open"));
     let holder = Connection::open(dir.path().join(STATE_FILE)).expect("holder");
-    holder.execute_batch("BEGIN IMMEDIATE").expect("hold write lock");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("hold write lock");
     let start = std::time::Instant::now();
     let err = Store::open(dir.path(), BIN).expect_err("locked");
     assert!(start.elapsed() >= std::time::Duration::from_secs(4));
@@ -505,7 +568,10 @@ fn v1_file_is_backed_up_then_migrated_to_v2() {
         columns(conn, "apps")[10..],
         ["stopped".to_string(), "updated_at_unix_secs".to_string()]
     );
-    assert_eq!(columns(conn, "app_routes"), ["app_name", "route", "position"]);
+    assert_eq!(
+        columns(conn, "app_routes"),
+        ["app_name", "route", "position"]
+    );
     assert_eq!(
         columns(conn, "server_state"),
         [
@@ -530,7 +596,10 @@ fn v1_file_is_backed_up_then_migrated_to_v2() {
     let apps = s.load_apps().expect("load");
     assert_eq!(apps.len(), 2);
     assert_eq!(apps[0].name, "api");
-    assert_eq!(apps[1].routes, ["a.example.com/api/*", "m.example.com", "z.example.com"]);
+    assert_eq!(
+        apps[1].routes,
+        ["a.example.com/api/*", "m.example.com", "z.example.com"]
+    );
     assert_eq!(apps[1].command, ["bun", "run", "index.ts"]);
     assert!(!apps[1].stopped);
     assert_eq!(s.server_mode().expect("mode"), ServerMode::Upgrading);
