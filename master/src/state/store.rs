@@ -606,7 +606,13 @@ fn quick_check(conn: &Connection, file: &Path) -> Result<(), StateError> {
     if rows.len() == 1 && rows[0] == "ok" {
         return Ok(());
     }
-    let mut detail = rows.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    // quick_check rows may span lines; the exit message stays on one line.
+    let mut detail = rows
+        .iter()
+        .take(5)
+        .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("; ");
     if rows.len() > 5 {
         detail.push_str(&format!("; … ({} problems)", rows.len()));
     }

@@ -454,6 +454,40 @@ fn garbage_file_is_reported_corrupt_and_left_alone() {
 }
 
 #[test]
+fn damaged_pages_are_reported_corrupt() {
+    let dir = TempDir::new("damaged");
+    {
+        let mut s = Store::open(dir.path(), BIN).expect("open");
+        for i in 0..200 {
+            s.commit_deploy(
+                &app(&format!("app{i}"), "v1", &["a.example.com"]),
+                ReleaseKind::Deploy,
+                1,
+            )
+            .expect("commit");
+        }
+    }
+    // Closing the last connection checkpointed the WAL into the file; now break a page in
+    // the middle of the file, past the header page.
+    let file = dir.path().join(STATE_FILE);
+    let mut bytes = std::fs::read(&file).expect("read");
+    assert!(bytes.len() > 8 * 4096, "file has pages to damage");
+    let start = bytes.len() / 2 / 4096 * 4096;
+    for b in &mut bytes[start..start + 4096] {
+        *b = 0xa5;
+    }
+    std::fs::write(&file, &bytes).expect("write");
+    let err = Store::open(dir.path(), BIN).expect_err("corrupt");
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("State database {} is corrupt: ", file.display())),
+        "{err}"
+    );
+}
+
+#[test]
 fn data_dir_that_is_a_file_cannot_be_opened() {
     let dir = TempDir::new("notdir");
     let data_dir = dir.path().join("data");
