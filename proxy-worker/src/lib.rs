@@ -1,1 +1,53 @@
+//! tako-server's data plane: the proxy worker. It receives listeners, routes, certificates and
+//! status pages from the master over IPC and serves HTTP and HTTPS traffic with them.
+//!
+//! The master calls [`run`] in the child process after dropping privileges.
 
+mod access;
+mod body;
+mod control;
+mod counters;
+mod forwarded;
+mod hold;
+mod host;
+mod internal_host;
+mod listeners;
+mod pipeline;
+mod redirect;
+mod responses;
+mod shared;
+mod table;
+mod tls;
+mod upstream;
+
+/// Runs the worker on its IPC channel to the master until the master is gone or orders a
+/// drain. Returns the process exit code: 0 after a drain or when the master went away, 1 on
+/// a protocol error (version mismatch, no hello) or a runtime that cannot start.
+pub fn run(ipc: std::os::unix::net::UnixStream) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the worker runtime");
+            return 1;
+        }
+    };
+    let code = runtime.block_on(async move {
+        if let Err(error) = ipc.set_nonblocking(true) {
+            tracing::error!(%error, "IPC socket cannot be made non-blocking");
+            return 1;
+        }
+        match tokio::net::UnixStream::from_std(ipc) {
+            Ok(stream) => control::run(stream).await,
+            Err(error) => {
+                tracing::error!(%error, "IPC socket cannot be registered with the runtime");
+                1
+            }
+        }
+    });
+    // Connections past the drain deadline are cut here, without waiting for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
+}

@@ -1,0 +1,56 @@
+//! The access log (routing-and-proxy.md §15): one line per finished request, written when the
+//! record drops, i.e. after the last body byte or when the client went away.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub struct AccessLog {
+    start: Instant,
+    peer: SocketAddr,
+    method: String,
+    path: String,
+    pub host: String,
+    /// 0 until a response exists.
+    pub status: u16,
+    pub https: bool,
+    pub app: String,
+    pub instance: String,
+    pub cache: &'static str,
+}
+
+impl AccessLog {
+    pub fn start(method: &http::Method, path: &str, peer: SocketAddr, tls: bool) -> Self {
+        Self {
+            start: Instant::now(),
+            peer,
+            method: method.as_str().to_string(),
+            path: path.to_string(),
+            host: String::new(),
+            status: 0,
+            https: tls,
+            app: String::new(),
+            instance: String::new(),
+            cache: "-",
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let duration_ms = self.start.elapsed().as_millis() as u64;
+        tracing::info!(
+            target: "tako::access",
+            host = %self.host,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            https = self.https,
+            app = %self.app,
+            instance = %self.instance,
+            cache = self.cache,
+            duration_ms,
+            peer = %tako_ipc::cidr::canonical_ip(self.peer.ip()),
+            "Request completed"
+        );
+    }
+}

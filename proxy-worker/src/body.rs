@@ -1,0 +1,133 @@
+//! Body types: the boxed response body, a wrapper that keeps guards alive until the body is
+//! done (access log, in-flight count), and the upstream request body that can be handed back
+//! for a retry when it was never polled.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body the worker produces.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body that holds `G` until it is dropped: after the last byte was written, or when the
+/// client went away.
+pub struct Guarded<G> {
+    inner: Body,
+    _guard: G,
+}
+
+impl<G: Send + Unpin + 'static> Guarded<G> {
+    pub fn wrap(inner: Body, guard: G) -> Body {
+        UnsyncBoxBody::new(Guarded {
+            inner,
+            _guard: guard,
+        })
+    }
+}
+
+impl<G: Unpin> HttpBody for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// The downstream request body, sent upstream. It stays in a shared slot until the upstream
+/// connection first polls it, so after a failed connect the caller can take it back and try
+/// another instance: no byte of it was sent.
+pub struct ReplayBody {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    body: Option<Incoming>,
+    seen: u64,
+    limit: u64,
+    too_large: Arc<AtomicBool>,
+}
+
+impl ReplayBody {
+    pub fn new(slot: Arc<Mutex<Option<Incoming>>>, limit: u64, too_large: Arc<AtomicBool>) -> Self {
+        Self {
+            slot,
+            body: None,
+            seen: 0,
+            limit,
+            too_large,
+        }
+    }
+
+    fn with_inner<R>(&self, f: impl FnOnce(Option<&Incoming>) -> R) -> R {
+        match &self.body {
+            Some(b) => f(Some(b)),
+            None => match self.slot.lock() {
+                Ok(guard) => f(guard.as_ref()),
+                Err(_) => f(None),
+            },
+        }
+    }
+}
+
+impl HttpBody for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.body.is_none() {
+            this.body = this.slot.lock().ok().and_then(|mut s| s.take());
+        }
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.with_inner(|b| b.is_none_or(|b| b.is_end_stream()))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.with_inner(|b| {
+            b.map(|b| b.size_hint())
+                .unwrap_or_else(|| SizeHint::with_exact(0))
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! The IPC loop with the master: hello, then listeners, certificates, routes, pages, wake
+//! results and drain; and the writer task that sends this worker's messages.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tako_ipc::{
+    FrameReader, FrameWriter, ListenerKind, MasterToWorker, WorkerToMaster, IPC_VERSION,
+};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::internal_host::StatusSnapshot;
+use crate::listeners::{self, ConnTracker, Server};
+use crate::shared::{Outbound, Shared};
+use crate::table::Table;
+use crate::tls;
+
+/// How long a worker whose master vanished keeps finishing requests.
+pub const ORPHAN_DRAIN: Duration = Duration::from_secs(5);
+/// Bound on waiting for the master's hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Counters go out at most this often.
+pub const COUNTERS_PERIOD: Duration = Duration::from_secs(1);
+
+pub async fn run(ipc: UnixStream) -> i32 {
+    let (read, write) = ipc.into_split();
+    let mut reader = FrameReader::<MasterToWorker>::new(read);
+    let mut writer = FrameWriter::<WorkerToMaster>::new(write);
+
+    let config = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
+        Ok(Ok(Some((MasterToWorker::Hello { version, config }, _)))) => {
+            if version != IPC_VERSION {
+                tracing::error!(
+                    master = version,
+                    worker = IPC_VERSION,
+                    "IPC version mismatch with the master; refusing to run"
+                );
+                return 1;
+            }
+            config
+        }
+        Ok(Ok(Some((other, _)))) => {
+            tracing::error!(message = ?std::mem::discriminant(&other), "First IPC message from the master was not a hello");
+            return 1;
+        }
+        Ok(Ok(None)) => {
+            tracing::info!("Master closed the IPC channel before hello");
+            return 0;
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "Reading the master's hello failed");
+            return 1;
+        }
+        Err(_) => {
+            tracing::error!("No hello from the master within 30 s");
+            return 1;
+        }
+    };
+    let hello = WorkerToMaster::Hello {
+        version: IPC_VERSION,
+        pid: std::process::id(),
+    };
+    if let Err(error) = writer.send(&hello).await {
+        tracing::error!(%error, "Sending hello to the master failed");
+        return 0;
+    }
+    tracing::info!(
+        worker = config.index,
+        generation = config.generation,
+        "Worker connected to the master"
+    );
+
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(write_loop(writer, out_rx));
+    let shared = Arc::new(Shared::new(config, out_tx));
+    let tls_config = match tls::server_config(Arc::clone(&shared.certs)) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "TLS configuration failed");
+            return 1;
+        }
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = Arc::new(ConnTracker::default());
+    let server = Arc::new(Server::new(
+        Arc::clone(&shared),
+        TlsAcceptor::from(tls_config),
+        shutdown_rx,
+        Arc::clone(&tracker),
+    ));
+    let counters_task = tokio::spawn(counters_loop(Arc::clone(&shared)));
+
+    let mut state = Control {
+        shared: Arc::clone(&shared),
+        server,
+        listening: false,
+        routed: false,
+        ready_sent: false,
+    };
+    let mut deadline: Option<Instant> = None;
+    let mut ipc_open = true;
+    loop {
+        tokio::select! {
+            msg = reader.recv(), if ipc_open => match msg {
+                Ok(Some((msg, fds))) => {
+                    if let Some(d) = state.handle(msg, fds) {
+                        if deadline.is_none() {
+                            tracing::info!(deadline_ms = d.as_millis() as u64, connections = tracker.active(), "Draining");
+                        }
+                        let at = Instant::now() + d;
+                        deadline = Some(deadline.map_or(at, |old| old.min(at)));
+                        let _ = shutdown_tx.send(true);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    if let Err(error) = &msg {
+                        tracing::error!(%error, "IPC channel to the master failed");
+                    }
+                    tracing::info!(connections = tracker.active(), "Master gone; finishing in-flight requests");
+                    ipc_open = false;
+                    let at = Instant::now() + ORPHAN_DRAIN;
+                    deadline = Some(deadline.map_or(at, |old| old.min(at)));
+                    let _ = shutdown_tx.send(true);
+                }
+            },
+            _ = tracker.wait_idle(), if deadline.is_some() => {
+                tracing::info!("All connections finished");
+                break;
+            }
+            _ = sleep_until_opt(deadline) => {
+                tracing::warn!(connections = tracker.active(), "Drain deadline reached; closing remaining connections");
+                break;
+            }
+        }
+    }
+    counters_task.abort();
+    if ipc_open {
+        // Final totals, so the master's sums include this worker's last requests.
+        if let Some(snapshot) = shared.counters.take_if_dirty() {
+            shared.send(WorkerToMaster::Counters(snapshot));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), shared.flush()).await;
+    }
+    writer_task.abort();
+    0
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Control {
+    shared: Arc<Shared>,
+    server: Arc<Server>,
+    listening: bool,
+    routed: bool,
+    ready_sent: bool,
+}
+
+impl Control {
+    /// Applies one message; returns the drain deadline for `Drain`.
+    fn handle(&mut self, msg: MasterToWorker, fds: Vec<OwnedFd>) -> Option<Duration> {
+        match msg {
+            MasterToWorker::Hello { .. } => {
+                tracing::warn!("Ignoring a second hello from the master");
+            }
+            MasterToWorker::Listeners { kinds } => self.listeners(kinds, fds),
+            MasterToWorker::Certs(entries) => {
+                let loaded = self.shared.certs.replace(&entries);
+                tracing::info!(loaded, offered = entries.len(), "Certificates applied");
+            }
+            MasterToWorker::Routes(table) => {
+                let compiled = Table::build(&table, &self.shared.rotation);
+                self.shared.table.store(Arc::new(compiled));
+                self.shared.holds.notify();
+                self.shared
+                    .send(WorkerToMaster::RoutesApplied { epoch: table.epoch });
+                tracing::debug!(
+                    epoch = table.epoch,
+                    apps = table.apps.len(),
+                    "Routes applied"
+                );
+                self.routed = true;
+            }
+            MasterToWorker::StatusPage { body, healthy } => {
+                self.shared.status.store(Some(Arc::new(StatusSnapshot {
+                    body: Bytes::from(body),
+                    healthy,
+                })));
+            }
+            MasterToWorker::MetricsPage { body } => {
+                self.shared.metrics.store(Some(Arc::new(Bytes::from(body))));
+            }
+            MasterToWorker::WakeResult { app, outcome } => {
+                tracing::info!(%app, ?outcome, "Wake result");
+                self.shared.holds.wake_result(&app, outcome);
+            }
+            MasterToWorker::Drain { deadline_ms } => {
+                return Some(Duration::from_millis(deadline_ms));
+            }
+        }
+        if self.listening && self.routed && !self.ready_sent {
+            self.ready_sent = true;
+            self.shared.send(WorkerToMaster::Ready);
+            tracing::info!("Worker ready");
+        }
+        None
+    }
+
+    fn listeners(&mut self, kinds: Vec<ListenerKind>, fds: Vec<OwnedFd>) {
+        if kinds.len() != fds.len() {
+            tracing::error!(
+                kinds = kinds.len(),
+                fds = fds.len(),
+                "Listener message and descriptors disagree; serving the pairs that match"
+            );
+        }
+        for (kind, fd) in kinds.into_iter().zip(fds) {
+            let listener = std::net::TcpListener::from(fd);
+            match listeners::spawn(listener, kind, Arc::clone(&self.server)) {
+                Ok(()) => self.listening = true,
+                Err(error) => tracing::error!(?kind, %error, "Cannot serve an inherited listener"),
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: FrameWriter<WorkerToMaster>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outbound::Msg(msg) => {
+                if let Err(error) = writer.send(&msg).await {
+                    tracing::warn!(%error, "Sending to the master failed");
+                    return;
+                }
+            }
+            Outbound::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn counters_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(COUNTERS_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(snapshot) = shared.counters.take_if_dirty() {
+            shared.send(WorkerToMaster::Counters(snapshot));
+        }
+    }
+}

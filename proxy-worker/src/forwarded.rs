@@ -1,0 +1,292 @@
+//! Effective scheme and the forwarded headers sent upstream (routing-and-proxy.md §5).
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Values of one header joined by `, `, as a list header reads; `None` when absent or not
+/// visible ASCII.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let s = v.to_str().ok()?;
+        match &mut out {
+            Some(o) => {
+                o.push_str(", ");
+                o.push_str(s);
+            }
+            None => out = Some(s.to_string()),
+        }
+    }
+    out
+}
+
+fn first_xfp_is_https(headers: &HeaderMap) -> bool {
+    joined(headers, &X_FORWARDED_PROTO)
+        .and_then(|v| {
+            v.split(',')
+                .next()
+                .map(|s| s.trim().eq_ignore_ascii_case("https"))
+        })
+        .unwrap_or(false)
+}
+
+/// The `proto` parameter of one `Forwarded` element, quotes stripped.
+fn forwarded_proto(element: &str) -> Option<String> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("proto") {
+            Some(v.trim().trim_matches('"').to_string())
+        } else {
+            None
+        }
+    })
+}
+
+fn first_forwarded_is_https(headers: &HeaderMap) -> bool {
+    joined(headers, &FORWARDED)
+        .and_then(|v| v.split(',').next().and_then(forwarded_proto))
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+}
+
+fn has_proto_info(headers: &HeaderMap) -> bool {
+    let xfp = joined(headers, &X_FORWARDED_PROTO).is_some_and(|v| !v.trim().is_empty());
+    let fwd = joined(headers, &FORWARDED)
+        .is_some_and(|v| v.split(',').any(|e| forwarded_proto(e).is_some()));
+    xfp || fwd
+}
+
+/// A hostname that gets self-signed certificates and private-host inference.
+pub fn is_private_host(hostname: &str) -> bool {
+    const SUFFIXES: [&str; 5] = [".local", ".test", ".invalid", ".example", ".home.arpa"];
+    hostname == "localhost"
+        || hostname.ends_with(".localhost")
+        || (!hostname.is_empty() && !hostname.contains('.') && !hostname.starts_with('['))
+        || hostname.parse::<std::net::Ipv4Addr>().is_ok()
+        || SUFFIXES.iter().any(|s| hostname.ends_with(s))
+}
+
+/// Whether the effective scheme is `https`.
+pub fn effective_https(headers: &HeaderMap, tls: bool, trusted: bool, hostname: &str) -> bool {
+    if tls {
+        return true;
+    }
+    if !trusted {
+        return false;
+    }
+    if first_xfp_is_https(headers) || first_forwarded_is_https(headers) {
+        return true;
+    }
+    let xff_present = joined(headers, &X_FORWARDED_FOR).is_some_and(|v| !v.trim().is_empty());
+    is_private_host(hostname) && xff_present && !has_proto_info(headers)
+}
+
+/// Rewrites the forwarded headers of a request about to go upstream.
+/// `request_host` is the host as received (port kept).
+pub fn apply(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    https: bool,
+    request_host: &str,
+) {
+    let peer_ip = tako_ipc::cidr::canonical_ip(peer).to_string();
+    let xff = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
+        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    set(headers, &X_FORWARDED_FOR, &xff);
+    set(
+        headers,
+        &X_FORWARDED_PROTO,
+        if https { "https" } else { "http" },
+    );
+    let keep_xfh = trusted && headers.contains_key(&X_FORWARDED_HOST);
+    if !keep_xfh {
+        set(headers, &X_FORWARDED_HOST, request_host);
+    }
+    if !trusted {
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+        headers.remove(&X_FORWARDED_PORT);
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+        }
+        // Only reachable with a value that was not valid in the first place: drop it rather
+        // than forward something unchecked.
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn tls_is_always_https() {
+        assert!(effective_https(&h(&[]), true, false, "example.com"));
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_claim_https() {
+        let m = h(&[("x-forwarded-proto", "https"), ("forwarded", "proto=https")]);
+        assert!(!effective_https(&m, false, false, "example.com"));
+    }
+
+    #[test]
+    fn trusted_xfp_first_value() {
+        assert!(effective_https(
+            &h(&[("x-forwarded-proto", " HTTPS , http")]),
+            false,
+            true,
+            "e.com"
+        ));
+        assert!(!effective_https(
+            &h(&[("x-forwarded-proto", "http, https")]),
+            false,
+            true,
+            "e.com"
+        ));
+    }
+
+    #[test]
+    fn trusted_forwarded_first_element() {
+        let yes = h(&[("forwarded", "for=1.2.3.4;Proto=\"HTTPS\", proto=http")]);
+        assert!(effective_https(&yes, false, true, "e.com"));
+        let no = h(&[("forwarded", "proto=http, proto=https")]);
+        assert!(!effective_https(&no, false, true, "e.com"));
+    }
+
+    #[test]
+    fn private_host_inference() {
+        let xff = h(&[("x-forwarded-for", "10.0.0.1")]);
+        assert!(effective_https(&xff, false, true, "app.localhost"));
+        assert!(effective_https(&xff, false, true, "myapp"));
+        assert!(effective_https(&xff, false, true, "192.168.1.2"));
+        assert!(effective_https(&xff, false, true, "nas.home.arpa"));
+        assert!(!effective_https(&xff, false, true, "example.com"));
+        assert!(!effective_https(&xff, false, false, "app.localhost"));
+        // Blank XFF, or explicit proto info, disables the inference.
+        let blank = h(&[("x-forwarded-for", "  ")]);
+        assert!(!effective_https(&blank, false, true, "app.test"));
+        let with_proto = h(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        assert!(!effective_https(&with_proto, false, true, "app.test"));
+        let fwd_proto = h(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4, proto=http"),
+        ]);
+        assert!(!effective_https(&fwd_proto, false, true, "app.test"));
+        let blank_proto = h(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", " ")]);
+        assert!(effective_https(&blank_proto, false, true, "app.test"));
+    }
+
+    #[test]
+    fn private_hosts() {
+        for p in [
+            "localhost",
+            "a.localhost",
+            "single",
+            "10.1.2.3",
+            "x.local",
+            "x.test",
+            "x.invalid",
+            "x.example",
+            "x.home.arpa",
+        ] {
+            assert!(is_private_host(p), "{p}");
+        }
+        for p in [
+            "example.com",
+            "localhost.com",
+            "[::1]",
+            "a.arpa",
+            "x.example.com",
+            "",
+        ] {
+            assert!(!is_private_host(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn untrusted_headers_are_replaced_or_removed() {
+        let mut m = h(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.com"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
+        ]);
+        apply(
+            &mut m,
+            "203.0.113.5".parse().unwrap(),
+            false,
+            false,
+            "Example.com:8080",
+        );
+        assert_eq!(m["x-forwarded-for"], "203.0.113.5");
+        assert_eq!(m["x-forwarded-proto"], "http");
+        assert_eq!(m["x-forwarded-host"], "Example.com:8080");
+        assert!(!m.contains_key("forwarded"));
+        assert!(!m.contains_key("x-real-ip"));
+        assert!(!m.contains_key("x-forwarded-port"));
+    }
+
+    #[test]
+    fn trusted_headers_are_extended_or_kept() {
+        let mut m = h(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-host", "orig.com"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+            ("x-forwarded-port", "443"),
+        ]);
+        apply(
+            &mut m,
+            "::ffff:127.0.0.1".parse().unwrap(),
+            true,
+            true,
+            "e.com",
+        );
+        assert_eq!(m["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        assert_eq!(m.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(m["x-forwarded-proto"], "https");
+        assert_eq!(m["x-forwarded-host"], "orig.com");
+        assert_eq!(m["forwarded"], "for=1.1.1.1");
+        assert_eq!(m["x-real-ip"], "1.1.1.1");
+        assert_eq!(m["x-forwarded-port"], "443");
+        let mut m = HeaderMap::new();
+        apply(&mut m, "::1".parse().unwrap(), true, false, "e.com");
+        assert_eq!(m["x-forwarded-for"], "::1");
+        assert_eq!(m["x-forwarded-host"], "e.com");
+        assert_eq!(m["x-forwarded-proto"], "http");
+    }
+}

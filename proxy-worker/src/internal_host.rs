@@ -1,0 +1,113 @@
+//! `tako.internal` (routing-and-proxy.md §7): the status page and metrics the master renders,
+//! served from the latest snapshot it pushed.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+use crate::responses::{self, Canned};
+
+pub const INTERNAL_HOST: &str = tako_ipc::route::INTERNAL_HOST;
+
+/// The latest `StatusPage` from the master.
+#[derive(Debug, Clone)]
+pub struct StatusSnapshot {
+    pub body: Bytes,
+    pub healthy: bool,
+}
+
+/// Answers a request for `tako.internal`. `privileged` is true for loopback and trusted peers.
+pub fn respond(
+    path: &str,
+    head: bool,
+    privileged: bool,
+    status: Option<&StatusSnapshot>,
+    metrics: Option<&Bytes>,
+    uptime_secs: u64,
+) -> Response<Body> {
+    match path {
+        "/status" => {
+            let (body, healthy) = match status {
+                Some(s) => (s.body.clone(), s.healthy),
+                // Before the first snapshot the server is still starting: not healthy.
+                None => (
+                    Bytes::from(format!(
+                        "{{\n  \"healthy\": false,\n  \"apps\": [],\n  \"uptime_secs\": {uptime_secs}\n}}"
+                    )),
+                    false,
+                ),
+            };
+            let code = if healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            responses::fixed(code, "application/json", "no-cache, no-store", body, head)
+        }
+        "/metrics" if privileged => {
+            let body = metrics.cloned().unwrap_or_default();
+            let mut resp = responses::fixed(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                "no-store",
+                body,
+                head,
+            );
+            // The spec names no cache policy for metrics; scrapers never cache anyway.
+            resp.headers_mut().remove(http::header::CACHE_CONTROL);
+            resp
+        }
+        _ => Canned::NotFound.response(head),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+
+    #[test]
+    fn status_codes_follow_the_health_bit() {
+        let s = StatusSnapshot {
+            body: Bytes::from_static(b"{}"),
+            healthy: true,
+        };
+        let r = respond("/status", false, false, Some(&s), None, 0);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()[CACHE_CONTROL], "no-cache, no-store");
+        assert_eq!(r.headers()[CONTENT_LENGTH], "2");
+        let s = StatusSnapshot {
+            healthy: false,
+            ..s
+        };
+        assert_eq!(
+            respond("/status", true, false, Some(&s), None, 0).status(),
+            503
+        );
+        assert_eq!(
+            respond("/status", false, false, None, None, 0).status(),
+            503
+        );
+    }
+
+    #[test]
+    fn metrics_only_for_privileged_peers() {
+        let m = Bytes::from_static(b"x 1\n");
+        let r = respond("/metrics", false, true, None, Some(&m), 0);
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert_eq!(
+            respond("/metrics", false, false, None, Some(&m), 0).status(),
+            404
+        );
+        assert_eq!(respond("/other", false, true, None, None, 0).status(), 404);
+        assert_eq!(
+            respond("/status/", false, true, None, None, 0).status(),
+            404
+        );
+    }
+}

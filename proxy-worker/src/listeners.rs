@@ -1,0 +1,209 @@
+//! Accept loops for the inherited listeners, TLS handshakes, and the HTTP connections with
+//! graceful shutdown (stop accepting, finish in-flight, close idle keep-alive).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tako_ipc::ListenerKind;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
+
+use crate::pipeline::{self, ConnInfo};
+use crate::shared::Shared;
+
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_HEADER_FIELDS: usize = 128;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_H2_STREAMS: u32 = 256;
+
+/// Counts open connections so shutdown knows when the last one is gone.
+#[derive(Default)]
+pub struct ConnTracker {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+pub struct ConnGuard(Arc<ConnTracker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ConnTracker {
+    pub fn enter(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(Arc::clone(self))
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Returns once no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Everything an accept loop needs.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    pub tls: TlsAcceptor,
+    pub shutdown: watch::Receiver<bool>,
+    pub tracker: Arc<ConnTracker>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Server {
+    pub fn new(
+        shared: Arc<Shared>,
+        tls: TlsAcceptor,
+        shutdown: watch::Receiver<bool>,
+        tracker: Arc<ConnTracker>,
+    ) -> Self {
+        let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        http1
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_headers(MAX_HEADER_FIELDS)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .keep_alive(true);
+        let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        http2
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        Self {
+            shared,
+            tls,
+            shutdown,
+            tracker,
+            http1,
+            http2,
+        }
+    }
+}
+
+/// Starts serving one inherited listener.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    kind: ListenerKind,
+    server: Arc<Server>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let local = listener.local_addr().ok();
+    tracing::info!(?kind, addr = ?local, "Serving listener");
+    tokio::spawn(accept_loop(listener, kind, server));
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, kind: ListenerKind, server: Arc<Server>) {
+    let mut shutdown = server.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let guard = server.tracker.enter();
+                let server = Arc::clone(&server);
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let conn = ConnInfo {
+                        peer,
+                        tls: kind == ListenerKind::Https,
+                    };
+                    serve_stream(stream, conn, &server).await;
+                });
+            }
+            Err(error) => {
+                // Out of descriptors or a transient error: back off briefly, keep serving.
+                tracing::warn!(?kind, %error, "Accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Dropping the listener closes only this process's copy; the master keeps its own.
+    tracing::info!(?kind, "Stopped accepting");
+}
+
+/// Resolves once shutdown was ordered (or its sender is gone, which means the same).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
+    if !conn.tls {
+        serve_http(stream, conn, &server.http1, server).await;
+        return;
+    }
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, server.tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(error)) => {
+            tracing::debug!(peer = %conn.peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let builder = if h2 { &server.http2 } else { &server.http1 };
+    serve_http(tls, conn, builder, server).await;
+}
+
+async fn serve_http<I>(
+    io: I,
+    conn: ConnInfo,
+    builder: &auto::Builder<TokioExecutor>,
+    server: &Server,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::clone(&server.shared);
+    let svc = service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(pipeline::handle(req, conn, shared).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(connection);
+    let mut shutdown = server.shutdown.clone();
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = stopped(&mut shutdown) => {
+            // Finishes in-flight requests, then closes; idle keep-alive closes at once.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(peer = %conn.peer, %error, "Connection ended with an error");
+    }
+}

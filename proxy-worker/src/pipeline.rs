@@ -1,0 +1,247 @@
+//! One request through the pipeline of routing-and-proxy.md §4: limits, ACME, internal host,
+//! redirect, route match, backend selection (with holds), proxy.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tako_ipc::cidr::{any_contains, canonical_ip};
+
+use crate::access::AccessLog;
+use crate::body::{Body, BoxError, Guarded, ReplayBody};
+use crate::forwarded;
+use crate::hold::{self, HoldOutcome};
+use crate::host::{self, RequestHost};
+use crate::internal_host::{self, INTERNAL_HOST};
+use crate::redirect::{self, ACME_PREFIX};
+use crate::responses::Canned;
+use crate::shared::Shared;
+use crate::table::AppEntry;
+use crate::upstream::{strip_hop_by_hop, UpstreamError};
+
+/// Longest request-target (§13).
+pub const MAX_TARGET_LEN: usize = 8 * 1024;
+/// Largest request body (§13).
+pub const MAX_BODY_BYTES: u64 = 128 * 1024 * 1024;
+
+/// What the pipeline knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Serves one request. Never fails: every problem is a response.
+pub async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> Response<Body> {
+    let mut log = AccessLog::start(req.method(), req.uri().path(), conn.peer, conn.tls);
+    let resp = route(req, conn, &shared, &mut log).await;
+    log.status = resp.status().as_u16();
+    resp.map(|b| Guarded::wrap(b, log))
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn route(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: &Shared,
+    log: &mut AccessLog,
+) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_TARGET_LEN {
+        return Canned::UriTooLong.response(head);
+    }
+    // Smuggling pattern: hyper lets Transfer-Encoding win, the spec refuses the pair.
+    if req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING) {
+        return Canned::BadRequest.response(head);
+    }
+    let Some(host) = host::request_host(&req) else {
+        return Canned::BadRequest.response(head);
+    };
+    log.host = host.hostname.clone();
+
+    let path = req.uri().path();
+    let acme = path.starts_with(ACME_PREFIX);
+    if acme && shared.config.acme_enabled {
+        // Token answers arrive with ACME support; until then every token is unknown.
+        return Canned::TokenNotFound.response(head);
+    }
+
+    let peer_ip = canonical_ip(conn.peer.ip());
+    let trusted = any_contains(&shared.trusted, peer_ip);
+    if host.hostname == INTERNAL_HOST {
+        let status = shared.status.load_full();
+        let metrics = shared.metrics.load_full();
+        return internal_host::respond(
+            path,
+            head,
+            peer_ip.is_loopback() || trusted,
+            status.as_deref(),
+            metrics.as_deref(),
+            shared.uptime_secs(),
+        );
+    }
+
+    let https = forwarded::effective_https(req.headers(), conn.tls, trusted, &host.hostname);
+    log.https = https;
+    if !https && !acme {
+        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let location = redirect::location(&host.hostname, shared.config.https_port, pq);
+        return redirect::response(&location, head)
+            .unwrap_or_else(|| Canned::BadRequest.response(head));
+    }
+
+    let table = shared.table.load_full();
+    let Some((_pattern, app)) = table.find(&host.hostname, path) else {
+        return Canned::NotFound.response(head);
+    };
+    let app = Arc::clone(app);
+    log.app = app.name.clone();
+
+    if content_length(&req).is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Canned::PayloadTooLarge.response(head);
+    }
+
+    let app = if app.stopped {
+        return Canned::NoHealthyBackend.response(head);
+    } else if !app.backends.is_empty() {
+        app
+    } else if app.starting || app.on_demand {
+        match hold::hold(shared, &app.name).await {
+            HoldOutcome::Ready(entry) => entry,
+            HoldOutcome::Failed => return Canned::AppFailedToStart.response(head),
+            HoldOutcome::TimedOut => return Canned::StartupTimedOut.response(head),
+            HoldOutcome::Full => return Canned::TooManyWaiting.response(head),
+            HoldOutcome::Stopped => return Canned::NoHealthyBackend.response(head),
+            HoldOutcome::Gone => return Canned::NotFound.response(head),
+        }
+    } else {
+        return Canned::NoHealthyBackend.response(head);
+    };
+
+    let ctx = ProxyCtx {
+        conn,
+        trusted,
+        https,
+        host: &host,
+    };
+    proxy(req, &app, ctx, shared, log).await
+}
+
+struct ProxyCtx<'a> {
+    conn: ConnInfo,
+    trusted: bool,
+    https: bool,
+    host: &'a RequestHost,
+}
+
+/// Sends the request to an instance of `app`, retrying once on another instance when the
+/// connection could not be made.
+async fn proxy(
+    req: Request<Incoming>,
+    app: &AppEntry,
+    ctx: ProxyCtx<'_>,
+    shared: &Shared,
+    log: &mut AccessLog,
+) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    forwarded::apply(
+        &mut headers,
+        ctx.conn.peer.ip(),
+        ctx.trusted,
+        ctx.https,
+        &ctx.host.received,
+    );
+    if !headers.contains_key(HOST) {
+        // HTTP/2 carries the host in :authority; HTTP/1.1 upstream needs it as a header.
+        match HeaderValue::from_str(&ctx.host.received) {
+            Ok(v) => {
+                headers.insert(HOST, v);
+            }
+            Err(_) => return Canned::BadRequest.response(head),
+        }
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let slot = Arc::new(Mutex::new(Some(body)));
+    let too_large = Arc::new(AtomicBool::new(false));
+    let mut exclude = None;
+    loop {
+        let Some(backend) = app.pick(exclude) else {
+            return if exclude.is_some() {
+                Canned::BadGateway.response(head)
+            } else {
+                Canned::NoHealthyBackend.response(head)
+            };
+        };
+        log.instance = backend.instance_id.to_string();
+        let mut in_flight = shared.counters.begin(&app.name, backend.instance_id);
+        let upstream_req = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("http://127.0.0.1:{}{}", backend.port, pq))
+            .version(Version::HTTP_11)
+            .body(ReplayBody::new(
+                Arc::clone(&slot),
+                MAX_BODY_BYTES,
+                Arc::clone(&too_large),
+            ));
+        let mut upstream_req = match upstream_req {
+            Ok(r) => r,
+            Err(_) => return Canned::BadRequest.response(head),
+        };
+        *upstream_req.headers_mut() = headers.clone();
+        match shared.upstream.send(upstream_req).await {
+            Ok(resp) => {
+                in_flight.count();
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                let body = rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+                return Response::from_parts(rparts, Guarded::wrap(body, in_flight));
+            }
+            Err(UpstreamError::Connect(error)) => {
+                let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);
+                tracing::warn!(
+                    app = %app.name,
+                    instance = backend.instance_id,
+                    port = backend.port,
+                    %error,
+                    "Upstream connect failed"
+                );
+                if exclude.is_none() && untouched && app.backends.len() > 1 {
+                    exclude = Some(backend.instance_id);
+                    continue;
+                }
+                return Canned::BadGateway.response(head);
+            }
+            Err(UpstreamError::Timeout) => {
+                in_flight.count();
+                tracing::warn!(app = %app.name, instance = backend.instance_id, "Upstream response timed out");
+                return Canned::GatewayTimeout.response(head);
+            }
+            Err(error @ UpstreamError::Failed(_)) => {
+                in_flight.count();
+                if too_large.load(Ordering::Relaxed) {
+                    return Canned::PayloadTooLarge.response(head);
+                }
+                tracing::warn!(app = %app.name, instance = backend.instance_id, %error, "Upstream request failed");
+                return Canned::BadGateway.response(head);
+            }
+        }
+    }
+}

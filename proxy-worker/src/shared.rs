@@ -1,0 +1,88 @@
+//! State shared by every connection of this worker. Everything the master pushes is swapped
+//! whole, so a request reads one consistent snapshot.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use tako_ipc::cidr::Cidr;
+use tako_ipc::{WorkerConfig, WorkerToMaster};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::counters::Counters;
+use crate::hold::Holds;
+use crate::internal_host::StatusSnapshot;
+use crate::table::Table;
+use crate::tls::CertStore;
+use crate::upstream::Upstream;
+
+/// What the IPC writer task sends, in order.
+pub enum Outbound {
+    Msg(WorkerToMaster),
+    /// Answered once everything queued before it was written.
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct Shared {
+    pub config: WorkerConfig,
+    pub trusted: Vec<Cidr>,
+    pub table: ArcSwap<Table>,
+    /// Round-robin positions per app, carried from table to table.
+    pub rotation: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    pub status: ArcSwapOption<StatusSnapshot>,
+    pub metrics: ArcSwapOption<Bytes>,
+    pub holds: Holds,
+    pub counters: Arc<Counters>,
+    pub certs: Arc<CertStore>,
+    pub upstream: Upstream,
+    outbox: mpsc::UnboundedSender<Outbound>,
+}
+
+impl Shared {
+    pub fn new(config: WorkerConfig, outbox: mpsc::UnboundedSender<Outbound>) -> Self {
+        let mut trusted = Vec::new();
+        for raw in &config.trusted_proxies {
+            match raw.parse::<Cidr>() {
+                Ok(c) => trusted.push(c),
+                // The master validated the flag; a bad entry here only narrows trust.
+                Err(error) => tracing::warn!(cidr = %raw, %error, "Trusted proxy ignored"),
+            }
+        }
+        Self {
+            config,
+            trusted,
+            table: ArcSwap::from_pointee(Table::empty()),
+            rotation: Mutex::new(HashMap::new()),
+            status: ArcSwapOption::empty(),
+            metrics: ArcSwapOption::empty(),
+            holds: Holds::default(),
+            counters: Arc::new(Counters::default()),
+            certs: Arc::new(CertStore::default()),
+            upstream: Upstream::new(),
+            outbox,
+        }
+    }
+
+    /// Queues a message to the master. Lost only when the channel is already gone.
+    pub fn send(&self, msg: WorkerToMaster) {
+        let _ = self.outbox.send(Outbound::Msg(msg));
+    }
+
+    /// Waits (bounded by the caller) until everything queued so far was written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.outbox.send(Outbound::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Seconds since the master started, for a status page before the first snapshot.
+    pub fn uptime_secs(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        now.saturating_sub(self.config.server_started_unix_secs)
+    }
+}
