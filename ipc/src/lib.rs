@@ -2,6 +2,7 @@
 //! them (with file descriptors beside a frame), and the privilege helpers each role uses to
 //! shed what it does not need.
 
+pub mod cidr;
 pub mod frame;
 pub mod messages;
 pub mod privilege;

@@ -1,3 +1,33 @@
+//! tako-server: the master binary. The same binary runs the proxy workers and the app
+//! launcher when re-executed with the hidden role argument.
+
+mod apps;
+mod boot;
+mod certs;
+mod cli;
+mod core;
+mod ctl;
+mod datadir;
+mod listeners;
+mod logging;
 mod mgmt;
+mod role;
 mod state;
-fn main() {}
+mod status;
+mod supervisor;
+mod users;
+
+use clap::Parser;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(role::ROLE_ARG) {
+        std::process::exit(role::run_child(&args[2..]));
+    }
+    let cli = cli::Cli::parse();
+    let code = match cli.command {
+        Some(cli::Command::Ctl(a)) => ctl::run(a),
+        None => boot::run(cli.server),
+    };
+    std::process::exit(code);
+}

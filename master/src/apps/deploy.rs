@@ -1,0 +1,372 @@
+//! Deploy, rollback and reload: prepare, start new, switch, drain old (instances.md §11-§12).
+//! Every failure leaves the app exactly as it was.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tako_ipc::InstallResult;
+
+use super::events::describe_exit;
+use super::manifest;
+use super::ports::free_base;
+use super::registry::{App, AppConfig, Build, InstState};
+use crate::core::{lock, unix_now, Master};
+use crate::state::{ReleaseKind, StoredApp};
+
+pub const INSTALL_TIMEOUT_MS: u64 = 600_000;
+
+/// A validated deploy or rollback.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub app: String,
+    pub version: String,
+    /// Canonical release path.
+    pub path: String,
+    /// Normalized routes in order, with their identity keys.
+    pub routes: Vec<String>,
+    pub route_keys: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub instances: u8,
+    pub idle_timeout: u32,
+    pub kind: ReleaseKind,
+}
+
+/// How the new instances came up.
+enum StartFailure {
+    /// The app had no instances: `Deploy failed: …`.
+    Fresh(String),
+    /// A rolling update: the rollback JSON error.
+    Rolling(String),
+    /// Internal failure during a rollout.
+    Internal(String),
+}
+
+fn trim_output(s: &str) -> String {
+    let t = s.trim();
+    if t.chars().count() > 400 {
+        format!("{}...", t.chars().take(400).collect::<String>())
+    } else {
+        t.to_string()
+    }
+}
+
+impl Master {
+    /// The route-conflict check: another app owning an identical pattern.
+    pub fn route_conflict(&self, app: &str, routes: &[String], keys: &[String]) -> Option<String> {
+        let reg = lock(&self.apps);
+        for (route, key) in routes.iter().zip(keys) {
+            for other in reg.apps.values().filter(|a| a.name != app && a.visible) {
+                for theirs in &other.config.routes {
+                    if let Ok(p) = tako_ipc::route::parse_route(theirs) {
+                        if &p.identity_key() == key {
+                            return Some(format!("Deploy rejected: route '{route}' is already used by app '{}'", other.name));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs the deploy algorithm. The caller holds the app lock and has validated `req`.
+    pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Value, String> {
+        if let Some(e) = self.route_conflict(&req.app, &req.routes, &req.route_keys) {
+            return Err(e);
+        }
+        let prepared = self.prepare_release(&req).await;
+        let argv = match prepared {
+            Ok(argv) => argv,
+            Err(e) => {
+                self.record_failure(&req, &e).await;
+                return Err(e);
+            }
+        };
+        let build = Arc::new(Build { version: req.version.clone(), path: req.path.clone(), argv, env: req.env.clone() });
+        let result = self.roll_out(&req.app, build, req.instances, Some(&req)).await;
+        if let Err(e) = &result {
+            self.record_failure(&req, e).await;
+        }
+        result
+    }
+
+    async fn record_failure(&self, req: &DeployRequest, error: &str) {
+        let r = self
+            .store
+            .record_release_failure(
+                req.app.clone(),
+                req.version.clone(),
+                req.path.clone(),
+                req.kind,
+                error.to_string(),
+                unix_now(),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::error!(app = %req.app, error = %e, "cannot record the failed release");
+        }
+    }
+
+    /// Reads the manifest and runs the install step. Returns the argv.
+    async fn prepare_release(&self, req: &DeployRequest) -> Result<Vec<String>, String> {
+        let path = Path::new(&req.path);
+        let m = manifest::load(path).map_err(|d| format!("Invalid app release: {d}"))?;
+        if let Some(argv) = manifest::install_argv(&m, path) {
+            self.run_install(req, argv, m.runtime == "bun").await?;
+        }
+        if m.runtime == "bun" {
+            let wrapper = path.join("node_modules/tako.sh/src/wrapper.ts");
+            if !wrapper.exists() {
+                return Err(format!(
+                    "Invalid app release: Bun dependency install completed but '{}' is missing. Ensure package 'tako.sh' is installed.",
+                    wrapper.display()
+                ));
+            }
+        }
+        Ok(m.argv)
+    }
+
+    async fn run_install(&self, req: &DeployRequest, argv: Vec<String>, bun_default: bool) -> Result<(), String> {
+        let log_dir = self
+            .data
+            .prepare_app_logs(&req.app, self.users.as_ref())
+            .map_err(|e| format!("Invalid app release: cannot prepare the log directory: {e}"))?;
+        let custom = argv.first().map(String::as_str) == Some("sh");
+        let env = super::env::build_env(&req.env, &req.version, &super::env::home_of(self.users.as_ref()), None);
+        let spec = tako_ipc::InstallSpec {
+            request_id: 0,
+            app: req.app.clone(),
+            argv,
+            cwd: req.path.clone(),
+            env,
+            log_dir: log_dir.display().to_string(),
+            timeout_ms: INSTALL_TIMEOUT_MS,
+        };
+        let ownership = crate::apps::ops::ReleaseOwnership::hand_to_app(self.users.as_ref(), Path::new(&req.path));
+        let result = self.launcher.install(spec).await;
+        ownership.give_back();
+        let what = if custom { "Release dependency install" } else { "Bun dependency install" };
+        match result {
+            Err(_) => Err("Rolling update failed: the app launcher was lost".into()),
+            Ok(InstallResult::Ok) => Ok(()),
+            Ok(InstallResult::Failed { status, output }) => {
+                let out = trim_output(&output);
+                let mut msg = format!("Invalid app release: {what} failed {}", describe_exit(status));
+                if !out.is_empty() {
+                    msg.push_str(": ");
+                    msg.push_str(&out);
+                }
+                Err(msg)
+            }
+            Ok(InstallResult::TimedOut) => Err("Invalid app release: Release dependency install timed out after 600 s".into()),
+            Ok(InstallResult::SpawnError { error }) if bun_default && !custom => Err(format!(
+                "Invalid app release: Failed to run 'bun install --production' in {}: {error}",
+                req.path
+            )),
+            Ok(InstallResult::SpawnError { error }) => Err(format!("Invalid app release: {what} failed: {error}")),
+        }
+    }
+
+    /// Starts `build`, switches the app to it and drains what ran before. `req` is `None`
+    /// for a reload (same config, nothing persisted but the stopped flag).
+    pub async fn roll_out(
+        self: &Arc<Self>,
+        app: &str,
+        build: Arc<Build>,
+        instances: u8,
+        req: Option<&DeployRequest>,
+    ) -> Result<Value, String> {
+        // Register a first deploy invisibly; find what runs now.
+        let (new_app, old_ids, base_port) = {
+            let mut reg = lock(&self.apps);
+            let used = reg.used_bases();
+            match reg.apps.get_mut(app) {
+                Some(a) if a.visible => {
+                    a.rollout = true;
+                    let old: Vec<u32> = a.instances.keys().copied().collect();
+                    (false, old, a.config.base_port)
+                }
+                _ => {
+                    let Some(base) = free_base(&used) else {
+                        return Err(format!("Deploy failed: No free instance port for app '{app}'"));
+                    };
+                    let Some(req) = req else { return Err(format!("App not found: {app}")) };
+                    let config = AppConfig {
+                        version: req.version.clone(),
+                        path: req.path.clone(),
+                        command: build.argv.clone(),
+                        env: req.env.clone(),
+                        min_instances: req.instances,
+                        idle_timeout_secs: req.idle_timeout,
+                        base_port: base,
+                        routes: req.routes.clone(),
+                        stopped: false,
+                    };
+                    let mut a = App::new(app.to_string(), config, false);
+                    a.rollout = true;
+                    reg.apps.insert(app.to_string(), a);
+                    (true, Vec::new(), base)
+                }
+            }
+        };
+        let rolling = !old_ids.is_empty();
+        let target = instances.max(1) as usize;
+        let mut started: Vec<u32> = Vec::new();
+        let mut failure: Option<StartFailure> = None;
+        for _ in 0..target {
+            match self.spawn_instance(app, build.clone(), false) {
+                Ok((id, rx)) => {
+                    started.push(id);
+                    match rx.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            failure = Some(if rolling { StartFailure::Rolling(e) } else { StartFailure::Fresh(e) });
+                            break;
+                        }
+                        Err(_) => {
+                            failure = Some(StartFailure::Internal("the instance was lost".into()));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(if rolling { StartFailure::Rolling(e) } else { StartFailure::Fresh(e) });
+                    break;
+                }
+            }
+            if self.is_shutting_down() {
+                failure = Some(StartFailure::Internal("server is shutting down".into()));
+                break;
+            }
+        }
+        if let Some(f) = failure {
+            self.abandon(app, &started, new_app).await;
+            return Err(match f {
+                StartFailure::Fresh(e) if instances == 0 => format!("Deploy failed: Warm instance startup failed: {e}"),
+                StartFailure::Fresh(e) => format!("Deploy failed: {e}"),
+                StartFailure::Rolling(e) => {
+                    json!({"app": app, "error": e, "rolled_back": true, "status": "rollback"}).to_string()
+                }
+                StartFailure::Internal(e) if e == "server is shutting down" => "Deploy failed: server is shutting down".into(),
+                StartFailure::Internal(e) => format!("Rolling update failed: {e}"),
+            });
+        }
+
+        // Switch: persist first, then swap in memory.
+        if let Some(req) = req {
+            if let Some(e) = self.route_conflict(app, &req.routes, &req.route_keys) {
+                self.abandon(app, &started, new_app).await;
+                return Err(e);
+            }
+            let stored = StoredApp {
+                name: app.to_string(),
+                version: req.version.clone(),
+                path: req.path.clone(),
+                cwd: req.path.clone(),
+                command: build.argv.clone(),
+                env: req.env.clone(),
+                min_instances: req.instances,
+                base_port,
+                idle_timeout_secs: req.idle_timeout,
+                stopped: false,
+                routes: req.routes.clone(),
+            };
+            if let Err(e) = self.store.commit_deploy(stored, req.kind, unix_now()).await {
+                self.abandon(app, &started, new_app).await;
+                return Err(format!("Deploy failed: could not save state: {e}"));
+            }
+        } else if let Err(e) = self.store.set_stopped(app.to_string(), false).await {
+            self.abandon(app, &started, new_app).await;
+            return Err(format!("Rolling update failed: could not save state: {e}"));
+        }
+        {
+            let mut reg = lock(&self.apps);
+            if let Some(a) = reg.apps.get_mut(app) {
+                if let Some(req) = req {
+                    a.config = AppConfig {
+                        version: req.version.clone(),
+                        path: req.path.clone(),
+                        command: build.argv.clone(),
+                        env: req.env.clone(),
+                        min_instances: req.instances,
+                        idle_timeout_secs: req.idle_timeout,
+                        base_port,
+                        routes: req.routes.clone(),
+                        stopped: false,
+                    };
+                }
+                a.config.stopped = false;
+                a.visible = true;
+                a.rollout = false;
+                a.cold_start_failed = false;
+                let always_on = !a.on_demand();
+                for id in &started {
+                    if let Some(i) = a.instances.get_mut(id) {
+                        i.replace_on_exit = always_on;
+                    }
+                }
+                for id in &old_ids {
+                    if let Some(i) = a.instances.get_mut(id) {
+                        i.replace_on_exit = false;
+                        if i.state != InstState::Stopped {
+                            i.state = InstState::Draining;
+                        }
+                    }
+                }
+            }
+        }
+        let epoch = self.publish();
+        // Answer once the old instances are out of every worker's rotation.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        self.wait_until(deadline, |m| m.applied_epoch() >= epoch).await;
+        for id in &old_ids {
+            let me = self.clone();
+            let app = app.to_string();
+            let id = *id;
+            tokio::spawn(async move { me.stop_instance(&app, id, true).await });
+        }
+        if let Some(req) = req {
+            self.ensure_certificates(&req.routes);
+        }
+
+        let version = build.version.clone();
+        let mut data = if rolling {
+            json!({"app": app, "new_instances": started.len(), "old_instances": old_ids.len(),
+                   "rolled_back": false, "status": "deployed", "version": version})
+        } else {
+            json!({"app": app, "new_app": new_app, "on_demand": instances == 0, "status": "deployed", "version": version})
+        };
+        if instances == 0 {
+            data["on_demand"] = json!(true);
+            data["startup_validated"] = json!(true);
+            data["warm_instance"] = json!(true);
+        }
+        Ok(data)
+    }
+
+    /// Undo a failed start: stop what this attempt started; forget a first deploy.
+    async fn abandon(self: &Arc<Self>, app: &str, started: &[u32], new_app: bool) {
+        let stops: Vec<_> = started
+            .iter()
+            .map(|id| {
+                let me = self.clone();
+                let app = app.to_string();
+                let id = *id;
+                tokio::spawn(async move { me.stop_instance(&app, id, true).await })
+            })
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+        {
+            let mut reg = lock(&self.apps);
+            if new_app {
+                reg.apps.remove(app);
+            } else if let Some(a) = reg.apps.get_mut(app) {
+                a.rollout = false;
+            }
+        }
+        self.publish();
+    }
+}

@@ -1,0 +1,61 @@
+//! The once-a-second housekeeping: idle scale-down of on-demand apps (instances.md §13) and
+//! resetting the crash counter after 60 s of health (§9).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::registry::InstState;
+use crate::core::{lock, Master};
+
+pub fn spawn(master: Arc<Master>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if master.is_shutting_down() {
+                return;
+            }
+            master.record_activity();
+            for (app, id) in idle_victims(&master) {
+                tracing::info!(app = %app, instance = id, "idle; scaling down");
+                let m = master.clone();
+                tokio::spawn(async move { m.stop_instance(&app, id, true).await });
+            }
+        }
+    });
+}
+
+fn idle_victims(master: &Master) -> Vec<(String, u32)> {
+    let totals = lock(&master.workers).instance_totals();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut reg = lock(&master.apps);
+    for a in reg.apps.values_mut() {
+        if a.instances.values().any(|i| i.healthy_since.is_some_and(|t| now.duration_since(t) >= Duration::from_secs(60))) {
+            a.consecutive_failures = 0;
+        }
+        if a.rollout || !a.visible {
+            continue;
+        }
+        let timeout = Duration::from_secs(a.config.idle_timeout_secs as u64);
+        let mut healthy = a.instances.values().filter(|i| i.state == InstState::Healthy).count();
+        let mut idle: Vec<(Instant, u32)> = a
+            .instances
+            .values()
+            .filter(|i| i.state == InstState::Healthy)
+            .filter(|i| totals.get(&(a.name.clone(), i.id)).map(|t| t.1).unwrap_or(0) == 0)
+            .filter(|i| now.duration_since(i.last_activity) > timeout || (timeout.is_zero()))
+            .map(|i| (i.last_activity, i.id))
+            .collect();
+        idle.sort();
+        for (_, id) in idle {
+            if healthy <= a.config.min_instances as usize {
+                break;
+            }
+            healthy -= 1;
+            out.push((a.name.clone(), id));
+        }
+    }
+    out
+}

@@ -1,0 +1,217 @@
+//! In-memory apps and instances.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tako_ipc::{AppRoutes, Backend};
+use tokio::sync::oneshot;
+
+/// What it takes to start an instance of one build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Build {
+    pub version: String,
+    pub path: String,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// The switched-in configuration of an app.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub version: String,
+    pub path: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub min_instances: u8,
+    pub idle_timeout_secs: u32,
+    pub base_port: u16,
+    pub routes: Vec<String>,
+    pub stopped: bool,
+}
+
+impl AppConfig {
+    pub fn build(&self) -> Arc<Build> {
+        Arc::new(Build {
+            version: self.version.clone(),
+            path: self.path.clone(),
+            argv: self.command.clone(),
+            env: self.env.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InstState {
+    Starting,
+    Ready,
+    Healthy,
+    Unhealthy,
+    Draining,
+    Stopped,
+}
+
+impl InstState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstState::Starting => "starting",
+            InstState::Ready => "ready",
+            InstState::Healthy => "healthy",
+            InstState::Unhealthy => "unhealthy",
+            InstState::Draining => "draining",
+            InstState::Stopped => "stopped",
+        }
+    }
+
+    /// In rotation: workers send it traffic.
+    pub fn serves(self) -> bool {
+        matches!(self, InstState::Ready | InstState::Healthy)
+    }
+}
+
+pub type StartWaiter = oneshot::Sender<Result<(), String>>;
+
+pub struct Instance {
+    pub id: u32,
+    pub build: Arc<Build>,
+    pub slot: u16,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub state: InstState,
+    pub spawned: Instant,
+    /// Epoch of the table that first carried it as ready.
+    pub ready_epoch: Option<u64>,
+    pub healthy_since: Option<Instant>,
+    pub last_activity: Instant,
+    /// Requests seen at the last activity check.
+    pub seen_requests: u64,
+    pub start_waiters: Vec<StartWaiter>,
+    pub exit_waiters: Vec<oneshot::Sender<()>>,
+    /// Replace it when it dies (current build of an always-on app).
+    pub replace_on_exit: bool,
+}
+
+pub struct App {
+    pub name: String,
+    pub config: AppConfig,
+    /// False while the first deploy runs: the app is invisible to commands and routing.
+    pub visible: bool,
+    pub instances: BTreeMap<u32, Instance>,
+    pub next_id: u32,
+    pub last_error: Option<String>,
+    pub rollout: bool,
+    pub restoring: bool,
+    pub cold_start_failed: bool,
+    pub consecutive_failures: u32,
+    pub replacement_pending: bool,
+}
+
+impl App {
+    pub fn new(name: String, config: AppConfig, visible: bool) -> App {
+        App {
+            name,
+            config,
+            visible,
+            instances: BTreeMap::new(),
+            next_id: 1,
+            last_error: None,
+            rollout: false,
+            restoring: false,
+            cold_start_failed: false,
+            consecutive_failures: 0,
+            replacement_pending: false,
+        }
+    }
+
+    /// Live instance processes in any state.
+    pub fn live_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn on_demand(&self) -> bool {
+        self.config.min_instances == 0
+    }
+
+    /// instances.md §15.
+    pub fn state(&self) -> &'static str {
+        if self.config.stopped {
+            return "stopped";
+        }
+        if self.rollout || self.restoring {
+            return "deploying";
+        }
+        if self.instances.values().any(|i| i.state.serves()) {
+            return "running";
+        }
+        if self.instances.values().any(|i| i.state == InstState::Starting) {
+            return "deploying";
+        }
+        if self.on_demand() && !self.cold_start_failed {
+            return "idle";
+        }
+        "error"
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    pub apps: BTreeMap<String, App>,
+    /// Apps with an operation running (the per-app try-lock).
+    pub busy: HashSet<String>,
+}
+
+impl Registry {
+    pub fn visible(&self, name: &str) -> Option<&App> {
+        self.apps.get(name).filter(|a| a.visible)
+    }
+
+    /// Route entries for workers: every visible app with its routes, and hidden apps (a
+    /// first deploy) with their backends only, so their instances can become healthy.
+    pub fn route_entries(&self) -> Vec<AppRoutes> {
+        self.apps
+            .values()
+            .map(|a| AppRoutes {
+                name: a.name.clone(),
+                routes: if a.visible { a.config.routes.clone() } else { Vec::new() },
+                release_path: a.config.path.clone(),
+                stopped: a.config.stopped,
+                on_demand: a.on_demand(),
+                backends: a
+                    .instances
+                    .values()
+                    .filter(|i| i.state.serves())
+                    .map(|i| Backend { instance_id: i.id, port: i.port })
+                    .collect(),
+                starting: a.instances.values().any(|i| i.state == InstState::Starting),
+            })
+            .collect()
+    }
+
+    /// Port block bases in use (unshifted).
+    pub fn used_bases(&self) -> HashSet<u16> {
+        self.apps.values().map(|a| a.config.base_port).collect()
+    }
+}
+
+/// Releases the per-app lock when dropped.
+pub struct AppLock<'a> {
+    pub(crate) master: &'a crate::core::Master,
+    pub(crate) name: String,
+}
+
+impl Drop for AppLock<'_> {
+    fn drop(&mut self) {
+        crate::core::lock(&self.master.apps).busy.remove(&self.name);
+    }
+}
+
+impl crate::core::Master {
+    /// The per-app try-lock (management-protocol.md §7).
+    pub fn try_lock_app(&self, name: &str) -> Option<AppLock<'_>> {
+        let mut reg = crate::core::lock(&self.apps);
+        if !reg.busy.insert(name.to_string()) {
+            return None;
+        }
+        Some(AppLock { master: self, name: name.to_string() })
+    }
+}

@@ -1,0 +1,300 @@
+//! Running the server: startup order (cli.md §5), signals (§6) and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::cli::{ConfigError, ServerFlags};
+use crate::core::{lock, unix_now, Master};
+use crate::datadir::{prepare_socket_dir, DataDir};
+use crate::state::{DataDirLock, StateHandle, Store};
+use crate::supervisor::{launcher, workers};
+
+const WORKER_DRAIN: Duration = Duration::from_secs(30);
+const INSTANCE_GRACE: Duration = Duration::from_secs(10);
+
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
+/// Tells systemd we are ready, when it asked (`NOTIFY_SOCKET`).
+fn notify_ready() {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let r = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+pub fn run(flags: ServerFlags) -> i32 {
+    crate::logging::init("role=master".into());
+    let settings = match flags.resolve() {
+        Ok(s) => s,
+        Err(ConfigError::Usage(m)) => {
+            eprintln!("error: {m}");
+            return 2;
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return 3;
+        }
+    };
+    let users = match crate::users::resolve(&settings) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 3;
+        }
+    };
+    if users.is_none() {
+        let uid = nix::unistd::getuid().as_raw();
+        tracing::warn!("privilege separation is off: tako-server runs as uid {uid} (not root); workers, launcher and apps run as this user");
+        for flag in &settings.explicit_user_flags {
+            tracing::warn!(flag, "{flag} is ignored when not running as root");
+        }
+    }
+    tracing::info!("Tako Server v{}", env!("CARGO_PKG_VERSION"));
+    tracing::info!("Socket: {}", settings.socket.display());
+    tracing::info!("HTTP port: {}", settings.http_port);
+    tracing::info!("HTTPS port: {}", settings.https_port);
+    tracing::info!("Data directory: {}", settings.data_dir.display());
+    raise_nofile_limit();
+
+    let data = DataDir { root: settings.data_dir.clone() };
+    if let Err(e) = data.prepare(users.as_ref()) {
+        tracing::error!("Cannot prepare data directory {}: {e}", data.root.display());
+        return 5;
+    }
+    let _dir_lock = match DataDirLock::acquire(&data.root) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 5;
+        }
+    };
+    let store = match Store::open(&data.root, env!("CARGO_PKG_VERSION")) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 5;
+        }
+    };
+    let handle = match StateHandle::spawn(store) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 5;
+        }
+    };
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(serve(settings, users, data, handle))
+}
+
+async fn serve(
+    settings: crate::cli::Settings,
+    users: Option<crate::users::Users>,
+    data: DataDir,
+    store: StateHandle,
+) -> i32 {
+    // Certificates: what is on disk, plus an in-memory default for clients without SNI.
+    let (mut certs, _) = crate::certs::load_dir(&data.certs());
+    if !certs.iter().any(|c| c.name == "default") {
+        match crate::certs::self_signed("localhost") {
+            Ok(mut c) => {
+                c.name = "default".into();
+                certs.push(c);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot generate the default certificate"),
+        }
+    }
+
+    // Register every app before anything listens.
+    let stored = match store.load_apps().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 5;
+        }
+    };
+    let (registry, fixes) = crate::apps::restore::register(stored);
+    for (app, base) in fixes {
+        if let Err(e) = store.set_base_port(app.clone(), base).await {
+            tracing::warn!(app = %app, error = %e, "cannot persist the new port base");
+        }
+    }
+    let app_count = registry.apps.len();
+
+    let listeners = match crate::listeners::bind_all(&settings.listen, settings.listen_given, settings.http_port, settings.https_port) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 4;
+        }
+    };
+    if let Err(e) = prepare_socket_dir(&settings.socket, users.as_ref()) {
+        tracing::error!("Cannot create the socket directory for {}: {e}", settings.socket.display());
+        return 4;
+    }
+    let mgmt_listener = match crate::mgmt::server::bind(&settings.socket, users.as_ref()) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 4;
+        }
+    };
+    tracing::info!("Management socket listening on {}", settings.socket.display());
+
+    let settings_json = serde_json::json!({
+        "http_port": settings.http_port, "https_port": settings.https_port,
+        "data_dir": settings.data_dir.display().to_string(), "socket": settings.socket.display().to_string(),
+        "instance_port_offset": settings.instance_port_offset, "no_acme": settings.no_acme,
+        "acme_staging": settings.acme_staging, "acme_email": settings.acme_email,
+        "renewal_interval_hours": settings.renewal_interval_hours,
+        "acme_ca_root": settings.acme_ca_root.as_ref().map(|p| p.display().to_string()),
+    })
+    .to_string();
+    let socket_path = settings.socket.clone();
+    let master = Arc::new(Master::new(settings, users, data, listeners, store, certs, registry));
+    if let Err(e) = master.store.write_primary_boot(settings_json, std::process::id(), master.started_unix).await {
+        tracing::warn!(error = %e, "cannot record the primary's boot");
+    }
+    master.publish();
+
+    let mgmt_shutdown = Arc::new(Notify::new());
+    crate::mgmt::server::serve(master.clone(), mgmt_listener, mgmt_shutdown.clone());
+
+    launcher::supervise(master.clone());
+    let ready = workers::start_all(&master).await;
+    tracing::info!("Ready: {ready} workers, {app_count} apps");
+    notify_ready();
+
+    spawn_status_pusher(master.clone());
+    crate::apps::idle::spawn(master.clone());
+    {
+        let m = master.clone();
+        tokio::spawn(async move {
+            if m.launcher.wait_ready(Duration::from_secs(30)).await {
+                crate::apps::restore::start(m).await;
+            } else {
+                tracing::error!("the app launcher did not start; apps are not restored");
+            }
+        });
+    }
+
+    wait_for_shutdown(&master).await;
+    shutdown(master, mgmt_shutdown, socket_path).await
+}
+
+fn spawn_status_pusher(master: Arc<Master>) {
+    tokio::spawn(async move {
+        loop {
+            master.push_status();
+            tokio::select! {
+                _ = master.status_dirty.notified() => {
+                    // Coalesce bursts of changes into one push.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if master.is_shutting_down() {
+                return;
+            }
+        }
+    });
+}
+
+async fn wait_for_shutdown(master: &Arc<Master>) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: rolling restart of the proxy workers");
+                let m = master.clone();
+                tokio::spawn(async move {
+                    match workers::restart_all(&m).await {
+                        Ok((generation, n)) => tracing::info!(generation, workers = n, "workers restarted"),
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Graceful shutdown (upgrade-and-restarts.md §5); a second signal forces.
+async fn shutdown(master: Arc<Master>, mgmt: Arc<Notify>, socket: std::path::PathBuf) -> i32 {
+    master.begin_shutdown();
+    mgmt.notify_waiters();
+    let _ = std::fs::remove_file(&socket);
+    let graceful = async {
+        workers::drain_all(&master, WORKER_DRAIN);
+        workers::wait_all_gone(&master, WORKER_DRAIN + Duration::from_secs(2)).await;
+        let _ = master.launcher.send(tako_ipc::MasterToLauncher::Shutdown { grace_ms: INSTANCE_GRACE.as_millis() as u64 });
+        let deadline = tokio::time::Instant::now() + INSTANCE_GRACE + Duration::from_secs(3);
+        while master.launcher.info().is_some_and(|l| l.ready) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        graceful.await;
+        return 0;
+    };
+    tokio::select! {
+        _ = graceful => {
+            tracing::info!("shutdown complete");
+            0
+        }
+        _ = term.recv() => force(&master),
+        _ = int.recv() => force(&master),
+    }
+}
+
+fn force(master: &Master) -> i32 {
+    tracing::warn!("second signal: forcing shutdown");
+    let reg = lock(&master.apps);
+    for a in reg.apps.values() {
+        for i in a.instances.values() {
+            if let Some(pid) = i.pid {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    for w in lock(&master.workers).entries.iter() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    if let Some(l) = master.launcher.info() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(l.pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = unix_now();
+    1
+}

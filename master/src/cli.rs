@@ -1,0 +1,309 @@
+//! The command line (cli.md §1-§3): server flags, the optional config file, and `ctl`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use tako_ipc::cidr::Cidr;
+
+pub const DEFAULT_SOCKET: &str = "/var/run/tako/tako.sock";
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tako-server",
+    version,
+    about = "Tako Server - Application runtime and proxy",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: ServerFlags,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Talk to a running server over its management socket
+    Ctl(crate::ctl::CtlArgs),
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 256".into()),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a port number from 1 to 65535".into()),
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerFlags {
+    /// Management socket path
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Plain HTTP port [default: 80]
+    #[arg(long, value_name = "N", value_parser = parse_port)]
+    pub port: Option<u16>,
+    /// HTTPS port [default: 443]
+    #[arg(long = "tls-port", value_name = "N", value_parser = parse_port)]
+    pub tls_port: Option<u16>,
+    /// IP address to bind, repeatable; each gets an HTTP and an HTTPS listener [default: 0.0.0.0 and ::]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<IpAddr>,
+    /// Data root
+    #[arg(long = "data-dir", value_name = "PATH", default_value = "/opt/tako")]
+    pub data_dir: PathBuf,
+    /// Config file [default: <data-dir>/server-config.toml if it exists]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Proxy worker processes, 1-256 [default: number of usable CPUs]
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
+    pub workers: Option<usize>,
+    /// User of the proxy workers (root only) [default: tako-proxy]
+    #[arg(long = "proxy-user", value_name = "USER")]
+    pub proxy_user: Option<String>,
+    /// User of app processes and install steps (root only) [default: tako-app]
+    #[arg(long = "app-user", value_name = "USER")]
+    pub app_user: Option<String>,
+    /// User the Tako CLI logs in as; its primary group owns the socket (root only) [default: tako]
+    #[arg(long = "deploy-user", value_name = "USER")]
+    pub deploy_user: Option<String>,
+    /// Peer whose forwarded headers are believed, repeatable; replaces the default list [default: 127.0.0.0/8, ::1/128]
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxy: Vec<Cidr>,
+    /// No ACME account, issuance, renewal or challenge answers
+    #[arg(long = "no-acme")]
+    pub no_acme: bool,
+    /// Use the Let's Encrypt staging directory
+    #[arg(long = "acme-staging")]
+    pub acme_staging: bool,
+    /// Contact for a new ACME account ("mailto:" is added) [default: none]
+    #[arg(long = "acme-email", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// ACME directory URL; overrides --acme-staging [default: Let's Encrypt production]
+    #[arg(long = "acme-directory", value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// Extra trusted root for the HTTPS connection to the ACME directory [default: none]
+    #[arg(long = "acme-ca-root", value_name = "PEM")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// Certificate renewal check period in hours, 1-8760
+    #[arg(long = "renewal-interval-hours", value_name = "N", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=8760))]
+    pub renewal_interval_hours: u32,
+    /// Added to every app instance port, 0-45552
+    #[arg(long = "instance-port-offset", value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=45552))]
+    pub instance_port_offset: u16,
+}
+
+/// The optional TOML config file (cli.md §3). Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    acme: AcmeSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    http_port: Option<u16>,
+    https_port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcmeSection {
+    staging: Option<bool>,
+    email: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Invalid config file {path}: {detail}")]
+    Invalid { path: String, detail: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Effective settings after defaults, the config file and flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub socket: PathBuf,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub listen: Vec<IpAddr>,
+    pub listen_given: bool,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub proxy_user: String,
+    pub app_user: String,
+    pub deploy_user: String,
+    /// User flags given explicitly, for the non-root warning.
+    pub explicit_user_flags: Vec<&'static str>,
+    pub trusted_proxies: Vec<Cidr>,
+    pub no_acme: bool,
+    pub acme_staging: bool,
+    pub acme_email: Option<String>,
+    pub acme_directory: String,
+    pub acme_ca_root: Option<PathBuf>,
+    pub renewal_interval_hours: u32,
+    pub instance_port_offset: u16,
+}
+
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1)
+}
+
+impl ServerFlags {
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let file = self.load_config_file()?;
+        let http_port = self.port.or(file.server.http_port).unwrap_or(80);
+        let https_port = self.tls_port.or(file.server.https_port).unwrap_or(443);
+        for (name, port) in [("http_port", http_port), ("https_port", https_port)] {
+            if port == 0 {
+                return Err(ConfigError::Usage(format!("{name} must be 1-65535")));
+            }
+        }
+        if http_port == https_port {
+            return Err(ConfigError::Usage(format!(
+                "--port and --tls-port must differ (both are {http_port})"
+            )));
+        }
+        let acme_staging = self.acme_staging || file.acme.staging.unwrap_or(false);
+        let acme_email = self.acme_email.clone().or(file.acme.email);
+        let acme_directory = match &self.acme_directory {
+            Some(url) => {
+                if acme_staging {
+                    tracing::warn!("--acme-directory overrides --acme-staging");
+                }
+                url.clone()
+            }
+            None if acme_staging => LETS_ENCRYPT_STAGING.to_string(),
+            None => LETS_ENCRYPT_PRODUCTION.to_string(),
+        };
+        let mut explicit = Vec::new();
+        if self.proxy_user.is_some() {
+            explicit.push("--proxy-user");
+        }
+        if self.app_user.is_some() {
+            explicit.push("--app-user");
+        }
+        if self.deploy_user.is_some() {
+            explicit.push("--deploy-user");
+        }
+        let listen_given = !self.listen.is_empty();
+        let listen = if listen_given {
+            self.listen.clone()
+        } else {
+            vec!["0.0.0.0".parse().expect("literal"), "::".parse().expect("literal")]
+        };
+        let trusted_proxies = if self.trusted_proxy.is_empty() {
+            vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")]
+        } else {
+            self.trusted_proxy.clone()
+        };
+        Ok(Settings {
+            socket: self.socket,
+            http_port,
+            https_port,
+            listen,
+            listen_given,
+            data_dir: self.data_dir,
+            workers: self.workers.unwrap_or_else(usable_cpus),
+            proxy_user: self.proxy_user.unwrap_or_else(|| "tako-proxy".into()),
+            app_user: self.app_user.unwrap_or_else(|| "tako-app".into()),
+            deploy_user: self.deploy_user.unwrap_or_else(|| "tako".into()),
+            explicit_user_flags: explicit,
+            trusted_proxies,
+            no_acme: self.no_acme,
+            acme_staging,
+            acme_email,
+            acme_directory,
+            acme_ca_root: self.acme_ca_root,
+            renewal_interval_hours: self.renewal_interval_hours,
+            instance_port_offset: self.instance_port_offset,
+        })
+    }
+
+    fn load_config_file(&self) -> Result<ConfigFile, ConfigError> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (self.data_dir.join("server-config.toml"), false),
+        };
+        read_config(&path, required)
+    }
+}
+
+fn read_config(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
+    let invalid = |detail: String| ConfigError::Invalid { path: path.display().to_string(), detail };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(ConfigFile::default()),
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    toml::from_str(&text).map_err(|e| invalid(e.to_string().trim().replace('\n', " ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> ServerFlags {
+        let mut v = vec!["tako-server"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap().server
+    }
+
+    #[test]
+    fn defaults() {
+        let dir = std::env::temp_dir().join("tako-cli-test-none");
+        let s = flags(&["--data-dir", dir.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!((s.http_port, s.https_port), (80, 443));
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.acme_directory, LETS_ENCRYPT_PRODUCTION);
+    }
+
+    #[test]
+    fn equal_ports_are_a_usage_error() {
+        let r = flags(&["--port", "8080", "--tls-port", "8080", "--data-dir", "/nonexistent-tako"]).resolve();
+        assert!(matches!(r, Err(ConfigError::Usage(_))));
+    }
+
+    #[test]
+    fn bad_cidr_names_the_flag() {
+        let e = Cli::try_parse_from(["tako-server", "--trusted-proxy", "nope"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'nope' for '--trusted-proxy <CIDR>'"), "{e}");
+    }
+
+    #[test]
+    fn config_file_rules() {
+        let dir = std::env::temp_dir().join(format!("tako-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("c.toml");
+        std::fs::write(&cfg, "[server]\nhttp_port = 8081\n[acme]\nstaging = true\n").unwrap();
+        let s = flags(&["--config", cfg.to_str().unwrap(), "--tls-port", "8443"]).resolve().unwrap();
+        assert_eq!((s.http_port, s.https_port), (8081, 8443));
+        assert_eq!(s.acme_directory, LETS_ENCRYPT_STAGING);
+        let s = flags(&["--config", cfg.to_str().unwrap(), "--port", "9000"]).resolve().unwrap();
+        assert_eq!(s.http_port, 9000, "flags win over the file");
+        std::fs::write(&cfg, "[server]\nbogus = 1\n").unwrap();
+        let e = flags(&["--config", cfg.to_str().unwrap()]).resolve().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("Invalid config file {}: ", cfg.display())), "{e}");
+        let e = flags(&["--config", dir.join("missing.toml").to_str().unwrap()]).resolve().unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

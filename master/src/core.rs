@@ -1,0 +1,162 @@
+//! The master's shared state: settings, listeners, children, apps, and the snapshots pushed
+//! to workers. Everything that changes what workers route goes through [`Master::publish`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tako_ipc::{CertEntry, MasterToWorker, RouteTable};
+use tokio::sync::Notify;
+
+use crate::apps::registry::Registry;
+use crate::cli::Settings;
+use crate::datadir::DataDir;
+use crate::listeners::Listener;
+use crate::state::StateHandle;
+use crate::supervisor::launcher::LauncherLink;
+use crate::supervisor::workers::WorkerTable;
+use crate::users::Users;
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Locks a std mutex, recovering from poisoning: a panicked holder must not take the whole
+/// master down with it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Master {
+    pub settings: Settings,
+    pub users: Option<Users>,
+    pub data: DataDir,
+    pub started: Instant,
+    pub started_unix: u64,
+    pub role: &'static str,
+    pub listeners: Vec<Listener>,
+    pub store: StateHandle,
+    pub certs: Mutex<Vec<CertEntry>>,
+    pub workers: Mutex<WorkerTable>,
+    pub launcher: LauncherLink,
+    pub apps: Mutex<Registry>,
+    /// Serialises building and broadcasting route tables so epochs arrive in order.
+    publish_lock: Mutex<()>,
+    epoch: AtomicU64,
+    latest_routes: Mutex<RouteTable>,
+    status_page: Mutex<(String, bool)>,
+    shutting_down: AtomicBool,
+    /// Wakes waiters on worker acks, counters and instance changes.
+    pub changed: Notify,
+    /// Wakes the status-page pusher.
+    pub status_dirty: Notify,
+}
+
+impl Master {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        users: Option<Users>,
+        data: DataDir,
+        listeners: Vec<Listener>,
+        store: StateHandle,
+        certs: Vec<CertEntry>,
+        registry: Registry,
+    ) -> Master {
+        Master {
+            settings,
+            users,
+            data,
+            started: Instant::now(),
+            started_unix: unix_now(),
+            role: "primary",
+            listeners,
+            store,
+            certs: Mutex::new(certs),
+            workers: Mutex::new(WorkerTable::default()),
+            launcher: LauncherLink::default(),
+            apps: Mutex::new(registry),
+            publish_lock: Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            latest_routes: Mutex::new(RouteTable { epoch: 0, apps: Vec::new() }),
+            status_page: Mutex::new((String::new(), true)),
+            shutting_down: AtomicBool::new(false),
+            changed: Notify::new(),
+            status_dirty: Notify::new(),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn begin_shutdown(&self) -> bool {
+        !self.shutting_down.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn certs_snapshot(&self) -> Vec<CertEntry> {
+        lock(&self.certs).clone()
+    }
+
+    pub fn route_table_snapshot(&self) -> RouteTable {
+        lock(&self.latest_routes).clone()
+    }
+
+    pub fn status_page_snapshot(&self) -> (String, bool) {
+        let page = lock(&self.status_page);
+        if page.0.is_empty() {
+            drop(page);
+            return self.render_status_page();
+        }
+        page.clone()
+    }
+
+    /// Builds a new route table from the registry and pushes it to every worker. Returns
+    /// its epoch: an instance that became ready before this call is in every worker's
+    /// rotation once every worker acknowledged this epoch.
+    pub fn publish(&self) -> u64 {
+        let _serial = lock(&self.publish_lock);
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let apps = lock(&self.apps).route_entries();
+        let table = RouteTable { epoch, apps };
+        let workers = lock(&self.workers);
+        *lock(&self.latest_routes) = table.clone();
+        workers.broadcast(&MasterToWorker::Routes(table));
+        drop(workers);
+        self.status_dirty.notify_one();
+        epoch
+    }
+
+    pub fn push_certs(&self, certs: Vec<CertEntry>) {
+        let workers = lock(&self.workers);
+        *lock(&self.certs) = certs.clone();
+        workers.broadcast(&MasterToWorker::Certs(certs));
+    }
+
+    /// Renders and pushes the status and metrics pages.
+    pub fn push_status(&self) {
+        let (body, healthy) = self.render_status_page();
+        let metrics = self.render_metrics();
+        *lock(&self.status_page) = (body.clone(), healthy);
+        let workers = lock(&self.workers);
+        workers.broadcast(&MasterToWorker::StatusPage { body, healthy });
+        workers.broadcast(&MasterToWorker::MetricsPage { body: metrics });
+    }
+
+    pub fn on_workers_changed(&self) {
+        self.promote_ready_instances();
+        self.changed.notify_waiters();
+        self.status_dirty.notify_one();
+    }
+
+    pub fn on_counters(&self) {
+        self.record_activity();
+        self.changed.notify_waiters();
+    }
+
+    /// The lowest epoch every serving worker has applied (`u64::MAX` with no worker: there
+    /// is nobody to wait for).
+    pub fn applied_epoch(&self) -> u64 {
+        lock(&self.workers).min_applied_epoch().unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,203 @@
+//! Executes one management request: the upgrade gate, validation, the per-app lock, then
+//! the command (management-protocol.md §5-§8).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::protocol::{Request, CAPABILITIES, PROTOCOL_VERSION};
+use super::validate;
+use crate::apps::deploy::DeployRequest;
+use crate::core::{lock, Master};
+use crate::state::{EnterOutcome, ExitOutcome, ReleaseKind, ServerMode};
+
+fn busy_message(req: &Request, app: &str) -> String {
+    match req {
+        Request::Deploy(_) | Request::Rollback { .. } => {
+            format!("Deploy already in progress for app '{app}'. Please wait and try again.")
+        }
+        _ => format!("Another operation is in progress for app '{app}'. Please wait and try again."),
+    }
+}
+
+pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String> {
+    if req.upgrade_gate_message().is_some() {
+        if let Ok(ServerMode::Upgrading) = master.store.server_mode().await {
+            return Err(req.upgrade_gate_message().unwrap_or_default());
+        }
+    }
+    validate::validate_fields(&req)?;
+    match req {
+        Request::Hello { protocol_version } => {
+            if protocol_version != PROTOCOL_VERSION {
+                return Err(format!("Protocol version mismatch: client={protocol_version} server={PROTOCOL_VERSION}"));
+            }
+            Ok(json!({"capabilities": CAPABILITIES, "protocol_version": PROTOCOL_VERSION,
+                      "server_version": env!("CARGO_PKG_VERSION")}))
+        }
+        Request::ServerInfo => Ok(server_info(master).await),
+        Request::EnterUpgrading { owner } => {
+            match master.store.enter_upgrading(owner.clone()).await {
+                Ok(EnterOutcome::Acquired | EnterOutcome::AlreadyHeld) => Ok(json!({"owner": owner, "status": "upgrading"})),
+                Ok(EnterOutcome::HeldBy(holder)) => Err(format!("Server is already upgrading (owner: {holder}).")),
+                Err(e) => Err(format!("Failed to enter upgrading mode: {e}")),
+            }
+        }
+        Request::ExitUpgrading { owner } => {
+            match master.store.exit_upgrading(owner.clone()).await {
+                Ok(ExitOutcome::Released) => Ok(json!({"owner": owner, "status": "normal"})),
+                Ok(ExitOutcome::NotHolder) => {
+                    Err("Failed to exit upgrading mode: owner does not hold the upgrade lock.".into())
+                }
+                Err(e) => Err(format!("Failed to exit upgrading mode: {e}")),
+            }
+        }
+        Request::Deploy(ref d) => {
+            let data_dir = master.data.root.clone();
+            let d2 = d.clone();
+            let valid = tokio::task::spawn_blocking(move || validate::validate_deploy(&data_dir, &d2))
+                .await
+                .map_err(|e| format!("Deploy failed: {e}"))??;
+            let routes = valid.routes.patterns;
+            let path = valid.path;
+            let _guard = master.try_lock_app(&d.app).ok_or_else(|| busy_message(&req, &d.app))?;
+            if master.is_shutting_down() {
+                return Err("Deploy failed: server is shutting down".into());
+            }
+            let dr = DeployRequest {
+                app: d.app.clone(),
+                version: d.version.clone(),
+                path: path.display().to_string(),
+                routes: routes.iter().map(|p| p.normalized().to_string()).collect(),
+                route_keys: routes.iter().map(|p| p.identity_key()).collect(),
+                env: d.env.clone(),
+                instances: d.instances,
+                idle_timeout: d.idle_timeout,
+                kind: ReleaseKind::Deploy,
+            };
+            master.deploy(dr).await
+        }
+        Request::Rollback { ref app, ref version } => {
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            let dr = master.rollback_request(app, version)?;
+            master.deploy(dr).await
+        }
+        Request::Reload { ref app } => {
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            master.reload(app).await
+        }
+        Request::Stop { ref app } => {
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            master.stop_app(app).await
+        }
+        Request::Delete { ref app } => {
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            master.delete_app(app).await
+        }
+        Request::UpdateSecrets { ref app, ref secrets } => {
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            master.update_secrets(app, secrets.clone()).await
+        }
+        Request::Status { app } => master
+            .app_status(&app)
+            .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+            .ok_or_else(|| format!("App not found: {app}")),
+        Request::List => {
+            let reg = lock(&master.apps);
+            let apps: Vec<Value> = reg
+                .apps
+                .values()
+                .filter(|a| a.visible)
+                .map(|a| json!({"instances": a.live_count(), "name": a.name, "state": a.state(), "version": a.config.version}))
+                .collect();
+            Ok(json!({ "apps": apps }))
+        }
+        Request::Routes => {
+            let reg = lock(&master.apps);
+            let routes: Vec<Value> = reg
+                .apps
+                .values()
+                .filter(|a| a.visible)
+                .map(|a| json!({"app": a.name, "routes": a.config.routes}))
+                .collect();
+            Ok(json!({ "routes": routes }))
+        }
+        Request::ListReleases { app } => master.list_releases(&app).await,
+        Request::RestartWorkers => match crate::supervisor::workers::restart_all(master).await {
+            Ok((generation, workers)) => Ok(json!({"generation": generation, "status": "restarted", "workers": workers})),
+            Err(e) => Err(e.to_string()),
+        },
+        Request::Processes => Ok(processes(master)),
+        Request::ReloadCerts => Ok(master.reload_certs()),
+    }
+}
+
+async fn server_info(master: &Master) -> Value {
+    let s = &master.settings;
+    let mode = master.store.server_mode().await.map(|m| m.as_str()).unwrap_or("normal");
+    let owner = master.store.upgrade_owner().await.ok().flatten();
+    json!({
+        "acme_directory": s.acme_directory,
+        "acme_email": s.acme_email,
+        "acme_staging": s.acme_staging,
+        "app_user": s.app_user,
+        "data_dir": s.data_dir.display().to_string(),
+        "deploy_user": s.deploy_user,
+        "http_port": s.http_port,
+        "https_port": s.https_port,
+        "instance_port_offset": s.instance_port_offset,
+        "listen": s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "mode": mode,
+        "no_acme": s.no_acme,
+        "privilege_separation": master.users.is_some(),
+        "proxy_user": s.proxy_user,
+        "renewal_interval_hours": s.renewal_interval_hours,
+        "role": master.role,
+        "server_version": env!("CARGO_PKG_VERSION"),
+        "socket": s.socket.display().to_string(),
+        "trusted_proxies": s.trusted_proxies.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "upgrade_owner": owner,
+        "workers": s.workers,
+    })
+}
+
+fn processes(master: &Master) -> Value {
+    let mut list = vec![json!({"generation": 1, "index": null, "pid": std::process::id(), "role": "master",
+        "state": "active", "uid": nix::unistd::getuid().as_raw(), "uptime_secs": master.started.elapsed().as_secs()})];
+    if let Some(l) = master.launcher.info() {
+        list.push(json!({"generation": l.generation, "index": null, "pid": l.pid, "role": "launcher",
+            "state": if l.ready { "active" } else { "starting" }, "uid": nix::unistd::getuid().as_raw(),
+            "uptime_secs": l.uptime.as_secs()}));
+    }
+    let table = lock(&master.workers);
+    let mut workers: Vec<_> = table.entries.iter().collect();
+    workers.sort_by(|a, b| a.index.cmp(&b.index).then(b.generation.cmp(&a.generation)));
+    for w in workers {
+        list.push(json!({"generation": w.generation, "index": w.index, "pid": w.pid, "role": "worker",
+            "state": w.state.as_str(), "uid": w.uid, "uptime_secs": w.started.elapsed().as_secs()}));
+    }
+    json!({ "processes": list })
+}
+
+impl Master {
+    /// `reload_certs`: re-scan `certs/`; the in-memory `default` and failed names stay.
+    pub fn reload_certs(&self) -> Value {
+        let (mut loaded, errors) = crate::certs::load_dir(&self.data.certs());
+        let previous = self.certs_snapshot();
+        for (name, _) in &errors {
+            if let Some(old) = previous.iter().find(|c| &c.name == name) {
+                loaded.push(old.clone());
+            }
+        }
+        if !loaded.iter().any(|c| c.name == "default") {
+            if let Some(d) = previous.iter().find(|c| c.name == "default") {
+                loaded.push(d.clone());
+            }
+        }
+        let removed = previous.iter().filter(|p| !loaded.iter().any(|c| c.name == p.name)).count();
+        let count = loaded.len();
+        self.push_certs(loaded);
+        json!({"errors": errors.iter().map(|(n, e)| json!({"error": e, "name": n})).collect::<Vec<_>>(),
+               "loaded": count, "removed": removed, "status": "reloaded"})
+    }
+}

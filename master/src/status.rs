@@ -1,0 +1,173 @@
+//! Status views: the AppStatus of `status` and of `tako.internal/status`, the page itself,
+//! and the Prometheus page (management-protocol.md §9, routing-and-proxy.md §7).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::apps::registry::{App, InstState};
+use crate::core::{lock, Master};
+
+/// Field order is the page's key order; the management socket re-sorts keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub id: u32,
+    pub state: &'static str,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub uptime_secs: u64,
+    pub requests_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildView {
+    pub version: String,
+    pub state: &'static str,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertView {
+    pub host: String,
+    pub state: &'static str,
+    pub source: Option<&'static str>,
+    pub not_after_unix_secs: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub version: String,
+    pub instances: Vec<InstanceView>,
+    pub builds: Vec<BuildView>,
+    pub state: &'static str,
+    pub last_error: Option<String>,
+    pub certificates: Vec<CertView>,
+}
+
+#[derive(Serialize)]
+struct StatusPage<'a> {
+    healthy: bool,
+    apps: &'a [AppStatus],
+    uptime_secs: u64,
+}
+
+fn build_state(instances: &[&crate::apps::registry::Instance]) -> &'static str {
+    if instances.iter().any(|i| i.state.serves()) {
+        "running"
+    } else if instances.iter().any(|i| matches!(i.state, InstState::Starting | InstState::Draining)) {
+        "deploying"
+    } else if instances.iter().any(|i| i.state == InstState::Unhealthy) {
+        "error"
+    } else {
+        "stopped"
+    }
+}
+
+pub fn app_status(
+    a: &App,
+    totals: &HashMap<(String, u32), (u64, u32)>,
+    certs: Vec<CertView>,
+    now: Instant,
+) -> AppStatus {
+    let view = |i: &crate::apps::registry::Instance| InstanceView {
+        id: i.id,
+        state: i.state.as_str(),
+        port: i.port,
+        pid: i.pid,
+        uptime_secs: now.duration_since(i.spawned).as_secs(),
+        requests_total: totals.get(&(a.name.clone(), i.id)).map(|t| t.0).unwrap_or(0),
+    };
+    let instances: Vec<InstanceView> = a.instances.values().map(view).collect();
+    let mut by_version: BTreeMap<&str, Vec<&crate::apps::registry::Instance>> = BTreeMap::new();
+    for i in a.instances.values() {
+        by_version.entry(i.build.version.as_str()).or_default().push(i);
+    }
+    let mut builds: Vec<BuildView> = Vec::new();
+    if let Some(cur) = by_version.remove(a.config.version.as_str()) {
+        builds.push(BuildView {
+            version: a.config.version.clone(),
+            state: build_state(&cur),
+            instances: cur.iter().map(|i| view(i)).collect(),
+        });
+    }
+    for (v, list) in by_version {
+        builds.push(BuildView { version: v.to_string(), state: build_state(&list), instances: list.iter().map(|i| view(i)).collect() });
+    }
+    AppStatus {
+        name: a.name.clone(),
+        version: a.config.version.clone(),
+        instances,
+        builds,
+        state: a.state(),
+        last_error: a.last_error.clone(),
+        certificates: certs,
+    }
+}
+
+impl Master {
+    pub fn app_statuses(&self) -> Vec<AppStatus> {
+        let totals = lock(&self.workers).instance_totals();
+        let now = Instant::now();
+        let reg = lock(&self.apps);
+        reg.apps
+            .values()
+            .filter(|a| a.visible)
+            .map(|a| app_status(a, &totals, self.cert_views(&a.config.routes), now))
+            .collect()
+    }
+
+    pub fn app_status(&self, name: &str) -> Option<AppStatus> {
+        let totals = lock(&self.workers).instance_totals();
+        let reg = lock(&self.apps);
+        reg.visible(name)
+            .map(|a| app_status(a, &totals, self.cert_views(&a.config.routes), Instant::now()))
+    }
+
+    pub fn render_status_page(&self) -> (String, bool) {
+        let apps = self.app_statuses();
+        let healthy = {
+            let reg = lock(&self.apps);
+            !reg.apps.values().any(|a| {
+                a.visible
+                    && !a.config.stopped
+                    && a.config.min_instances >= 1
+                    && !a.instances.values().any(|i| i.state == InstState::Healthy)
+            })
+        };
+        let page = StatusPage { healthy, apps: &apps, uptime_secs: self.started.elapsed().as_secs() };
+        let body = serde_json::to_string_pretty(&page).unwrap_or_else(|_| "{}".into());
+        (body, healthy)
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP tako_uptime_seconds Seconds since the server started.");
+        let _ = writeln!(out, "# TYPE tako_uptime_seconds gauge");
+        let _ = writeln!(out, "tako_uptime_seconds {}", self.started.elapsed().as_secs());
+        let (crash, rolling) = {
+            let t = lock(&self.workers);
+            (t.crash_restarts, t.rolling_restarts)
+        };
+        let _ = writeln!(out, "# HELP tako_worker_restarts_total Proxy worker replacements.");
+        let _ = writeln!(out, "# TYPE tako_worker_restarts_total counter");
+        let _ = writeln!(out, "tako_worker_restarts_total{{reason=\"crash\"}} {crash}");
+        let _ = writeln!(out, "tako_worker_restarts_total{{reason=\"rolling\"}} {rolling}");
+        let _ = writeln!(out, "# HELP tako_instances App instances by state.");
+        let _ = writeln!(out, "# TYPE tako_instances gauge");
+        let reg = lock(&self.apps);
+        for a in reg.apps.values().filter(|a| a.visible) {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for i in a.instances.values() {
+                *counts.entry(i.state.as_str()).or_default() += 1;
+            }
+            for (state, n) in counts {
+                let _ = writeln!(out, "tako_instances{{app=\"{}\",state=\"{state}\"}} {n}", a.name);
+            }
+        }
+        out
+    }
+}
