@@ -66,7 +66,7 @@ async fn run(spec: &InstallSpec, ctx: &Ctx, mut shutdown: ShutdownSignal) -> Ins
         logs: ctx.logs.clone(),
         capture: capture.clone(),
     };
-    let mut readers = vec![
+    let mut readers = [
         pipes::drain(spawned.stdout, output(Stream::Out)),
         pipes::drain(spawned.stderr, output(Stream::Err)),
     ];
