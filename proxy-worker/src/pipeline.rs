@@ -61,7 +61,8 @@ async fn route(
     if target_len > MAX_TARGET_LEN {
         return Canned::UriTooLong.response(head);
     }
-    // Smuggling pattern: hyper lets Transfer-Encoding win, the spec refuses the pair.
+    // Smuggling pattern: the spec refuses the pair. hyper's HTTP/1 parser already drops
+    // Content-Length when Transfer-Encoding is chunked, so this catches what reaches us.
     if req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING) {
         return Canned::BadRequest.response(head);
     }

@@ -285,7 +285,7 @@ fn dead_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-fn tls_connector(cert_der: &[u8]) -> tokio_rustls::TlsConnector {
+fn tls_connector(cert_der: &[u8], alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls_pki_types::CertificateDer::from(cert_der.to_vec()))
@@ -296,7 +296,7 @@ fn tls_connector(cert_der: &[u8]) -> tokio_rustls::TlsConnector {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
@@ -384,6 +384,11 @@ async fn worker_serves_routes_like_the_spec_says() {
     .await;
     assert_eq!(r.status, 400);
 
+    // An overlong target.
+    let long = format!("/{}", "a".repeat(8 * 1024));
+    let r = plain(m.http, &get("app.test", &long, "")).await;
+    assert_eq!((r.status, r.body.as_str()), (414, "URI Too Long"));
+
     // A trusted peer says https: no redirect, routing decides.
     let xfp = "X-Forwarded-Proto: https\r\n";
     let r = plain(m.http, &get("nothing.test", "/", xfp)).await;
@@ -448,7 +453,7 @@ async fn worker_serves_routes_like_the_spec_says() {
     assert_eq!(r.header("content-length"), Some("18"));
 
     // TLS with SNI: the effective scheme is https without any header.
-    let tls = tls_connector(&m.cert_der);
+    let tls = tls_connector(&m.cert_der, b"http/1.1");
     let tcp = TcpStream::connect(m.https).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("app.test").unwrap();
     let stream = tls
@@ -461,6 +466,34 @@ async fn worker_serves_routes_like_the_spec_says() {
         .body
         .to_ascii_lowercase()
         .contains("x-forwarded-proto: https\r\n"));
+    // HTTP/2 via ALPN: :authority becomes the upstream Host.
+    let h2 = tls_connector(&m.cert_der, b"h2");
+    let tcp = TcpStream::connect(m.https).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("app.test").unwrap();
+    let stream = h2.connect(name, tcp).await.expect("h2 handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("https://app.test/h2?x=1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body).to_ascii_lowercase();
+    assert!(body.contains("get /h2?x=1 http/1.1\r\n"), "{body}");
+    assert!(body.contains("host: app.test\r\n"), "{body}");
+    assert!(body.contains("x-forwarded-proto: https\r\n"), "{body}");
+
     // An unknown SNI name is refused.
     let tcp = TcpStream::connect(m.https).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("other.test").unwrap();
