@@ -76,9 +76,10 @@ struct ChildSetup {
 
 pub fn spawn(spec: &ProcessSpec<'_>, reaper: &Reaper) -> Result<Spawned, SpawnError> {
     let arg0 = spec.argv.first().ok_or(SpawnError::EmptyArgv)?;
-    let program = resolve_program(arg0, spec.env)?;
+    let ids = spec.run_as.map(user_ids).transpose()?;
+    let program = resolve_program_for(arg0, spec.env, ids.as_ref())?;
     let setup = ChildSetup {
-        ids: spec.run_as.map(user_ids).transpose()?,
+        ids,
         cwd: CString::new(spec.cwd).map_err(|_| SpawnError::BadCwd)?,
         launcher_pid: std::process::id() as libc::pid_t,
     };
@@ -129,6 +130,12 @@ fn user_ids(user: &RunAs) -> Result<Ids, SpawnError> {
 /// `argv[0]` as given when it has a `/`, else the first executable file of that name in the
 /// environment's `PATH` (§1).
 pub fn resolve_program(arg0: &str, env: &[(String, String)]) -> io::Result<PathBuf> {
+    resolve_program_for(arg0, env, None)
+}
+
+/// [`resolve_program`] as the user the process will run as: a PATH entry that user cannot
+/// reach (say, a shim under root's home) is skipped, as execvp would do for that user.
+fn resolve_program_for(arg0: &str, env: &[(String, String)], ids: Option<&Ids>) -> io::Result<PathBuf> {
     if arg0.contains('/') {
         return Ok(PathBuf::from(arg0));
     }
@@ -144,8 +151,33 @@ pub fn resolve_program(arg0: &str, env: &[(String, String)]) -> io::Result<PathB
     path.split(':')
         .filter(|dir| !dir.is_empty())
         .map(|dir| Path::new(dir).join(OsStr::from_bytes(arg0.as_bytes())))
-        .find(|candidate| is_executable_file(candidate))
+        .find(|candidate| is_executable_file(candidate) && ids.is_none_or(|ids| user_may_exec(candidate, ids)))
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// Whether `ids` may search every directory on the way to `path` and execute it. Symlinks
+/// are followed as exec would follow them.
+fn user_may_exec(path: &Path, ids: &Ids) -> bool {
+    let allowed = |md: &std::fs::Metadata, bit: u32| {
+        use std::os::unix::fs::MetadataExt;
+        let mode = md.mode();
+        if md.uid() == ids.uid {
+            mode & (bit << 6) != 0
+        } else if md.gid() == ids.gid || ids.groups.contains(&md.gid()) {
+            mode & (bit << 3) != 0
+        } else {
+            mode & bit != 0
+        }
+    };
+    let Ok(real) = std::fs::canonicalize(path) else { return false };
+    let dirs_ok = real
+        .ancestors()
+        .skip(1)
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|md| allowed(&md, 0o1)));
+    dirs_ok
+        && std::fs::metadata(path).is_ok_and(|md| allowed(&md, 0o1))
+        // The caller's original path may pass through symlinked directories too.
+        && path.ancestors().skip(1).all(|dir| std::fs::metadata(dir).is_ok_and(|md| allowed(&md, 0o1)))
 }
 
 fn is_executable_file(path: &Path) -> bool {
