@@ -129,13 +129,18 @@ fn user_ids(user: &RunAs) -> Result<Ids, SpawnError> {
 
 /// `argv[0]` as given when it has a `/`, else the first executable file of that name in the
 /// environment's `PATH` (§1).
-pub fn resolve_program(arg0: &str, env: &[(String, String)]) -> io::Result<PathBuf> {
+#[cfg(test)]
+fn resolve_program(arg0: &str, env: &[(String, String)]) -> io::Result<PathBuf> {
     resolve_program_for(arg0, env, None)
 }
 
 /// [`resolve_program`] as the user the process will run as: a PATH entry that user cannot
 /// reach (say, a shim under root's home) is skipped, as execvp would do for that user.
-fn resolve_program_for(arg0: &str, env: &[(String, String)], ids: Option<&Ids>) -> io::Result<PathBuf> {
+fn resolve_program_for(
+    arg0: &str,
+    env: &[(String, String)],
+    ids: Option<&Ids>,
+) -> io::Result<PathBuf> {
     if arg0.contains('/') {
         return Ok(PathBuf::from(arg0));
     }
@@ -151,7 +156,9 @@ fn resolve_program_for(arg0: &str, env: &[(String, String)], ids: Option<&Ids>) 
     path.split(':')
         .filter(|dir| !dir.is_empty())
         .map(|dir| Path::new(dir).join(OsStr::from_bytes(arg0.as_bytes())))
-        .find(|candidate| is_executable_file(candidate) && ids.is_none_or(|ids| user_may_exec(candidate, ids)))
+        .find(|candidate| {
+            is_executable_file(candidate) && ids.is_none_or(|ids| user_may_exec(candidate, ids))
+        })
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
@@ -169,7 +176,9 @@ fn user_may_exec(path: &Path, ids: &Ids) -> bool {
             mode & bit != 0
         }
     };
-    let Ok(real) = std::fs::canonicalize(path) else { return false };
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
     let dirs_ok = real
         .ancestors()
         .skip(1)
