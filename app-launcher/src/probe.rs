@@ -30,15 +30,37 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
+/// After the status line, how long and how much of the rest of the answer is read, so that
+/// the connection ends with the app's close rather than a reset from unread data.
+const DRAIN_BOUND: Duration = Duration::from_millis(100);
+const DRAIN_MAX: usize = 64 * 1024;
+
 /// One probe with a bound on its whole duration. `Ok` means a 2xx answer.
 pub async fn probe(port: u16, limit: Duration) -> Result<(), ProbeError> {
-    match tokio::time::timeout(limit, probe_once(port)).await {
-        Ok(result) => result,
-        Err(_) => Err(ProbeError::Timeout(limit)),
+    let (code, mut stream) = match tokio::time::timeout(limit, status(port)).await {
+        Ok(result) => result?,
+        Err(_) => return Err(ProbeError::Timeout(limit)),
+    };
+    let _ = tokio::time::timeout(DRAIN_BOUND, async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < DRAIN_MAX {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    if (200..300).contains(&code) {
+        Ok(())
+    } else {
+        Err(ProbeError::Status(code))
     }
 }
 
-async fn probe_once(port: u16) -> Result<(), ProbeError> {
+/// Sends the request and reads the status code.
+async fn status(port: u16) -> Result<(u16, TcpStream), ProbeError> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect(addr)
         .await
@@ -63,11 +85,8 @@ async fn probe_once(port: u16) -> Result<(), ProbeError> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    match parse_status_line(&head) {
-        Some(code) if (200..300).contains(&code) => Ok(()),
-        Some(code) => Err(ProbeError::Status(code)),
-        None => Err(ProbeError::Malformed),
-    }
+    let code = parse_status_line(&head).ok_or(ProbeError::Malformed)?;
+    Ok((code, stream))
 }
 
 /// The status code of an HTTP/1.x status line such as `HTTP/1.1 200 OK` (with or without
