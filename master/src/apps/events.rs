@@ -200,7 +200,8 @@ impl Master {
             for w in inst.exit_waiters {
                 let _ = w.send(());
             }
-            let expected = matches!(inst.state, InstState::Draining | InstState::Stopped) && !inst.replace_on_exit;
+            let stopping = matches!(inst.state, InstState::Draining | InstState::Stopped);
+            let expected = (stopping && !inst.replace_on_exit) || self.is_shutting_down();
             if let Some(err) = &startup_error {
                 for w in inst.start_waiters {
                     let _ = w.send(Err(err.clone()));
@@ -212,7 +213,8 @@ impl Master {
                     let _ = w.send(Err("Instance exited".into()));
                 }
                 if !expected {
-                    if let Some(st) = status {
+                    // A dead instance that was stopped keeps its "marked dead" error.
+                    if let Some(st) = status.filter(|_| !stopping) {
                         a.last_error = Some(format!("Instance {id} exited unexpectedly {}", describe_exit(st)));
                         tracing::warn!(app, instance = id, status = %describe_exit(st), "instance exited unexpectedly");
                     }
