@@ -184,7 +184,13 @@ impl Master {
             match reg.apps.get_mut(app) {
                 Some(a) if a.visible => {
                     a.rollout = true;
-                    let old: Vec<u32> = a.instances.keys().copied().collect();
+                    // Instances already leaving (a previous rollout's drain) are not ours to count.
+                    let old: Vec<u32> = a
+                        .instances
+                        .values()
+                        .filter(|i| !matches!(i.state, InstState::Draining | InstState::Stopped))
+                        .map(|i| i.id)
+                        .collect();
                     (false, old, a.config.base_port)
                 }
                 _ => {
