@@ -43,6 +43,8 @@ fn notify_ready() {
 }
 
 pub fn run(flags: ServerFlags) -> i32 {
+    // Before any thread exists: the environment is cleaned of LISTEN_* here.
+    let inherited = crate::listeners::inherited_sockets();
     crate::logging::init("role=master".into());
     let settings = match flags.resolve() {
         Ok(s) => s,
@@ -110,10 +112,11 @@ pub fn run(flags: ServerFlags) -> i32 {
             return 1;
         }
     };
-    rt.block_on(serve(settings, users, data, handle))
+    rt.block_on(serve(inherited, settings, users, data, handle))
 }
 
 async fn serve(
+    inherited: Vec<(String, std::os::fd::OwnedFd)>,
     settings: crate::cli::Settings,
     users: Option<crate::users::Users>,
     data: DataDir,
@@ -147,13 +150,20 @@ async fn serve(
     }
     let app_count = registry.apps.len();
 
-    let listeners = match crate::listeners::bind_all(&settings.listen, settings.listen_given, settings.http_port, settings.https_port) {
+    let listeners = match crate::listeners::bind_all(
+        &settings.listen,
+        settings.listen_given,
+        settings.http_port,
+        settings.https_port,
+        inherited,
+    ) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
             return 4;
         }
     };
+    crate::listeners::store_in_service_manager(&listeners);
     if let Err(e) = prepare_socket_dir(&settings.socket, users.as_ref()) {
         tracing::error!("Cannot create the socket directory for {}: {e}", settings.socket.display());
         return 4;

@@ -16,6 +16,18 @@ pub struct Listener {
     pub fd: OwnedFd,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_names_have_no_colon() {
+        assert_eq!(fd_name(ListenerKind::Http, "127.0.0.1:80".parse().unwrap()), "http-127.0.0.1-80");
+        assert_eq!(fd_name(ListenerKind::Https, "[::]:443".parse().unwrap()), "https-__-443");
+        assert!(!fd_name(ListenerKind::Https, "[::1]:8443".parse().unwrap()).contains(':'));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("Cannot bind {kind} listener on {addr}: {source}")]
 pub struct BindError {
@@ -37,13 +49,80 @@ fn bind_one(addr: SocketAddr) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
-/// Binds one HTTP and one HTTPS listener per address. Without `--listen`, a host without
-/// IPv6 skips the `::` listeners with a warning.
-pub fn bind_all(addrs: &[IpAddr], listen_given: bool, http: u16, https: u16) -> Result<Vec<Listener>, BindError> {
+/// The name of a listener in `LISTEN_FDNAMES` and the FD store: `http-<ip>-<port>`, with
+/// the colons of an IPv6 address written as `_` (`https-__-443` for `[::]:443`). systemd
+/// separates names with `:` and refuses names that contain one, so the spec's
+/// `http-<addr>:<port>` cannot be used as written.
+pub fn fd_name(kind: ListenerKind, addr: SocketAddr) -> String {
+    let scheme = match kind {
+        ListenerKind::Http => "http",
+        ListenerKind::Https => "https",
+    };
+    format!("{scheme}-{}-{}", addr.ip().to_string().replace(':', "_"), addr.port())
+}
+
+/// Listening sockets handed to us by a service manager (`LISTEN_FDS`), by name.
+pub fn inherited_sockets() -> Vec<(String, OwnedFd)> {
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    // Children must not see these.
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: called at startup on the main thread, before any other thread exists.
+        unsafe { std::env::remove_var(var) };
+    }
+    if !pid_matches || count <= 0 {
+        return Vec::new();
+    }
+    let names: Vec<&str> = names.split(':').collect();
+    (0..count.min(64))
+        .map(|i| {
+            let raw = 3 + i;
+            // SAFETY: the service manager passed these descriptors to us (LISTEN_PID matched).
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            let _ = nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            (names.get(i as usize).copied().unwrap_or("").to_string(), fd)
+        })
+        .collect()
+}
+
+/// Whether `fd` is a listening TCP socket bound to `addr`.
+fn is_listening_on(fd: &OwnedFd, addr: SocketAddr) -> bool {
+    let listening = nix::sys::socket::getsockopt(fd, sockopt::AcceptConn).unwrap_or(false);
+    let bound = nix::sys::socket::getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(fd))
+        .ok()
+        .and_then(|s| {
+            s.as_sockaddr_in()
+                .map(|a| SocketAddr::V4((*a).into()))
+                .or_else(|| s.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
+        });
+    listening && bound == Some(addr)
+}
+
+/// Binds (or adopts from `inherited`) one HTTP and one HTTPS listener per address. Without
+/// `--listen`, a host without IPv6 skips the `::` listeners with a warning. Inherited sockets
+/// that match nothing are closed with a warning.
+pub fn bind_all(
+    addrs: &[IpAddr],
+    listen_given: bool,
+    http: u16,
+    https: u16,
+    mut inherited: Vec<(String, OwnedFd)>,
+) -> Result<Vec<Listener>, BindError> {
     let mut out = Vec::new();
     for ip in addrs {
         for (kind, port, label) in [(ListenerKind::Http, http, "HTTP"), (ListenerKind::Https, https, "HTTPS")] {
             let addr = SocketAddr::new(*ip, port);
+            let name = fd_name(kind, addr);
+            if let Some(pos) = inherited.iter().position(|(n, fd)| *n == name && is_listening_on(fd, addr)) {
+                let (_, fd) = inherited.remove(pos);
+                tracing::info!(listener = %name, "adopted an inherited listening socket");
+                out.push(Listener { kind, addr, fd });
+                continue;
+            }
             match bind_one(addr) {
                 Ok(fd) => out.push(Listener { kind, addr, fd }),
                 Err(e) if ip.is_ipv6() && !listen_given && matches!(e, Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => {
@@ -54,5 +133,41 @@ pub fn bind_all(addrs: &[IpAddr], listen_given: bool, http: u16, https: u16) -> 
             }
         }
     }
+    for (name, _) in inherited {
+        tracing::warn!(name = %name, "closing an inherited socket that matches no configured listener");
+    }
     Ok(out)
+}
+
+/// Hands every listener to the service manager's file-descriptor store, so a restart keeps
+/// them open (upgrade-and-restarts.md §9). A no-op without `NOTIFY_SOCKET`.
+pub fn store_in_service_manager(listeners: &[Listener]) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let addr = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+    } else {
+        std::os::unix::net::SocketAddr::from_pathname(&path)
+    };
+    let Ok(addr) = addr else { return };
+    if sock.connect_addr(&addr).is_err() {
+        tracing::warn!(socket = %path, "cannot reach the service manager to store listeners");
+        return;
+    }
+    for l in listeners {
+        let msg = format!("FDSTORE=1\nFDNAME={}", fd_name(l.kind, l.addr));
+        let fds = [std::os::fd::AsRawFd::as_raw_fd(&l.fd)];
+        let iov = [std::io::IoSlice::new(msg.as_bytes())];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        if let Err(e) = nix::sys::socket::sendmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        ) {
+            tracing::warn!(error = %e, listener = %fd_name(l.kind, l.addr), "cannot store a listener in the service manager");
+        }
+    }
 }
