@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::Guarded;
+use crate::conn_guard::{ConnState, HeadGuard};
 use crate::pipeline::{self, ConnInfo};
 use crate::shared::Shared;
 
@@ -23,6 +25,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_FIELDS: usize = 128;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_H2_STREAMS: u32 = 256;
+const HYPER_BUF_MARGIN: usize = 16 * 1024;
 
 /// Counts open connections so shutdown knows when the last one is gone.
 #[derive(Default)]
@@ -86,9 +89,14 @@ impl Server {
         http1
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            // The header timeout, the 408 and the keep-alive idle limit are the connection
+            // guard's (conn_guard.rs): hyper's would close idle keep-alive after 10 s and
+            // never answer 408.
+            .header_read_timeout(None)
             .max_headers(MAX_HEADER_FIELDS)
-            .max_buf_size(MAX_HEADER_BYTES)
+            // The guard enforces the 64 KiB head limit with the §14 text; hyper's buffer
+            // gets room above it so that its own silent 431 never fires first.
+            .max_buf_size(MAX_HEADER_BYTES + HYPER_BUF_MARGIN)
             .keep_alive(true);
         let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
         http2
@@ -160,7 +168,9 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
     if !conn.tls {
-        serve_http(stream, conn, &server.http1, server).await;
+        let state = Arc::new(ConnState::default());
+        let io = HeadGuard::new(stream, Arc::clone(&state));
+        serve_http(io, conn, &server.http1, Some(state), server).await;
         return;
     }
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, server.tls.accept(stream)).await {
@@ -174,35 +184,77 @@ async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
             return;
         }
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let builder = if h2 { &server.http2 } else { &server.http1 };
-    serve_http(tls, conn, builder, server).await;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_http(tls, conn, &server.http2, None, server).await;
+    } else {
+        let state = Arc::new(ConnState::default());
+        let io = HeadGuard::new(tls, Arc::clone(&state));
+        serve_http(io, conn, &server.http1, Some(state), server).await;
+    }
 }
 
 async fn serve_http<I>(
     io: I,
     conn: ConnInfo,
     builder: &auto::Builder<TokioExecutor>,
+    state: Option<Arc<ConnState>>,
     server: &Server,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&server.shared);
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (first_tx, seen_tx) = (Arc::clone(&first_request), Arc::clone(&seen));
     let svc = service_fn(move |req| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(pipeline::handle(req, conn, shared).await) }
+        if !seen_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            first_tx.notify_one();
+        }
+        let state = state.clone();
+        async move {
+            // HTTP/1 only: the guard's timers pause while a request is being answered.
+            let busy = state.as_ref().map(|s| s.begin());
+            let resp = pipeline::handle(req, conn, shared).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(s) = &state {
+                    s.mark_upgraded();
+                }
+            }
+            Ok::<_, Infallible>(resp.map(|b| Guarded::wrap(b, busy)))
+        }
     });
-    let connection = builder.serve_connection(TokioIo::new(io), svc);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(connection);
     let mut shutdown = server.shutdown.clone();
     let result = tokio::select! {
         r = connection.as_mut() => r,
         _ = stopped(&mut shutdown) => {
+            // A connection accepted just before the drain may carry a request hyper has not
+            // read yet: closing it as idle would reset that client. Give its first request a
+            // moment to arrive before the graceful close.
+            if !seen.load(std::sync::atomic::Ordering::Relaxed) {
+                let early = tokio::select! {
+                    r = connection.as_mut() => Some(r),
+                    _ = first_request.notified() => None,
+                    _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
+                };
+                if let Some(r) = early {
+                    return log_end(r, &conn);
+                }
+            }
             // Finishes in-flight requests, then closes; idle keep-alive closes at once.
             connection.as_mut().graceful_shutdown();
             connection.await
         }
     };
+    log_end(result, &conn);
+}
+
+/// How long a draining worker waits for the first request of a fresh connection.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>, conn: &ConnInfo) {
     if let Err(error) = result {
         tracing::debug!(peer = %conn.peer, %error, "Connection ended with an error");
     }
