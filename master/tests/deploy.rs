@@ -28,7 +28,7 @@ fn who(r: &common::Response) -> (i64, String) {
 
 #[test]
 fn two_instances_two_routes_round_robin_and_404_for_unknown_host() {
-    let server = Server::start_default();
+    let server = Server::start(ServerOpts::default().test_certs());
     server.wait_http_ready();
     let data = server.deploy(
         "web",
@@ -46,10 +46,11 @@ fn two_instances_two_routes_round_robin_and_404_for_unknown_host() {
     assert_eq!(inst.len(), 2, "{st}");
     let ports: BTreeSet<u64> = inst.iter().filter_map(|i| i["port"].as_u64()).collect();
     let base = 10000 + server.offset as u64;
-    assert_eq!(
-        ports,
-        BTreeSet::from([base, base + 1]),
-        "slots 0 and 1: {st}"
+    // The lowest free slots: 0 and 1 unless something else holds one of those ports.
+    assert_eq!(ports.len(), 2, "{st}");
+    assert!(
+        ports.iter().all(|p| (base..base + 64).contains(p)),
+        "ports in the app's block {base}: {st}"
     );
     let status_pids: BTreeSet<i64> = inst.iter().filter_map(|i| i["pid"].as_i64()).collect();
     assert!(inst.iter().all(|i| i["state"] == "healthy"), "{st}");
@@ -103,7 +104,7 @@ fn two_instances_two_routes_round_robin_and_404_for_unknown_host() {
 
     // Unknown host: 404 over HTTPS and forwarded HTTP; plain HTTP is redirected first.
     let r = server
-        .tls_get("unknown.example.org", "/")
+        .tls_get_no_sni("unknown.example.org", "/")
         .expect("HTTPS request");
     assert_eq!((r.status, r.text()), (404, "Not Found".to_string()));
     let r = server.app_get("unknown.example.org", "/").expect("request");
@@ -127,6 +128,17 @@ fn two_instances_two_routes_round_robin_and_404_for_unknown_host() {
             (v["healthy"] == json!(true) && app["name"] == "web" && total >= 17).then_some(())
         },
     );
+}
+
+#[test]
+fn deploy_right_after_the_socket_answers() {
+    // The socket is up before the launcher and the workers (cli.md §5 steps 8-9); a deploy
+    // sent at once, as the Tako CLI may after a restart, must still succeed.
+    let server = Server::start_socket_only(ServerOpts::default());
+    let data = server.deploy("web", "v1", &["web.example.com"], 1, &[]);
+    assert_eq!(data["status"], json!("deployed"), "{data}");
+    let r = server.app_get("web.example.com", "/").expect("request");
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
@@ -447,7 +459,19 @@ fn restart_restores_apps_without_a_deploy_and_answers_first() {
         "still no healthy instance after the listener answered"
     );
 
-    // A request now is held until the restored instance is healthy.
+    // Once the restored instance is starting, a request is held until it is healthy
+    // (routing-and-proxy.md §9).
+    wait_for(
+        Duration::from_secs(10),
+        "the restored instance to be starting",
+        || {
+            server
+                .instances("web")
+                .iter()
+                .any(|(_, _, st)| st == "starting")
+                .then_some(())
+        },
+    );
     let r = server
         .app_get("web.example.com", "/after")
         .expect("held request");
@@ -461,8 +485,18 @@ fn restart_restores_apps_without_a_deploy_and_answers_first() {
     let r = server
         .app_get("example.com", "/api/x")
         .expect("second route");
-    assert_eq!(r.status, 200);
-    assert_eq!(server.internal_status().expect("status").status, 200);
+    assert_eq!(r.status, 200, "second route after restore: {}", r.text());
+    // The status page is the master's snapshot as the workers last got it.
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(2),
+        "the status host to report healthy",
+        || (server.internal_status().ok()?.status == 200).then_some(()),
+    );
+    eprintln!(
+        "status host healthy {:?} after the app answered",
+        t.elapsed()
+    );
 }
 
 #[test]

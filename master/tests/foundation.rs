@@ -369,11 +369,12 @@ fn unprivileged_roles_share_one_uid_and_warn_once() {
 
 #[test]
 fn status_host_over_http_and_https() {
-    let server = Server::start_default();
+    let server = Server::start(ServerOpts::default().test_certs());
     server.wait_http_ready();
     let plain = server.internal_status().expect("GET /status over HTTP");
+    // Without SNI the `default` certificate answers (tls.md §4).
     let tls = server
-        .tls_get("tako.internal", "/status")
+        .tls_get_no_sni("tako.internal", "/status")
         .expect("GET /status over HTTPS");
     for (what, r) in [("http", &plain), ("https", &tls)] {
         assert_eq!(r.status, 200, "{what}: {}", r.text());
@@ -415,11 +416,16 @@ fn status_host_over_http_and_https() {
     .expect("other internal path");
     assert_eq!(other.status, 404);
     assert_eq!(other.text(), "Not Found");
+    // An SNI name no certificate matches gets no handshake: no fallback (tls.md §4).
+    assert!(
+        server.tls_get("nomatch.example.org", "/status").is_err(),
+        "a handshake for a name without a certificate is refused"
+    );
 }
 
 #[test]
 fn unknown_host_404_over_https_and_307_over_http() {
-    let server = Server::start_default();
+    let server = Server::start(ServerOpts::default().test_certs());
     server.wait_http_ready();
     let r = server
         .tls_get("other.example.com", "/x?y=1")

@@ -1080,10 +1080,11 @@ fn every_command_success_shape_through_an_app_lifecycle() {
         .app_get("web.example.com", "/")
         .expect("app after rollback");
     assert_eq!(r.json()["version"], json!("v1"));
+    // Rollback reuses the stored env: the v2 deploy's env, which replaced the secrets.
     assert_eq!(
-        r.json()["env"]["SECRET_A"],
-        json!("s1"),
-        "rollback keeps merged secrets"
+        r.json()["env"]["GREETING"],
+        json!("hi"),
+        "rollback keeps the stored env"
     );
     assert_eq!(
         m.err(&json!({"command":"rollback","app":"web","version":"v9"})),
@@ -1230,9 +1231,14 @@ fn per_app_lock_refuses_concurrent_operations() {
         "App not found: slow",
         "status during the first deploy"
     );
+    let second = m.request(&cmd);
+    if second["status"] != "error" {
+        let first = first.join().expect("first deploy thread");
+        panic!("a second deploy during the first must be refused; got {second}; the first answered {first}");
+    }
     assert_eq!(
-        m.err(&cmd),
-        "Deploy already in progress for app 'slow'. Please wait and try again."
+        second["message"],
+        json!("Deploy already in progress for app 'slow'. Please wait and try again.")
     );
     let resp = first.join().expect("first deploy thread");
     assert_eq!(resp["status"], json!("ok"), "{resp}");

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::internal_host::StatusSnapshot;
-use crate::listeners::{self, ConnTracker, Server};
+use crate::listeners::{self, Server};
 use crate::shared::{Outbound, Shared};
 use crate::table::Table;
 use crate::tls;
@@ -86,7 +86,7 @@ pub async fn run(ipc: UnixStream) -> i32 {
         }
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let tracker = Arc::new(ConnTracker::default());
+    let tracker = Arc::clone(&shared.conns);
     let server = Arc::new(Server::new(
         Arc::clone(&shared),
         TlsAcceptor::from(tls_config),

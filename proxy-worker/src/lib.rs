@@ -5,19 +5,23 @@
 
 mod access;
 mod body;
+mod conn_guard;
 mod control;
 mod counters;
 mod forwarded;
 mod hold;
 mod host;
+mod httpdate;
 mod internal_host;
 mod listeners;
 mod pipeline;
 mod redirect;
 mod responses;
 mod shared;
+mod static_files;
 mod table;
 mod tls;
+mod tunnel;
 mod upstream;
 
 /// Runs the worker on its IPC channel to the master until the master is gone or orders a

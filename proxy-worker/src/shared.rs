@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::counters::Counters;
 use crate::hold::Holds;
 use crate::internal_host::StatusSnapshot;
+use crate::listeners::ConnTracker;
 use crate::table::Table;
 use crate::tls::CertStore;
 use crate::upstream::Upstream;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub counters: Arc<Counters>,
     pub certs: Arc<CertStore>,
     pub upstream: Upstream,
+    /// Open connections and tunnels: draining waits for them.
+    pub conns: Arc<ConnTracker>,
     outbox: mpsc::UnboundedSender<Outbound>,
 }
 
@@ -61,6 +64,7 @@ impl Shared {
             counters: Arc::new(Counters::default()),
             certs: Arc::new(CertStore::default()),
             upstream: Upstream::new(),
+            conns: Arc::new(ConnTracker::default()),
             outbox,
         }
     }

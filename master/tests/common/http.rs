@@ -102,13 +102,18 @@ pub fn http(port: u16, req: &Request) -> io::Result<Response> {
     read_response(BufReader::new(s), req.method == "HEAD")
 }
 
-/// HTTPS to 127.0.0.1:`port`, with SNI `sni` and any server certificate accepted.
-pub fn https(port: u16, sni: &str, req: &Request) -> io::Result<Response> {
+/// HTTPS to 127.0.0.1:`port` with any server certificate accepted. With `sni` None no
+/// server name is sent (rustls sends none for an IP address).
+pub fn https(port: u16, sni: Option<&str>, req: &Request) -> io::Result<Response> {
     let tcp = connect(port)?;
-    let name = rustls_pki_types::ServerName::try_from(sni.to_string())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let conn = rustls::ClientConnection::new(tls_config(), name)
-        .map_err(io::Error::other)?;
+    let name = match sni {
+        Some(host) => rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        None => {
+            rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
+        }
+    };
+    let conn = rustls::ClientConnection::new(tls_config(), name).map_err(io::Error::other)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     tls.write_all(&req.bytes())?;
     tls.flush()?;

@@ -3,6 +3,7 @@
 //! makes sure nothing it started outlives the test.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod fixture;
 pub mod http;
 pub mod mgmt;
@@ -64,9 +65,12 @@ pub fn free_ports() -> (u16, u16) {
 }
 
 /// A per-process instance port offset: tests run in parallel, one process each, so the
-/// pid keeps their app port blocks apart. A multiple of 64 in 0-45000.
+/// pid keeps their app port blocks apart. A multiple of 64 in 0-45000. Neighbouring pids
+/// land 7 blocks apart (room for the few apps a test deploys), and every instance port
+/// stays below 32768, out of the kernel's ephemeral range where client sockets would
+/// take slots at random.
 pub fn instance_port_offset() -> u32 {
-    (std::process::id() % 703) * 64
+    ((std::process::id() * 7) % 352) * 64
 }
 
 static DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -115,6 +119,8 @@ pub struct ServerOpts {
     pub socket: Option<PathBuf>,
     /// Use these ports instead of fresh free ones.
     pub ports: Option<(u16, u16)>,
+    /// Self-signed certificates written to `<data-dir>/certs/<name>/` before start.
+    pub certs: Vec<String>,
 }
 
 impl Default for ServerOpts {
@@ -126,6 +132,7 @@ impl Default for ServerOpts {
             env: Vec::new(),
             socket: None,
             ports: None,
+            certs: Vec::new(),
         }
     }
 }
@@ -138,6 +145,14 @@ impl ServerOpts {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Installs a `default` certificate (served without SNI) and one for
+    /// `*.example.com`, the domain of the test routes.
+    pub fn test_certs(mut self) -> Self {
+        self.certs.push("default".into());
+        self.certs.push("*.example.com".into());
         self
     }
 
@@ -176,7 +191,17 @@ impl Server {
         Server::start(ServerOpts::default())
     }
 
+    /// Starts a server and waits until the socket answers `hello` and the launcher and
+    /// every worker run, like the `Ready` log line.
     pub fn start(opts: ServerOpts) -> Server {
+        let s = Server::spawn(opts);
+        s.wait_ready();
+        s.wait_processes();
+        s
+    }
+
+    /// Starts a server and returns as soon as the socket answers `hello`.
+    pub fn start_socket_only(opts: ServerOpts) -> Server {
         let s = Server::spawn(opts);
         s.wait_ready();
         s
@@ -204,6 +229,9 @@ impl Server {
                 nix::unistd::getgid().as_raw(),
             ),
         };
+        if !opts.certs.is_empty() {
+            certs::install(&data_dir, &opts.certs, run_ids);
+        }
         let mut s = Server {
             child: None,
             pid: 0,
@@ -387,7 +415,12 @@ impl Server {
 
     /// A request over HTTPS with SNI = `host`.
     pub fn tls_get(&self, host: &str, path: &str) -> io::Result<Response> {
-        http::https(self.tls_port, host, &Request::get(host, path))
+        http::https(self.tls_port, Some(host), &Request::get(host, path))
+    }
+
+    /// A request over HTTPS without SNI (the `default` certificate answers).
+    pub fn tls_get_no_sni(&self, host: &str, path: &str) -> io::Result<Response> {
+        http::https(self.tls_port, None, &Request::get(host, path))
     }
 
     /// Owner of uploaded releases: the deploy user when the server is root, else the user
