@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{Method, Request, Response, Version};
+use http::header::UPGRADE;
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tako_ipc::cidr::{any_contains, canonical_ip};
@@ -19,6 +20,8 @@ use crate::host::{self, RequestHost};
 use crate::internal_host::{self, INTERNAL_HOST};
 use crate::redirect::{self, ACME_PREFIX};
 use crate::responses::Canned;
+use crate::static_files;
+use crate::tunnel;
 use crate::shared::Shared;
 use crate::table::AppEntry;
 use crate::upstream::{strip_hop_by_hop, UpstreamError};
@@ -103,11 +106,20 @@ async fn route(
     }
 
     let table = shared.table.load_full();
-    let Some((_pattern, app)) = table.find(&host.hostname, path) else {
+    let Some((pattern, app)) = table.find(&host.hostname, path) else {
         return Canned::NotFound.response(head);
     };
     let app = Arc::clone(app);
     log.app = app.name.clone();
+
+    // §8: a file from the live release's public/ never reaches an instance.
+    if !app.stopped {
+        let file =
+            static_files::serve(req.method(), path, req.headers(), pattern, &app.release_path);
+        if let Some(resp) = file.await {
+            return resp;
+        }
+    }
 
     if content_length(&req).is_some_and(|n| n > MAX_BODY_BYTES) {
         return Canned::PayloadTooLarge.response(head);
@@ -156,9 +168,16 @@ async fn proxy(
     log: &mut AccessLog,
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
+    let mut req = req;
+    // §11: an upgrade keeps `Connection: upgrade` and `Upgrade`; on 101 the bytes are copied.
+    let upgrade = tunnel::requested(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    if let Some(proto) = &upgrade {
+        tunnel::restore_headers(&mut headers, proto);
+    }
     forwarded::apply(
         &mut headers,
         ctx.conn.peer.ip(),
@@ -208,8 +227,22 @@ async fn proxy(
         };
         *upstream_req.headers_mut() = headers.clone();
         match shared.upstream.send(upstream_req).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 in_flight.count();
+                if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
+                    (client_upgrade, resp.status())
+                {
+                    let upstream_side = hyper::upgrade::on(&mut resp);
+                    let proto = resp.headers().get(UPGRADE).cloned();
+                    let (mut rparts, _) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    if let Some(proto) = proto {
+                        tunnel::restore_headers(&mut rparts.headers, &proto);
+                    }
+                    let conn = shared.conns.enter();
+                    tokio::spawn(tunnel::run(client, upstream_side, in_flight, conn));
+                    return Response::from_parts(rparts, crate::responses::empty());
+                }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 let body = rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync();

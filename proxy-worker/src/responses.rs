@@ -22,6 +22,9 @@ pub enum Canned {
     TooManyWaiting,
     GatewayTimeout,
     StartupTimedOut,
+    RequestTimeout,
+    HeaderFieldsTooLarge,
+    StaticReadFailed,
 }
 
 impl Canned {
@@ -34,6 +37,9 @@ impl Canned {
             Canned::BadGateway | Canned::AppFailedToStart => StatusCode::BAD_GATEWAY,
             Canned::NoHealthyBackend | Canned::TooManyWaiting => StatusCode::SERVICE_UNAVAILABLE,
             Canned::GatewayTimeout | Canned::StartupTimedOut => StatusCode::GATEWAY_TIMEOUT,
+            Canned::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Canned::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Canned::StaticReadFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -50,6 +56,9 @@ impl Canned {
             Canned::TooManyWaiting => "App is starting; too many waiting requests",
             Canned::GatewayTimeout => "Gateway Timeout",
             Canned::StartupTimedOut => "App startup timed out",
+            Canned::RequestTimeout => "Request Timeout",
+            Canned::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Canned::StaticReadFailed => "Static asset read failed",
         }
     }
 
@@ -62,12 +71,39 @@ impl Canned {
             Bytes::from_static(self.body().as_bytes()),
             head,
         );
-        // A request the parser choked on leaves the connection in an unknown state.
-        if self == Canned::BadRequest {
+        // After a parse error or a limit breach the connection is in an unknown state (§14).
+        if matches!(
+            self,
+            Canned::BadRequest
+                | Canned::UriTooLong
+                | Canned::PayloadTooLarge
+                | Canned::HeaderFieldsTooLarge
+                | Canned::RequestTimeout
+        ) {
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+impl Canned {
+    /// The whole HTTP/1.1 response as bytes, with `Connection: close`: written by the
+    /// connection guard, which answers before hyper ever sees the request.
+    pub fn raw_close(self, head: bool) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes();
+        if !head {
+            out.extend_from_slice(body.as_bytes());
+        }
+        out
     }
 }
 
@@ -134,6 +170,13 @@ mod tests {
             ),
             (Canned::GatewayTimeout, 504, "Gateway Timeout"),
             (Canned::StartupTimedOut, 504, "App startup timed out"),
+            (Canned::RequestTimeout, 408, "Request Timeout"),
+            (
+                Canned::HeaderFieldsTooLarge,
+                431,
+                "Request Header Fields Too Large",
+            ),
+            (Canned::StaticReadFailed, 500, "Static asset read failed"),
         ];
         for (c, status, text) in all {
             let (s, h, b) = collect(c.response(false)).await;

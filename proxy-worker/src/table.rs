@@ -14,8 +14,7 @@ pub struct AppEntry {
     pub on_demand: bool,
     pub starting: bool,
     pub backends: Vec<Backend>,
-    /// Where static files will come from (not served yet).
-    #[allow(dead_code)]
+    /// The live release: static files come from its `public/`.
     pub release_path: String,
     /// Round-robin position; shared by every table so rotation survives a swap.
     rr: Arc<AtomicUsize>,

@@ -1,0 +1,554 @@
+//! Static files from `<release>/public` (routing-and-proxy.md §8): candidate paths with the
+//! route prefix stripped, traversal refusal, conditional requests, single byte ranges.
+//!
+//! Nothing outside `public/` is ever opened: each candidate is percent-decoded and refused
+//! when it holds a NUL, a backslash or a `..` segment, then canonicalized (which resolves
+//! symlinks) and kept only when the result is still below the canonical `public/`. Files
+//! are opened after that check and described by the opened handle, so the size and mtime
+//! belong to the file that is read. Filesystem work runs off the runtime threads.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    HeaderMap, HeaderValue, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
+};
+use http::{Method, Response, StatusCode};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tako_ipc::route::RoutePattern;
+use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
+
+use crate::body::{Body, BoxError};
+use crate::httpdate;
+use crate::responses::{empty, fixed, Canned};
+
+/// Bytes read from disk per body frame: big files stream instead of loading whole.
+const CHUNK: usize = 64 * 1024;
+const CACHE_CONTROL_VALUE: &str = "public, max-age=3600";
+
+/// `Content-Type` by lower-cased extension.
+pub fn mime(path: &str) -> &'static str {
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" => "application/javascript; charset=utf-8",
+        "mjs" => "application/javascript",
+        "json" | "map" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "xml" => "application/xml",
+        "csv" => "text/csv",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "ico" => "image/x-icon",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "eot" => "application/vnd.ms-fontobject",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "ogg" => "audio/ogg",
+        "pdf" => "application/pdf",
+        "webmanifest" => "application/manifest+json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The request paths to try: the path itself, then (for a route with a path) the path
+/// with the route prefix removed and re-rooted at `/`, when that differs.
+pub fn candidates(path: &str, pattern: &RoutePattern) -> Vec<String> {
+    let mut out = vec![path.to_string()];
+    if let Some(prefix) = pattern.static_prefix() {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let stripped = if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            };
+            if stripped != path {
+                out.push(stripped);
+            }
+        }
+    }
+    out
+}
+
+/// Whether the request may be a static file at all (method and last segment).
+pub fn is_candidate(method: &Method, path: &str) -> bool {
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    let last = path.rsplit('/').next().unwrap_or("");
+    last.contains('.') && !last.ends_with('.')
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Relative path below `public/`, as raw bytes.
+    File(Vec<u8>),
+    /// An encoded `/`: never a file, the app may want it.
+    NotAFile,
+    /// NUL, backslash or a `..` segment: a 400.
+    Refused,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes one candidate and applies the refusal rules.
+pub fn decode(path: &str) -> Decoded {
+    let raw = path.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut encoded_slash = false;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                let c = h * 16 + l;
+                if c == b'/' {
+                    encoded_slash = true;
+                }
+                out.push(c);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    if out.contains(&0) || out.contains(&b'\\') || out.split(|c| *c == b'/').any(|s| s == b"..") {
+        return Decoded::Refused;
+    }
+    if encoded_slash {
+        return Decoded::NotAFile;
+    }
+    let rel: Vec<u8> = out.into_iter().skip_while(|c| *c == b'/').collect();
+    Decoded::File(rel)
+}
+
+/// A file resolved below `public/`, opened, with what the headers need.
+struct Found {
+    file: std::fs::File,
+    name: PathBuf,
+    size: u64,
+    mtime: u64,
+}
+
+enum Lookup {
+    Found(Found),
+    Missing,
+    ReadFailed(std::io::Error),
+}
+
+fn inside(root: &Path, p: &Path) -> bool {
+    p.starts_with(root)
+}
+
+/// Resolves one decoded candidate; `Ok(None)` means try the next one.
+fn resolve(root: &Path, rel: &[u8]) -> std::io::Result<Option<Found>> {
+    use std::os::unix::ffi::OsStrExt;
+    let joined = root.join(std::ffi::OsStr::from_bytes(rel));
+    let Ok(mut canon) = std::fs::canonicalize(&joined) else {
+        return Ok(None);
+    };
+    if !inside(root, &canon) {
+        tracing::debug!(path = %joined.display(), "Static path leaves public/; not served");
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(&canon)?;
+    if meta.is_dir() {
+        let Ok(index) = std::fs::canonicalize(canon.join("index.html")) else {
+            return Ok(None);
+        };
+        if !inside(root, &index) {
+            return Ok(None);
+        }
+        canon = index;
+    }
+    let file = std::fs::File::open(&canon)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    Ok(Some(Found {
+        file,
+        name: canon,
+        size: meta.len(),
+        mtime,
+    }))
+}
+
+fn lookup(release: &str, decoded: Vec<Vec<u8>>) -> Lookup {
+    let Ok(root) = std::fs::canonicalize(Path::new(release).join("public")) else {
+        return Lookup::Missing;
+    };
+    if !root.is_dir() {
+        return Lookup::Missing;
+    }
+    for rel in decoded {
+        match resolve(&root, &rel) {
+            Ok(Some(found)) => return Lookup::Found(found),
+            Ok(None) => continue,
+            Err(e) => return Lookup::ReadFailed(e),
+        }
+    }
+    Lookup::Missing
+}
+
+/// Answers the request from `public/` when a candidate resolves; `None` sends it on to the
+/// app. The caller has already checked that the app is not stopped.
+pub async fn serve(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    pattern: &RoutePattern,
+    release: &str,
+) -> Option<Response<Body>> {
+    if !is_candidate(method, path) || release.is_empty() {
+        return None;
+    }
+    let head = method == Method::HEAD;
+    let mut decoded = Vec::new();
+    for c in candidates(path, pattern) {
+        match decode(&c) {
+            Decoded::Refused => return Some(Canned::BadRequest.response(head)),
+            Decoded::NotAFile => {}
+            Decoded::File(rel) => decoded.push(rel),
+        }
+    }
+    if decoded.is_empty() {
+        return None;
+    }
+    let release = release.to_string();
+    let found = match tokio::task::spawn_blocking(move || lookup(&release, decoded)).await {
+        Ok(Lookup::Found(f)) => f,
+        Ok(Lookup::Missing) => return None,
+        Ok(Lookup::ReadFailed(error)) => {
+            tracing::warn!(path, %error, "Static asset read failed");
+            return Some(Canned::StaticReadFailed.response(head));
+        }
+        Err(error) => {
+            tracing::warn!(path, %error, "Static lookup task failed");
+            return Some(Canned::StaticReadFailed.response(head));
+        }
+    };
+    Some(respond(found, headers, head).await)
+}
+
+fn etag_of(f: &Found) -> String {
+    format!("\"{}-{}\"", f.size, f.mtime)
+}
+
+/// Weak comparison (RFC 9110 §8.8.3.2) against a list or `*`.
+fn none_match(header: &str, etag: &str) -> bool {
+    let ours = etag.trim_start_matches("W/");
+    header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == ours)
+}
+
+/// `If-Range`: a strong ETag match or the exact Last-Modified date.
+fn if_range_matches(value: &str, etag: &str, mtime: u64) -> bool {
+    let v = value.trim();
+    if v.starts_with('"') {
+        v == etag
+    } else if v.starts_with("W/") {
+        false
+    } else {
+        httpdate::parse(v) == Some(mtime)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    /// Serve the whole file (no header, several ranges, or one we do not understand).
+    Full,
+    /// Inclusive byte bounds.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range against a file of `size` bytes.
+pub fn parse_range(value: &str, size: u64) -> RangeReq {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if a.is_empty() {
+        // Suffix: the last n bytes.
+        if !digits(b) {
+            return RangeReq::Full;
+        }
+        let n: u64 = b.parse().unwrap_or(u64::MAX);
+        if n == 0 || size == 0 {
+            return RangeReq::Unsatisfiable;
+        }
+        return RangeReq::Part(size.saturating_sub(n), size - 1);
+    }
+    if !digits(a) || !(b.is_empty() || digits(b)) {
+        return RangeReq::Full;
+    }
+    let Ok(start) = a.parse::<u64>() else {
+        return RangeReq::Unsatisfiable;
+    };
+    let end = if b.is_empty() {
+        u64::MAX
+    } else {
+        b.parse::<u64>().unwrap_or(u64::MAX)
+    };
+    if end < start {
+        return RangeReq::Full;
+    }
+    if start >= size {
+        return RangeReq::Unsatisfiable;
+    }
+    RangeReq::Part(start, end.min(size - 1))
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &http::header::HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn set(h: &mut HeaderMap, name: http::header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+async fn respond(found: Found, req: &HeaderMap, head: bool) -> Response<Body> {
+    let etag = etag_of(&found);
+    let last_modified = httpdate::format(found.mtime);
+    let validators = |h: &mut HeaderMap| {
+        set(h, ETAG, &etag);
+        set(h, LAST_MODIFIED, &last_modified);
+        h.insert(CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL_VALUE));
+    };
+
+    let not_modified = match header_str(req, &IF_NONE_MATCH) {
+        Some(inm) => none_match(inm, &etag),
+        None => header_str(req, &IF_MODIFIED_SINCE)
+            .and_then(httpdate::parse)
+            .is_some_and(|since| found.mtime <= since),
+    };
+    if not_modified {
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        validators(resp.headers_mut());
+        return resp;
+    }
+
+    let size = found.size;
+    let range = match header_str(req, &RANGE) {
+        None => RangeReq::Full,
+        Some(r) => {
+            let if_range_ok = header_str(req, &IF_RANGE)
+                .is_none_or(|v| if_range_matches(v, &etag, found.mtime));
+            if if_range_ok {
+                parse_range(r, size)
+            } else {
+                RangeReq::Full
+            }
+        }
+    };
+    let (status, start, len) = match range {
+        RangeReq::Full => (StatusCode::OK, 0, size),
+        RangeReq::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        RangeReq::Unsatisfiable => {
+            let mut resp = fixed(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "text/plain",
+                "no-store",
+                Bytes::new(),
+                head,
+            );
+            set(resp.headers_mut(), CONTENT_RANGE, &format!("bytes */{size}"));
+            return resp;
+        }
+    };
+
+    let body = if head || len == 0 {
+        empty()
+    } else {
+        let mut file = tokio::fs::File::from_std(found.file);
+        if start > 0 {
+            if let Err(error) = file.seek(SeekFrom::Start(start)).await {
+                tracing::warn!(file = %found.name.display(), %error, "Static asset read failed");
+                return Canned::StaticReadFailed.response(head);
+            }
+        }
+        http_body_util::BodyExt::boxed_unsync(FileBody {
+            file,
+            remaining: len,
+            buf: BytesMut::new(),
+        })
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    set(h, CONTENT_TYPE, mime(&found.name.to_string_lossy()));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    validators(h);
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(h, CONTENT_RANGE, &format!("bytes {start}-{}/{size}", start + len - 1));
+    }
+    resp
+}
+
+/// Streams `remaining` bytes of a file in chunks of [`CHUNK`].
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buf: BytesMut,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("static file ended early: {0} bytes missing")]
+struct Truncated(u64);
+
+impl HttpBody for FileBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = this.remaining.min(CHUNK as u64) as usize;
+        if this.buf.capacity() < want {
+            this.buf.reserve(want);
+        }
+        this.buf.resize(want, 0);
+        let mut rb = ReadBuf::new(&mut this.buf[..want]);
+        match Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                tracing::warn!(error = %e, "Static asset read failed while streaming");
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(Box::new(Truncated(this.remaining)))));
+                }
+                this.remaining -= n as u64;
+                let chunk = this.buf.split_to(n).freeze();
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tako_ipc::route::parse_route;
+
+    #[test]
+    fn decoding_rules() {
+        assert_eq!(decode("/a/b.js"), Decoded::File(b"a/b.js".to_vec()));
+        assert_eq!(decode("/a%20b.js"), Decoded::File(b"a b.js".to_vec()));
+        assert_eq!(decode("/a%2Fb.js"), Decoded::NotAFile);
+        assert_eq!(decode("/a%2fb.js"), Decoded::NotAFile);
+        for bad in ["/../x.js", "/a/%2e%2e/x.js", "/a/.%2E/x.js", "/a%00.js", "/a%5cb.js", "/a\\b.js", "/.."] {
+            assert_eq!(decode(bad), Decoded::Refused, "{bad}");
+        }
+        // A dot segment and `...` are not `..`.
+        assert_eq!(decode("/./a...js"), Decoded::File(b"./a...js".to_vec()));
+        // A stray `%` stays literal.
+        assert_eq!(decode("/100%.js"), Decoded::File(b"100%.js".to_vec()));
+        assert_eq!(decode("/a%2.js"), Decoded::File(b"a%2.js".to_vec()));
+    }
+
+    #[test]
+    fn candidate_paths() {
+        let p = parse_route("example.com/app/*").unwrap();
+        assert_eq!(candidates("/app/assets/main.js", &p), vec!["/app/assets/main.js", "/assets/main.js"]);
+        let g = parse_route("example.com/api*").unwrap();
+        assert_eq!(candidates("/apiv2/x.js", &g), vec!["/apiv2/x.js", "/v2/x.js"]);
+        let e = parse_route("example.com/logo.png").unwrap();
+        assert_eq!(candidates("/logo.png", &e), vec!["/logo.png", "/"]);
+        let h = parse_route("example.com").unwrap();
+        assert_eq!(candidates("/a.css", &h), vec!["/a.css"]);
+        assert!(is_candidate(&Method::GET, "/a/b.css"));
+        assert!(is_candidate(&Method::HEAD, "/b.css"));
+        assert!(!is_candidate(&Method::POST, "/b.css"));
+        assert!(!is_candidate(&Method::GET, "/a.b/c"));
+        assert!(!is_candidate(&Method::GET, "/c."));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-4", 10), RangeReq::Part(0, 4));
+        assert_eq!(parse_range("bytes=5-", 10), RangeReq::Part(5, 9));
+        assert_eq!(parse_range("bytes=-3", 10), RangeReq::Part(7, 9));
+        assert_eq!(parse_range("bytes=-30", 10), RangeReq::Part(0, 9));
+        assert_eq!(parse_range("bytes=2-100", 10), RangeReq::Part(2, 9));
+        assert_eq!(parse_range("bytes=10-", 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), RangeReq::Full);
+        assert_eq!(parse_range("bytes=5-2", 10), RangeReq::Full);
+        assert_eq!(parse_range("items=0-1", 10), RangeReq::Full);
+        assert_eq!(parse_range("bytes=x-1", 10), RangeReq::Full);
+        assert_eq!(parse_range("bytes=0-0", 0), RangeReq::Unsatisfiable);
+    }
+
+    #[test]
+    fn validators() {
+        assert!(none_match("\"3-5\"", "\"3-5\""));
+        assert!(none_match("W/\"3-5\"", "\"3-5\""));
+        assert!(none_match("\"x\", \"3-5\"", "\"3-5\""));
+        assert!(none_match("*", "\"3-5\""));
+        assert!(!none_match("\"3-6\"", "\"3-5\""));
+        assert!(if_range_matches("\"3-5\"", "\"3-5\"", 5));
+        assert!(!if_range_matches("W/\"3-5\"", "\"3-5\"", 5));
+        assert!(if_range_matches(&httpdate::format(5), "\"3-5\"", 5));
+        assert!(!if_range_matches(&httpdate::format(6), "\"3-5\"", 5));
+        assert_eq!(mime("/A.PNG"), "image/png");
+        assert_eq!(mime("/x.webmanifest"), "application/manifest+json");
+        assert_eq!(mime("/x.unknown"), "application/octet-stream");
+    }
+}
