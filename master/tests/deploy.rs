@@ -530,6 +530,32 @@ fn root_instances_run_as_the_app_user() {
 }
 
 #[test]
+fn unprivileged_server_deploys_and_serves() {
+    // The same path as a non-root user: everything, apps included, runs as that user.
+    let server = Server::start(ServerOpts::default().unprivileged());
+    let uid = server.run_ids.0;
+    server.deploy("web", "v1", &["web.example.com"], 2, &[]);
+    for (id, pid, _) in server.instances("web") {
+        let s = procfs::status(pid.expect("pid")).expect("instance status");
+        assert_eq!(s.uids, [uid; 4], "instance {id}: {s:?}");
+    }
+    let r = server.app_get("web.example.com", "/").expect("request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["uid"], json!(uid));
+    let log = app_log_dir(&server.data_dir, "web").join("app.log");
+    wait_for(
+        Duration::from_secs(5),
+        "the app's first line in app.log",
+        || {
+            fs::read_to_string(&log)
+                .ok()?
+                .contains("listening on")
+                .then_some(())
+        },
+    );
+}
+
+#[test]
 fn failed_first_deploy_leaves_no_trace() {
     let server = Server::start_default();
     server.wait_http_ready();

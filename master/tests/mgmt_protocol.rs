@@ -1157,6 +1157,25 @@ fn second_app_claiming_a_route_is_refused() {
         1,
         &[],
     );
+    // A refused deploy of an existing app changes nothing about it.
+    let before = server.app_status("alpha");
+    for bad in [
+        server.deploy_cmd("alpha", "v2", &["tako.internal"], 1, &[]),
+        server.deploy_cmd("alpha", "v2", &["alpha.example.com"], 33, &[]),
+        server.deploy_cmd("alpha", "v2", &["alpha.example.com"], 1, &[("A=B", "x")]),
+    ] {
+        server.err(&bad);
+        let after = server.app_status("alpha");
+        assert_eq!(after["version"], json!("v1"), "{after}");
+        assert_eq!(
+            after["instances"][0]["pid"], before["instances"][0]["pid"],
+            "the instance is untouched: {after}"
+        );
+        assert_eq!(
+            server.ok(&json!({"command":"routes"})),
+            json!({"routes":[{"app":"alpha","routes":["shared.example.com","alpha.example.com","example.com/api"]}]}),
+        );
+    }
     let cases = [
         "shared.example.com",
         "shared.example.com/*",
