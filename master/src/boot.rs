@@ -26,6 +26,15 @@ fn raise_nofile_limit() {
     }
 }
 
+/// upgrade-and-restarts.md §8.
+fn warn_tcp_migrate_req() {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        if v.trim() == "0" {
+            tracing::warn!("net.ipv4.tcp_migrate_req is 0: connections queued on a closing listener may be reset during upgrades");
+        }
+    }
+}
+
 /// Tells systemd we are ready, when it asked (`NOTIFY_SOCKET`).
 fn notify_ready() {
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
@@ -77,6 +86,11 @@ pub fn run(flags: ServerFlags) -> i32 {
     tracing::info!("HTTPS port: {}", settings.https_port);
     tracing::info!("Data directory: {}", settings.data_dir.display());
     raise_nofile_limit();
+    warn_tcp_migrate_req();
+    // Instances orphaned by a launcher crash come to us, so we can kill and reap them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper");
+    }
 
     let data = DataDir { root: settings.data_dir.clone() };
     if let Err(e) = data.prepare(users.as_ref()) {
