@@ -273,8 +273,11 @@ impl Master {
             };
             match me.spawn_instance(&app, build, true) {
                 Ok((_, rx)) => {
-                    // Failures come back as events and schedule the next attempt.
-                    let _ = rx.await;
+                    // Failures come back as events and schedule the next attempt; after a
+                    // success, go on until the app is back at its count.
+                    if let Ok(Ok(())) = rx.await {
+                        me.schedule_replacement(&app);
+                    }
                 }
                 Err(e) => {
                     {
