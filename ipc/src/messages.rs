@@ -24,6 +24,9 @@ pub struct WorkerConfig {
     pub acme_enabled: bool,
     /// Unix seconds when the master started, for `uptime_secs`.
     pub server_started_unix_secs: u64,
+    /// This worker's response-cache budget in bytes (the server budget divided by the
+    /// number of workers); 0 turns the cache off.
+    pub cache_bytes: u64,
 }
 
 /// One healthy instance a worker may send traffic to.
@@ -101,6 +104,43 @@ pub enum MasterToWorker {
     Drain {
         deadline_ms: u64,
     },
+    /// Drop every cached response stored for the app (its build switched, it stopped or was
+    /// deleted).
+    PurgeApp {
+        app: String,
+    },
+    /// Another worker saw a successful unsafe request: drop these cached targets.
+    CacheInvalidate(CacheInvalidation),
+}
+
+/// Targets whose cached responses (every variant, both schemes) must go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheInvalidation {
+    /// The request host as received, lower-cased, trailing dot removed, port kept.
+    pub host: String,
+    /// Request-targets in origin-form (path and query).
+    pub targets: Vec<String>,
+}
+
+/// One worker's cache counters: totals since the worker started, plus its current size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Lookups served from the cache (collapsed waits included).
+    pub hits: u64,
+    /// Eligible lookups that went upstream.
+    pub misses: u64,
+    /// Requests that skipped the cache (`no-store` request, `Upgrade`, other methods).
+    pub bypasses: u64,
+    /// Responses stored.
+    pub stores: u64,
+    /// Entries dropped to make room (LRU or the per-key variant limit).
+    pub evictions: u64,
+    /// Entries dropped by invalidation or purge.
+    pub invalidations: u64,
+    /// Bytes held now (key + headers + body of every entry).
+    pub bytes: u64,
+    /// Entries held now.
+    pub entries: u64,
 }
 
 /// Per-instance counters from one worker: totals since the worker started.
@@ -128,6 +168,11 @@ pub enum WorkerToMaster {
         app: String,
     },
     Counters(Vec<InstanceCounters>),
+    /// This worker's cache counters, at most once a second and only when they changed.
+    CacheStats(CacheStats),
+    /// A successful unsafe request invalidated these targets here; fan them out to the other
+    /// workers as [`MasterToWorker::CacheInvalidate`].
+    CacheInvalidate(CacheInvalidation),
 }
 
 impl WorkerToMaster {

@@ -103,7 +103,13 @@ pub struct ServerFlags {
     #[arg(long = "instance-port-offset", value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=45552))]
     pub instance_port_offset: u16,
+    /// Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off
+    #[arg(long = "cache-size", value_name = "BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
+    pub cache_size: u64,
 }
+
+/// The server's response-cache budget: 256 MiB (cache.md §1).
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The optional TOML config file (cli.md §3). Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +166,8 @@ pub struct Settings {
     pub acme_ca_root: Option<PathBuf>,
     pub renewal_interval_hours: u32,
     pub instance_port_offset: u16,
+    /// Response cache budget for the whole server; 0 = off.
+    pub cache_bytes: u64,
 }
 
 fn usable_cpus() -> usize {
@@ -234,6 +242,7 @@ impl ServerFlags {
             acme_ca_root: self.acme_ca_root,
             renewal_interval_hours: self.renewal_interval_hours,
             instance_port_offset: self.instance_port_offset,
+            cache_bytes: self.cache_size,
         })
     }
 

@@ -144,6 +144,9 @@ pub async fn run(ipc: UnixStream) -> i32 {
         if let Some(snapshot) = shared.counters.take_if_dirty() {
             shared.send(WorkerToMaster::Counters(snapshot));
         }
+        if let Some(stats) = shared.cache.take_stats_if_dirty() {
+            shared.send(WorkerToMaster::CacheStats(stats));
+        }
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.flush()).await;
     }
     writer_task.abort();
@@ -179,6 +182,7 @@ impl Control {
             }
             MasterToWorker::Routes(table) => {
                 let compiled = Table::build(&table, &self.shared.rotation);
+                self.shared.cache.routes_changed(&table);
                 self.shared.table.store(Arc::new(compiled));
                 self.shared.holds.notify();
                 self.shared
@@ -206,6 +210,8 @@ impl Control {
             MasterToWorker::Drain { deadline_ms } => {
                 return Some(Duration::from_millis(deadline_ms));
             }
+            MasterToWorker::PurgeApp { app } => self.shared.cache.purge_app(&app),
+            MasterToWorker::CacheInvalidate(inv) => self.shared.cache.invalidate(&inv),
         }
         if self.listening && self.routed && !self.ready_sent {
             self.ready_sent = true;
@@ -259,6 +265,9 @@ async fn counters_loop(shared: Arc<Shared>) {
         tick.tick().await;
         if let Some(snapshot) = shared.counters.take_if_dirty() {
             shared.send(WorkerToMaster::Counters(snapshot));
+        }
+        if let Some(stats) = shared.cache.take_stats_if_dirty() {
+            shared.send(WorkerToMaster::CacheStats(stats));
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod access;
 mod body;
+mod cache;
 mod conn_guard;
 mod control;
 mod counters;

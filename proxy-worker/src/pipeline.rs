@@ -14,6 +14,7 @@ use tako_ipc::cidr::{any_contains, canonical_ip};
 
 use crate::access::AccessLog;
 use crate::body::{Body, BoxError, Guarded, ReplayBody};
+use crate::cache;
 use crate::forwarded;
 use crate::hold::{self, HoldOutcome};
 use crate::host::{self, RequestHost};
@@ -125,6 +126,18 @@ async fn route(
         return Canned::PayloadTooLarge.response(head);
     }
 
+    // Cache stage (cache.md): before backend selection, so a hit wakes no instance.
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let lookup = shared.cache.lookup(req.method(), target, req.headers(), https, &host.received, &app.name);
+    let ticket = match lookup.await {
+        cache::Lookup::Hit(resp) => {
+            log.cache = "hit";
+            return resp;
+        }
+        cache::Lookup::Forward(ticket) => ticket,
+    };
+    log.cache = ticket.log_label();
+
     let app = if app.stopped {
         return Canned::NoHealthyBackend.response(head);
     } else if !app.backends.is_empty() {
@@ -147,6 +160,7 @@ async fn route(
         trusted,
         https,
         host: &host,
+        ticket,
     };
     proxy(req, &app, ctx, shared, log).await
 }
@@ -156,6 +170,8 @@ struct ProxyCtx<'a> {
     trusted: bool,
     https: bool,
     host: &'a RequestHost,
+    /// Hands the upstream response to the cache.
+    ticket: cache::Ticket,
 }
 
 /// Sends the request to an instance of `app`, retrying once on another instance when the
@@ -226,6 +242,7 @@ async fn proxy(
             Err(_) => return Canned::BadRequest.response(head),
         };
         *upstream_req.headers_mut() = headers.clone();
+        let sent_at = std::time::Instant::now();
         match shared.upstream.send(upstream_req).await {
             Ok(mut resp) => {
                 in_flight.count();
@@ -246,7 +263,8 @@ async fn proxy(
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 let body = rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-                return Response::from_parts(rparts, Guarded::wrap(body, in_flight));
+                let resp = Response::from_parts(rparts, Guarded::wrap(body, in_flight));
+                return ctx.ticket.complete(resp, sent_at);
             }
             Err(UpstreamError::Connect(error)) => {
                 let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);

@@ -11,6 +11,7 @@ use tako_ipc::cidr::Cidr;
 use tako_ipc::{WorkerConfig, WorkerToMaster};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::Cache;
 use crate::counters::Counters;
 use crate::hold::Holds;
 use crate::internal_host::StatusSnapshot;
@@ -38,6 +39,8 @@ pub struct Shared {
     pub counters: Arc<Counters>,
     pub certs: Arc<CertStore>,
     pub upstream: Upstream,
+    /// The response cache (cache.md); off when the budget is 0.
+    pub cache: Arc<Cache>,
     /// Open connections and tunnels: draining waits for them.
     pub conns: Arc<ConnTracker>,
     outbox: mpsc::UnboundedSender<Outbound>,
@@ -53,6 +56,13 @@ impl Shared {
                 Err(error) => tracing::warn!(cidr = %raw, %error, "Trusted proxy ignored"),
             }
         }
+        let cache_tx = outbox.clone();
+        let cache = Arc::new(Cache::new(
+            config.cache_bytes,
+            Box::new(move |m| {
+                let _ = cache_tx.send(Outbound::Msg(m));
+            }),
+        ));
         Self {
             config,
             trusted,
@@ -64,6 +74,7 @@ impl Shared {
             counters: Arc::new(Counters::default()),
             certs: Arc::new(CertStore::default()),
             upstream: Upstream::new(),
+            cache,
             conns: Arc::new(ConnTracker::default()),
             outbox,
         }

@@ -161,6 +161,7 @@ impl Master {
             trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             acme_enabled: true,
             server_started_unix_secs: 0,
+            cache_bytes: 0,
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,
@@ -661,6 +662,7 @@ fn version_mismatch_exits_one() {
                 trusted_proxies: vec![],
                 acme_enabled: false,
                 server_started_unix_secs: 0,
+                cache_bytes: 0,
             },
         })
         .await

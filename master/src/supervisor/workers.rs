@@ -110,6 +110,8 @@ fn worker_config(master: &Master, index: u32, generation: u32) -> WorkerConfig {
         trusted_proxies: s.trusted_proxies.iter().map(|c| c.to_string()).collect(),
         acme_enabled: !s.no_acme,
         server_started_unix_secs: master.started_unix,
+        // cache.md §1: floor(budget / workers) each.
+        cache_bytes: s.cache_bytes / (s.workers.max(1) as u64),
     }
 }
 
@@ -314,6 +316,9 @@ async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<WorkerToMaster
                 }
                 master.on_counters();
             }
+            // Cache counters (for /metrics) and cross-worker invalidation fan-out are not
+            // wired in the master yet.
+            WorkerToMaster::CacheStats(_) | WorkerToMaster::CacheInvalidate(_) => {}
         }
     }
 }

@@ -1,0 +1,170 @@
+//! The primary key (scheme, host as received, request-target) and `Vary` variants
+//! (cache.md §3).
+
+use http::header::{HeaderMap, HeaderName, VARY};
+
+/// The host as received, lower-cased, trailing dot of the name removed, port kept.
+pub fn normalize_host(received: &str) -> String {
+    let (name, port) = if received.starts_with('[') {
+        match received.find(']') {
+            Some(end) => received.split_at(end + 1),
+            None => (received, ""),
+        }
+    } else {
+        match received.find(':') {
+            Some(i) => received.split_at(i),
+            None => (received, ""),
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut out = name.to_ascii_lowercase();
+    out.push_str(port);
+    out
+}
+
+/// `scheme://host/target`: host already normalized, target the origin-form bytes received.
+pub fn primary_key(https: bool, host: &str, target: &str) -> String {
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{host}{target}")
+}
+
+/// What a response's `Vary` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VarySpec {
+    Names(Vec<HeaderName>),
+    /// `Vary: *`, or a member that is not a header name: never stored.
+    Uncacheable,
+}
+
+pub fn vary_spec(resp: &HeaderMap) -> VarySpec {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for line in resp.get_all(VARY) {
+        let Ok(line) = line.to_str() else {
+            return VarySpec::Uncacheable;
+        };
+        for member in line.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            if member == "*" {
+                return VarySpec::Uncacheable;
+            }
+            match HeaderName::from_bytes(member.as_bytes()) {
+                Ok(n) if !names.contains(&n) => names.push(n),
+                Ok(_) => {}
+                Err(_) => return VarySpec::Uncacheable,
+            }
+        }
+    }
+    VarySpec::Names(names)
+}
+
+/// The request header values a stored variant was made for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VaryRecord(Vec<(HeaderName, Option<Vec<u8>>)>);
+
+impl VaryRecord {
+    pub fn record(names: &[HeaderName], req: &HeaderMap) -> Self {
+        VaryRecord(
+            names
+                .iter()
+                .map(|n| (n.clone(), normalized(req, n)))
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, req: &HeaderMap) -> bool {
+        self.0.iter().all(|(n, v)| normalized(req, n) == *v)
+    }
+
+    pub fn size(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
+/// Every line of the header joined by `, `, trimmed, runs of whitespace collapsed to one
+/// space. `None` when absent, which differs from present and empty.
+fn normalized(req: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut lines = req.get_all(name).iter().peekable();
+    lines.peek()?;
+    let mut joined = Vec::new();
+    for (i, l) in lines.enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(l.as_bytes());
+    }
+    let mut out = Vec::with_capacity(joined.len());
+    let mut pending_space = false;
+    for b in joined {
+        if b == b' ' || b == b'\t' {
+            pending_space = !out.is_empty();
+        } else {
+            if pending_space {
+                out.push(b' ');
+                pending_space = false;
+            }
+            out.push(b);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hosts_normalize_keeping_the_port() {
+        assert_eq!(normalize_host("Example.COM.:8080"), "example.com:8080");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:443"), "[::1]:443");
+        assert_eq!(primary_key(true, "a.com", "/x?y=1"), "https://a.com/x?y=1");
+    }
+
+    #[test]
+    fn vary_star_and_names() {
+        assert_eq!(vary_spec(&headers(&[("vary", "*")])), VarySpec::Uncacheable);
+        assert_eq!(
+            vary_spec(&headers(&[("vary", "Accept, x-a"), ("vary", "accept , *")])),
+            VarySpec::Uncacheable
+        );
+        assert_eq!(
+            vary_spec(&headers(&[("vary", "Accept, ,x-a"), ("vary", "accept")])),
+            VarySpec::Names(vec![
+                HeaderName::from_static("accept"),
+                HeaderName::from_static("x-a")
+            ])
+        );
+        assert_eq!(vary_spec(&HeaderMap::new()), VarySpec::Names(vec![]));
+    }
+
+    #[test]
+    fn variants_compare_normalized_values() {
+        let names = [HeaderName::from_static("accept-language")];
+        let rec = VaryRecord::record(&names, &headers(&[("accept-language", " en,   fr ")]));
+        assert!(rec.matches(&headers(&[("accept-language", "en, fr")])));
+        assert!(rec.matches(&headers(&[
+            ("accept-language", "en"),
+            ("accept-language", "fr")
+        ])));
+        assert!(!rec.matches(&headers(&[("accept-language", "en,fr")])));
+        assert!(!rec.matches(&HeaderMap::new()));
+        let empty = VaryRecord::record(&names, &headers(&[("accept-language", "")]));
+        assert!(
+            !empty.matches(&HeaderMap::new()),
+            "missing differs from empty"
+        );
+        let missing = VaryRecord::record(&names, &HeaderMap::new());
+        assert!(missing.matches(&HeaderMap::new()));
+    }
+}
