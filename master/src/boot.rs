@@ -9,7 +9,8 @@ use tokio::sync::Notify;
 use crate::cli::{ConfigError, ServerFlags};
 use crate::core::{lock, unix_now, Master};
 use crate::datadir::{prepare_socket_dir, DataDir};
-use crate::state::{DataDirLock, StateHandle, Store};
+use crate::state::{DataDirLock, ServerMode, StateHandle, Store};
+use crate::upgrade::{self, Role};
 use crate::supervisor::{launcher, workers};
 
 const WORKER_DRAIN: Duration = Duration::from_secs(30);
@@ -55,7 +56,8 @@ pub fn run(flags: ServerFlags) -> i32 {
     // Before any thread exists: the environment is cleaned of LISTEN_* here.
     let inherited = crate::listeners::inherited_sockets();
     crate::logging::init("role=master".into());
-    let settings = match flags.resolve() {
+    let explicit = flags.explicit();
+    let mut settings = match flags.resolve() {
         Ok(s) => s,
         Err(ConfigError::Usage(m)) => {
             eprintln!("error: {m}");
@@ -66,14 +68,40 @@ pub fn run(flags: ServerFlags) -> i32 {
             return 3;
         }
     };
-    let users = match crate::users::resolve(&settings) {
-        Ok(u) => u,
+    let root = tako_ipc::privilege::running_as_root();
+    let candidate_shaped = upgrade::socket_owner(&settings.socket).is_some();
+
+    let data = DataDir { root: settings.data_dir.clone() };
+    // Step 4: open the state and decide the role.
+    let role = match Store::open(&data.root, env!("CARGO_PKG_VERSION")) {
+        Ok(mut store) => {
+            let mode = store.server_mode().unwrap_or(ServerMode::Normal);
+            let holder = store.upgrade_owner().ok().flatten();
+            if upgrade::is_candidate(&settings.socket, mode, holder.as_deref()) {
+                let primary = store.primary_settings_json().ok().flatten();
+                upgrade::inherit_settings(&mut settings, &explicit, primary.as_deref());
+                Role::Candidate
+            } else {
+                Role::Primary
+            }
+        }
+        Err(e) if e.is_permission_denied() && !root && candidate_shaped => Role::StandIn,
         Err(e) => {
             tracing::error!("{e}");
-            return 3;
+            return 5;
         }
     };
-    if users.is_none() {
+    let users = match role {
+        Role::StandIn => None,
+        _ => match crate::users::resolve(&settings) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("{e}");
+                return 3;
+            }
+        },
+    };
+    if users.is_none() && role != Role::StandIn {
         let uid = nix::unistd::getuid().as_raw();
         tracing::warn!("privilege separation is off: tako-server runs as uid {uid} (not root); workers, launcher and apps run as this user");
         for flag in &settings.explicit_user_flags {
@@ -85,24 +113,50 @@ pub fn run(flags: ServerFlags) -> i32 {
     tracing::info!("HTTP port: {}", settings.http_port);
     tracing::info!("HTTPS port: {}", settings.https_port);
     tracing::info!("Data directory: {}", settings.data_dir.display());
+
+    // Candidates and stand-ins leave the CLI's shell at once (§3 step 1).
+    let daemon = match role {
+        Role::Primary => None,
+        _ => Some(upgrade::Daemon::fork()),
+    };
+    if role == Role::StandIn {
+        let state_file = data.root.join(crate::state::STATE_FILE);
+        let owner = std::fs::metadata(&state_file).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+        tracing::warn!(
+            "Upgrade candidate runs as uid {} but the server state belongs to uid {owner}: running as a stand-in without listeners or apps; the primary restart is not covered by a candidate",
+            nix::unistd::getuid().as_raw()
+        );
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("cannot start the runtime: {e}");
+                return 1;
+            }
+        };
+        let Some(daemon) = daemon else { return 1 };
+        return rt.block_on(upgrade::run_stand_in(settings, daemon));
+    }
+
     raise_nofile_limit();
     warn_tcp_migrate_req();
     // Instances orphaned by a launcher crash come to us, so we can kill and reap them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(error = %e, "cannot become a child subreaper");
     }
-
-    let data = DataDir { root: settings.data_dir.clone() };
     if let Err(e) = data.prepare(users.as_ref()) {
         tracing::error!("Cannot prepare data directory {}: {e}", data.root.display());
         return 5;
     }
-    let _dir_lock = match DataDirLock::acquire(&data.root) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            return 5;
-        }
+    // Only a primary holds the data-dir lock.
+    let _dir_lock = match role {
+        Role::Primary => match DataDirLock::acquire(&data.root) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!("{e}");
+                return 5;
+            }
+        },
+        _ => None,
     };
     let store = match Store::open(&data.root, env!("CARGO_PKG_VERSION")) {
         Ok(s) => s,
@@ -126,16 +180,21 @@ pub fn run(flags: ServerFlags) -> i32 {
             return 1;
         }
     };
-    rt.block_on(serve(inherited, settings, users, data, handle))
+    rt.block_on(serve(Boot { inherited, settings, users, data, store: handle, role, daemon }))
 }
 
-async fn serve(
+struct Boot {
     inherited: Vec<(String, std::os::fd::OwnedFd)>,
     settings: crate::cli::Settings,
     users: Option<crate::users::Users>,
     data: DataDir,
     store: StateHandle,
-) -> i32 {
+    role: Role,
+    daemon: Option<upgrade::Daemon>,
+}
+
+async fn serve(boot: Boot) -> i32 {
+    let Boot { inherited, settings, users, data, store, role, mut daemon } = boot;
     // Certificates: what is on disk, plus an in-memory default for clients without SNI.
     let (mut certs, _) = crate::certs::load_dir(&data.certs());
     if !certs.iter().any(|c| c.name == "default") {
@@ -157,7 +216,8 @@ async fn serve(
         }
     };
     let (registry, fixes) = crate::apps::restore::register(stored);
-    for (app, base) in fixes {
+    // A candidate never writes app rows: its fixed bases live in memory only.
+    for (app, base) in fixes.into_iter().filter(|_| role == Role::Primary) {
         if let Err(e) = store.set_base_port(app.clone(), base).await {
             tracing::warn!(app = %app, error = %e, "cannot persist the new port base");
         }
@@ -191,19 +251,13 @@ async fn serve(
     };
     tracing::info!("Management socket listening on {}", settings.socket.display());
 
-    let settings_json = serde_json::json!({
-        "http_port": settings.http_port, "https_port": settings.https_port,
-        "data_dir": settings.data_dir.display().to_string(), "socket": settings.socket.display().to_string(),
-        "instance_port_offset": settings.instance_port_offset, "no_acme": settings.no_acme,
-        "acme_staging": settings.acme_staging, "acme_email": settings.acme_email,
-        "renewal_interval_hours": settings.renewal_interval_hours,
-        "acme_ca_root": settings.acme_ca_root.as_ref().map(|p| p.display().to_string()),
-    })
-    .to_string();
+    let settings_json = upgrade::settings_json(&settings);
     let socket_path = settings.socket.clone();
-    let master = Arc::new(Master::new(settings, users, data, listeners, store, certs, registry));
-    if let Err(e) = master.store.write_primary_boot(settings_json, std::process::id(), master.started_unix).await {
-        tracing::warn!(error = %e, "cannot record the primary's boot");
+    let master = Arc::new(Master::new(settings, users, data, listeners, store, certs, registry, role.as_str()));
+    if role == Role::Primary {
+        if let Err(e) = master.store.write_primary_boot(settings_json, std::process::id(), master.started_unix).await {
+            tracing::warn!(error = %e, "cannot record the primary's boot");
+        }
     }
     master.publish();
 
@@ -213,6 +267,9 @@ async fn serve(
     launcher::supervise(master.clone());
     let ready = workers::start_all(&master).await;
     tracing::info!("Ready: {ready} workers, {app_count} apps");
+    if let Some(d) = daemon.as_mut() {
+        d.ready();
+    }
     notify_ready();
 
     spawn_status_pusher(master.clone());
@@ -228,7 +285,17 @@ async fn serve(
         });
     }
 
-    wait_for_shutdown(&master).await;
+    if role == Role::Candidate {
+        let owner = upgrade::socket_owner(&socket_path).unwrap_or_default();
+        tokio::select! {
+            _ = upgrade::candidate_until_done(master.clone(), owner) => {
+                tracing::info!("upgrade finished; candidate shutting down");
+            }
+            _ = wait_for_shutdown(&master) => {}
+        }
+    } else {
+        wait_for_shutdown(&master).await;
+    }
     shutdown(master, mgmt_shutdown, socket_path).await
 }
 

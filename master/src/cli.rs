@@ -175,6 +175,20 @@ fn usable_cpus() -> usize {
 }
 
 impl ServerFlags {
+    /// Which flags a candidate must not take from the primary's settings.
+    pub fn explicit(&self) -> crate::upgrade::ExplicitFlags {
+        crate::upgrade::ExplicitFlags {
+            listen: !self.listen.is_empty(),
+            workers: self.workers.is_some(),
+            proxy_user: self.proxy_user.is_some(),
+            app_user: self.app_user.is_some(),
+            deploy_user: self.deploy_user.is_some(),
+            trusted_proxy: !self.trusted_proxy.is_empty(),
+            acme_directory: self.acme_directory.is_some(),
+            acme_ca_root: self.acme_ca_root.is_some(),
+        }
+    }
+
     pub fn resolve(self) -> Result<Settings, ConfigError> {
         let file = self.load_config_file()?;
         let http_port = self.port.or(file.server.http_port).unwrap_or(80);

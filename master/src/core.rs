@@ -62,6 +62,7 @@ impl Master {
         store: StateHandle,
         certs: Vec<CertEntry>,
         registry: Registry,
+        role: &'static str,
     ) -> Master {
         Master {
             settings,
@@ -69,7 +70,7 @@ impl Master {
             data,
             started: Instant::now(),
             started_unix: unix_now(),
-            role: "primary",
+            role,
             listeners,
             store,
             certs: Mutex::new(certs),
@@ -84,6 +85,10 @@ impl Master {
             changed: Notify::new(),
             status_dirty: Notify::new(),
         }
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.role == "primary"
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -15,6 +15,7 @@ mod role;
 mod state;
 mod status;
 mod supervisor;
+mod upgrade;
 mod users;
 
 use clap::Parser;

@@ -84,8 +84,11 @@ pub async fn start(master: Arc<Master>) {
     for t in tasks {
         let _ = t.await;
     }
-    if let Err(e) = master.store.write_primary_ready(unix_now()).await {
-        tracing::warn!(error = %e, "cannot record the end of restore");
+    // Only a primary writes the shared state (a candidate never does).
+    if master.is_primary() {
+        if let Err(e) = master.store.write_primary_ready(unix_now()).await {
+            tracing::warn!(error = %e, "cannot record the end of restore");
+        }
     }
     tracing::info!("restore finished");
 }

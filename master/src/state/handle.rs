@@ -113,6 +113,10 @@ impl StateHandle {
         self.call(|s| s.upgrade_owner()).await
     }
 
+    pub async fn primary_ready_at(&self) -> Result<Option<u64>, StateError> {
+        self.call(|s| s.primary_ready_at()).await
+    }
+
     pub async fn primary_settings_json(&self) -> Result<Option<String>, StateError> {
         self.call(|s| s.primary_settings_json()).await
     }

@@ -368,6 +368,15 @@ impl Store {
         Ok(read_owner(&self.conn)?)
     }
 
+    /// When the primary finished its boot restore (`primary_ready_at_unix_secs`).
+    pub fn primary_ready_at(&mut self) -> Result<Option<u64>, StateError> {
+        let v: Option<Option<i64>> = self
+            .conn
+            .query_row("SELECT primary_ready_at_unix_secs FROM server_state WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.flatten().map(|t| t.max(0) as u64))
+    }
+
     /// The primary's effective settings (`server_state.settings_json`), for a candidate.
     pub fn primary_settings_json(&mut self) -> Result<Option<String>, StateError> {
         let v: Option<Option<String>> = self
