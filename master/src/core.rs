@@ -132,6 +132,11 @@ impl Master {
         epoch
     }
 
+    /// Drops an app's cached responses in every worker (deploy switch, stop, delete).
+    pub fn purge_cache(&self, app: &str) {
+        lock(&self.workers).broadcast(&MasterToWorker::PurgeApp { app: app.to_string() });
+    }
+
     pub fn push_certs(&self, certs: Vec<CertEntry>) {
         let workers = lock(&self.workers);
         *lock(&self.certs) = certs.clone();

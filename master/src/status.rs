@@ -156,6 +156,21 @@ impl Master {
         let _ = writeln!(out, "# TYPE tako_worker_restarts_total counter");
         let _ = writeln!(out, "tako_worker_restarts_total{{reason=\"crash\"}} {crash}");
         let _ = writeln!(out, "tako_worker_restarts_total{{reason=\"rolling\"}} {rolling}");
+        let c = lock(&self.workers).cache_totals();
+        let _ = writeln!(out, "# HELP tako_cache_lookups_total Response cache lookups by result.");
+        let _ = writeln!(out, "# TYPE tako_cache_lookups_total counter");
+        for (result, n) in [("hit", c.hits), ("miss", c.misses), ("bypass", c.bypasses)] {
+            let _ = writeln!(out, "tako_cache_lookups_total{{result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP tako_cache_stores_total Responses stored in the cache.");
+        let _ = writeln!(out, "# TYPE tako_cache_stores_total counter");
+        let _ = writeln!(out, "tako_cache_stores_total {}", c.stores);
+        let _ = writeln!(out, "# HELP tako_cache_evictions_total Cache entries evicted to make room.");
+        let _ = writeln!(out, "# TYPE tako_cache_evictions_total counter");
+        let _ = writeln!(out, "tako_cache_evictions_total {}", c.evictions);
+        let _ = writeln!(out, "# HELP tako_cache_bytes Bytes held by the response cache.");
+        let _ = writeln!(out, "# TYPE tako_cache_bytes gauge");
+        let _ = writeln!(out, "tako_cache_bytes {}", c.bytes);
         let _ = writeln!(out, "# HELP tako_instances App instances by state.");
         let _ = writeln!(out, "# TYPE tako_instances gauge");
         let reg = lock(&self.apps);

@@ -323,6 +323,7 @@ impl Master {
             }
         }
         let epoch = self.publish();
+        self.purge_cache(app);
         // Answer once the old instances are out of every worker's rotation.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         self.wait_until(deadline, |m| m.applied_epoch() >= epoch).await;

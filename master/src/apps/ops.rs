@@ -118,6 +118,7 @@ impl Master {
             a.instances.keys().copied().collect::<Vec<_>>()
         };
         self.publish();
+        self.purge_cache(app);
         self.stop_all(app, ids).await;
         Ok(json!({"app": app, "status": "stopped"}))
     }
@@ -154,6 +155,7 @@ impl Master {
         self.store.delete_app(app.to_string()).await.map_err(|e| format!("Delete failed: {e}"))?;
         lock(&self.apps).apps.remove(app);
         self.publish();
+        self.purge_cache(app);
         Ok(json!({"app": app, "existed": true, "status": "deleted"}))
     }
 

@@ -49,6 +49,7 @@ pub struct WorkerEntry {
     pub tx: mpsc::UnboundedSender<Outgoing<MasterToWorker>>,
     pub applied_epoch: u64,
     pub counters: Vec<InstanceCounters>,
+    pub cache: tako_ipc::CacheStats,
     /// Set when a newer generation replaced this worker: its exit is not a crash.
     pub retired: Arc<AtomicBool>,
     ready_tx: Option<oneshot::Sender<()>>,
@@ -64,6 +65,8 @@ pub struct WorkerTable {
     pub restart_in_progress: bool,
     pub crash_restarts: u64,
     pub rolling_restarts: u64,
+    /// Cache counters of workers that are gone (bytes and entries excluded: they are gone too).
+    pub retired_cache: tako_ipc::CacheStats,
 }
 
 impl WorkerTable {
@@ -81,6 +84,22 @@ impl WorkerTable {
             .filter(|w| matches!(w.state, ProcState::Ready | ProcState::Active))
             .map(|w| w.applied_epoch)
             .min()
+    }
+
+    /// Cache counters summed over all workers, past ones included.
+    pub fn cache_totals(&self) -> tako_ipc::CacheStats {
+        let mut t = self.retired_cache.clone();
+        for w in &self.entries {
+            t.hits += w.cache.hits;
+            t.misses += w.cache.misses;
+            t.bypasses += w.cache.bypasses;
+            t.stores += w.cache.stores;
+            t.evictions += w.cache.evictions;
+            t.invalidations += w.cache.invalidations;
+            t.bytes += w.cache.bytes;
+            t.entries += w.cache.entries;
+        }
+        t
     }
 
     /// Per instance: requests proxied (all workers, past ones included) and in-flight now.
@@ -224,6 +243,7 @@ async fn run_one(master: &Arc<Master>, index: u32, generation: u32, retired: Arc
             tx: tx.clone(),
             applied_epoch: 0,
             counters: Vec::new(),
+            cache: tako_ipc::CacheStats::default(),
             retired: retired.clone(),
             ready_tx: ready,
         });
@@ -240,6 +260,13 @@ async fn run_one(master: &Arc<Master>, index: u32, generation: u32, retired: Arc
             for c in entry.counters {
                 *table.retired_totals.entry((c.app, c.instance_id)).or_default() += c.requests_total;
             }
+            let r = &mut table.retired_cache;
+            r.hits += entry.cache.hits;
+            r.misses += entry.cache.misses;
+            r.bypasses += entry.cache.bypasses;
+            r.stores += entry.cache.stores;
+            r.evictions += entry.cache.evictions;
+            r.invalidations += entry.cache.invalidations;
         }
     }
     master.on_workers_changed();
@@ -316,9 +343,19 @@ async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<WorkerToMaster
                 }
                 master.on_counters();
             }
-            // Cache counters (for /metrics) and cross-worker invalidation fan-out are not
-            // wired in the master yet.
-            WorkerToMaster::CacheStats(_) | WorkerToMaster::CacheInvalidate(_) => {}
+            WorkerToMaster::CacheStats(stats) => {
+                let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
+                    w.cache = stats;
+                }
+            }
+            WorkerToMaster::CacheInvalidate(inv) => {
+                // Fan out to every other serving worker.
+                let table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+                for w in table.entries.iter().filter(|w| w.pid != pid && w.state != ProcState::Draining) {
+                    let _ = w.tx.send(MasterToWorker::CacheInvalidate(inv.clone()).into());
+                }
+            }
         }
     }
 }
