@@ -71,7 +71,16 @@ impl Master {
     }
 
     /// Runs the deploy algorithm. The caller holds the app lock and has validated `req`.
+    /// Commands that start processes wait (bounded) for the launcher: right after boot the
+    /// socket answers before the launcher is up.
+    pub async fn launcher_ready(&self) -> bool {
+        self.launcher.wait_ready(std::time::Duration::from_secs(15)).await
+    }
+
     pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Value, String> {
+        if !self.launcher_ready().await {
+            return Err("Rolling update failed: the app launcher is not running".into());
+        }
         if let Some(e) = self.route_conflict(&req.app, &req.routes, &req.route_keys) {
             return Err(e);
         }

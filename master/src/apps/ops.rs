@@ -69,6 +69,9 @@ impl Master {
             (a.config.clone(), a.live_count())
         };
         let build = config.build();
+        if !self.launcher_ready().await {
+            return Err("Start failed: the app launcher is not running".into());
+        }
         if live == 0 {
             if let Err(e) = self.store.set_stopped(app.to_string(), false).await {
                 return Err(format!("Start failed: could not save state: {e}"));

@@ -182,7 +182,9 @@ impl Registry {
                     .filter(|i| i.state.serves())
                     .map(|i| Backend { instance_id: i.id, port: i.port })
                     .collect(),
-                starting: a.instances.values().any(|i| i.state == InstState::Starting),
+                // A restoring app will have instances soon: hold its requests, do not refuse.
+                starting: a.instances.values().any(|i| i.state == InstState::Starting)
+                    || (a.restoring && !a.config.stopped),
             })
             .collect()
     }
