@@ -10,8 +10,8 @@ use crate::cli::{ConfigError, ServerFlags};
 use crate::core::{lock, unix_now, Master};
 use crate::datadir::{prepare_socket_dir, DataDir};
 use crate::state::{DataDirLock, ServerMode, StateHandle, Store};
-use crate::upgrade::{self, Role};
 use crate::supervisor::{launcher, workers};
+use crate::upgrade::{self, Role};
 
 const WORKER_DRAIN: Duration = Duration::from_secs(30);
 const INSTANCE_GRACE: Duration = Duration::from_secs(10);
@@ -38,8 +38,12 @@ fn warn_tcp_migrate_req() {
 
 /// Tells systemd we are ready, when it asked (`NOTIFY_SOCKET`).
 fn notify_ready() {
-    let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let r = if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
@@ -53,8 +57,11 @@ fn notify_ready() {
 }
 
 pub fn run(flags: ServerFlags) -> i32 {
-    // Before any thread exists: the environment is cleaned of LISTEN_* here.
+    // Before any thread exists: the environment is cleaned of LISTEN_* and the re-exec
+    // descriptors here.
+    let self_exec = crate::reexec::SelfExec::capture();
     let inherited = crate::listeners::inherited_sockets();
+    let (inherited_lock, ready_fd) = crate::reexec::inherited();
     crate::logging::init("role=master".into());
     let explicit = flags.explicit();
     let mut settings = match flags.resolve() {
@@ -71,7 +78,9 @@ pub fn run(flags: ServerFlags) -> i32 {
     let root = tako_ipc::privilege::running_as_root();
     let candidate_shaped = upgrade::socket_owner(&settings.socket).is_some();
 
-    let data = DataDir { root: settings.data_dir.clone() };
+    let data = DataDir {
+        root: settings.data_dir.clone(),
+    };
     // Step 4: open the state and decide the role.
     let role = match Store::open(&data.root, env!("CARGO_PKG_VERSION")) {
         Ok(mut store) => {
@@ -121,12 +130,17 @@ pub fn run(flags: ServerFlags) -> i32 {
     };
     if role == Role::StandIn {
         let state_file = data.root.join(crate::state::STATE_FILE);
-        let owner = std::fs::metadata(&state_file).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+        let owner = std::fs::metadata(&state_file)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(0);
         tracing::warn!(
             "Upgrade candidate runs as uid {} but the server state belongs to uid {owner}: running as a stand-in without listeners or apps; the primary restart is not covered by a candidate",
             nix::unistd::getuid().as_raw()
         );
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!("cannot start the runtime: {e}");
@@ -149,7 +163,10 @@ pub fn run(flags: ServerFlags) -> i32 {
     }
     // Only a primary holds the data-dir lock.
     let _dir_lock = match role {
-        Role::Primary => match DataDirLock::acquire(&data.root) {
+        Role::Primary => match inherited_lock.map_or_else(
+            || DataDirLock::acquire(&data.root),
+            |fd| DataDirLock::adopt(&data.root, fd),
+        ) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::error!("{e}");
@@ -173,14 +190,30 @@ pub fn run(flags: ServerFlags) -> i32 {
         }
     };
 
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
             return 1;
         }
     };
-    rt.block_on(serve(Boot { inherited, settings, users, data, store: handle, role, daemon }))
+    let lock_fd = _dir_lock.as_ref().map(|l| l.raw_fd());
+    rt.block_on(serve(Boot {
+        inherited,
+        settings,
+        users,
+        data,
+        store: handle,
+        role,
+        daemon,
+        lock_fd,
+        self_exec,
+        ready_fd,
+    }))
 }
 
 struct Boot {
@@ -191,10 +224,26 @@ struct Boot {
     store: StateHandle,
     role: Role,
     daemon: Option<upgrade::Daemon>,
+    lock_fd: Option<std::os::fd::RawFd>,
+    self_exec: crate::reexec::SelfExec,
+    /// Set when a predecessor re-executed us: it waits for our ready byte.
+    ready_fd: Option<std::os::fd::OwnedFd>,
 }
 
 async fn serve(boot: Boot) -> i32 {
-    let Boot { inherited, settings, users, data, store, role, mut daemon } = boot;
+    let Boot {
+        inherited,
+        settings,
+        users,
+        data,
+        store,
+        role,
+        mut daemon,
+        lock_fd,
+        self_exec,
+        ready_fd,
+    } = boot;
+    let successor = ready_fd.is_some();
     // Certificates: what is on disk, plus an in-memory default for clients without SNI.
     let (mut certs, _) = crate::certs::load_dir(&data.certs());
     if !certs.iter().any(|c| c.name == "default") {
@@ -239,23 +288,46 @@ async fn serve(boot: Boot) -> i32 {
     };
     crate::listeners::store_in_service_manager(&listeners);
     if let Err(e) = prepare_socket_dir(&settings.socket, users.as_ref()) {
-        tracing::error!("Cannot create the socket directory for {}: {e}", settings.socket.display());
+        tracing::error!(
+            "Cannot create the socket directory for {}: {e}",
+            settings.socket.display()
+        );
         return 4;
     }
-    let mgmt_listener = match crate::mgmt::server::bind(&settings.socket, users.as_ref()) {
+    let mgmt_listener = match crate::mgmt::server::bind(&settings.socket, users.as_ref(), successor)
+    {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
             return 4;
         }
     };
-    tracing::info!("Management socket listening on {}", settings.socket.display());
+    tracing::info!(
+        "Management socket listening on {}",
+        settings.socket.display()
+    );
 
     let settings_json = upgrade::settings_json(&settings);
     let socket_path = settings.socket.clone();
-    let master = Arc::new(Master::new(settings, users, data, listeners, store, certs, registry, role.as_str()));
+    let mut m = Master::new(
+        settings,
+        users,
+        data,
+        listeners,
+        store,
+        certs,
+        registry,
+        role.as_str(),
+    );
+    m.lock_fd = lock_fd;
+    m.self_exec = self_exec;
+    let master = Arc::new(m);
     if role == Role::Primary {
-        if let Err(e) = master.store.write_primary_boot(settings_json, std::process::id(), master.started_unix).await {
+        if let Err(e) = master
+            .store
+            .write_primary_boot(settings_json, std::process::id(), master.started_unix)
+            .await
+        {
             tracing::warn!(error = %e, "cannot record the primary's boot");
         }
     }
@@ -282,9 +354,14 @@ async fn serve(boot: Boot) -> i32 {
             } else {
                 tracing::error!("the app launcher did not start; apps are not restored");
             }
+            // A predecessor hands over once our apps are back.
+            if let Some(fd) = ready_fd {
+                crate::reexec::report_ready(fd);
+            }
         });
     }
 
+    let mut keep_socket = false;
     if role == Role::Candidate {
         let owner = upgrade::socket_owner(&socket_path).unwrap_or_default();
         tokio::select! {
@@ -294,9 +371,9 @@ async fn serve(boot: Boot) -> i32 {
             _ = wait_for_shutdown(&master) => {}
         }
     } else {
-        wait_for_shutdown(&master).await;
+        keep_socket = wait_for_shutdown(&master).await == Stop::HandedOver;
     }
-    shutdown(master, mgmt_shutdown, socket_path).await
+    shutdown(master, mgmt_shutdown, socket_path, keep_socket).await
 }
 
 fn spawn_status_pusher(master: Arc<Master>) {
@@ -317,17 +394,44 @@ fn spawn_status_pusher(master: Arc<Master>) {
     });
 }
 
-async fn wait_for_shutdown(master: &Arc<Master>) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    Signal,
+    /// A re-executed successor took over.
+    HandedOver,
+}
+
+async fn wait_for_shutdown(master: &Arc<Master>) -> Stop {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
+    ) else {
         tracing::error!("cannot install signal handlers");
-        return;
+        return Stop::Signal;
     };
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Stop::Signal; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Stop::Signal; }
+            _ = master.handed_over.notified() => {
+                tracing::info!("a new server took over; shutting down");
+                return Stop::HandedOver;
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading in place");
+                let m = master.clone();
+                tokio::spawn(async move {
+                    match crate::reexec::upgrade(&m).await {
+                        Ok(pid) => {
+                            tracing::info!(new_pid = pid, "upgrade handed over");
+                            m.handed_over.notify_one();
+                        }
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                });
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: rolling restart of the proxy workers");
                 let m = master.clone();
@@ -343,20 +447,35 @@ async fn wait_for_shutdown(master: &Arc<Master>) {
 }
 
 /// Graceful shutdown (upgrade-and-restarts.md §5); a second signal forces.
-async fn shutdown(master: Arc<Master>, mgmt: Arc<Notify>, socket: std::path::PathBuf) -> i32 {
+async fn shutdown(
+    master: Arc<Master>,
+    mgmt: Arc<Notify>,
+    socket: std::path::PathBuf,
+    keep_socket: bool,
+) -> i32 {
     master.begin_shutdown();
     mgmt.notify_waiters();
-    let _ = std::fs::remove_file(&socket);
+    // After a hand-over the socket file belongs to the successor.
+    if !keep_socket {
+        let _ = std::fs::remove_file(&socket);
+    }
     let graceful = async {
         workers::drain_all(&master, WORKER_DRAIN);
         workers::wait_all_gone(&master, WORKER_DRAIN + Duration::from_secs(2)).await;
-        let _ = master.launcher.send(tako_ipc::MasterToLauncher::Shutdown { grace_ms: INSTANCE_GRACE.as_millis() as u64 });
+        let _ = master.launcher.send(tako_ipc::MasterToLauncher::Shutdown {
+            grace_ms: INSTANCE_GRACE.as_millis() as u64,
+        });
         let deadline = tokio::time::Instant::now() + INSTANCE_GRACE + Duration::from_secs(3);
-        while master.launcher.info().is_some_and(|l| l.ready) && tokio::time::Instant::now() < deadline {
+        while master.launcher.info().is_some_and(|l| l.ready)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         graceful.await;
         return 0;
     };
@@ -376,15 +495,24 @@ fn force(master: &Master) -> i32 {
     for a in reg.apps.values() {
         for i in a.instances.values() {
             if let Some(pid) = i.pid {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
     for w in lock(&master.workers).entries.iter() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(w.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     if let Some(l) = master.launcher.info() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(l.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(l.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     let _ = unix_now();
     1

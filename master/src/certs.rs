@@ -18,7 +18,9 @@ pub fn is_private_host(host: &str) -> bool {
         || h.ends_with(".localhost")
         || !h.contains('.')
         || h.parse::<std::net::Ipv4Addr>().is_ok()
-        || [".local", ".test", ".invalid", ".example", ".home.arpa"].iter().any(|s| h.ends_with(s))
+        || [".local", ".test", ".invalid", ".example", ".home.arpa"]
+            .iter()
+            .any(|s| h.ends_with(s))
 }
 
 /// A self-signed certificate: ECDSA P-256, CN = host, O = Tako, 3650 days from yesterday.
@@ -37,7 +39,11 @@ pub fn self_signed(host: &str) -> Result<CertEntry, rcgen::Error> {
     params.not_after = now + time::Duration::days(3650);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let cert = params.self_signed(&key)?;
-    Ok(CertEntry { name: host.to_string(), cert_chain_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(CertEntry {
+        name: host.to_string(),
+        cert_chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 fn valid_cert_name(name: &str) -> bool {
@@ -52,7 +58,8 @@ fn valid_cert_name(name: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -62,7 +69,10 @@ pub enum CertLoadError {
     #[error("not a valid host, wildcard or 'default'")]
     Name,
     #[error("cannot read {file}: {source}")]
-    Read { file: &'static str, source: std::io::Error },
+    Read {
+        file: &'static str,
+        source: std::io::Error,
+    },
     #[error("certificate chain does not parse: {0}")]
     Chain(String),
     #[error("certificate chain does not parse: no certificate in fullchain.pem")]
@@ -92,11 +102,15 @@ pub fn check_entry(entry: &CertEntry) -> Result<LeafInfo, CertLoadError> {
         .map_err(|e| CertLoadError::Chain(e.to_string()))?;
     let leaf = chain.first().ok_or(CertLoadError::EmptyChain)?;
     let info = der::leaf_info(leaf.as_ref()).map_err(|e| CertLoadError::Chain(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(entry.key_pem.as_bytes()).map_err(|e| CertLoadError::Key(e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| CertLoadError::Key(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(entry.key_pem.as_bytes())
+        .map_err(|e| CertLoadError::Key(e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| CertLoadError::Key(e.to_string()))?;
     let certified = rustls::sign::CertifiedKey::new(chain, signing);
     match certified.keys_match() {
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(CertLoadError::Mismatch),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(CertLoadError::Mismatch)
+        }
         // `Unknown` (a key type ring cannot derive a public key for) is not a mismatch.
         _ => Ok(info),
     }
@@ -105,20 +119,31 @@ pub fn check_entry(entry: &CertEntry) -> Result<LeafInfo, CertLoadError> {
 /// Leaf facts of a PEM chain, for status views; `None` when it does not parse.
 pub fn leaf_info(chain_pem: &str) -> Option<LeafInfo> {
     use rustls_pki_types::pem::PemObject;
-    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes()).next()?.ok()?;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()?
+        .ok()?;
     der::leaf_info(leaf.as_ref()).ok()
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn load_one(dir: &Path, name: &str) -> Result<(CertEntry, LeafInfo), CertLoadError> {
     if !valid_cert_name(name) {
         return Err(CertLoadError::Name);
     }
-    let read = |file: &'static str| std::fs::read_to_string(dir.join(file)).map_err(|source| CertLoadError::Read { file, source });
-    let entry = CertEntry { name: name.to_string(), cert_chain_pem: read("fullchain.pem")?, key_pem: read("privkey.pem")? };
+    let read = |file: &'static str| {
+        std::fs::read_to_string(dir.join(file))
+            .map_err(|source| CertLoadError::Read { file, source })
+    };
+    let entry = CertEntry {
+        name: name.to_string(),
+        cert_chain_pem: read("fullchain.pem")?,
+        key_pem: read("privkey.pem")?,
+    };
     let info = check_entry(&entry)?;
     Ok((entry, info))
 }
@@ -129,7 +154,9 @@ fn load_one(dir: &Path, name: &str) -> Result<(CertEntry, LeafInfo), CertLoadErr
 pub fn load_dir(dir: &Path) -> (Vec<CertEntry>, Vec<(String, String)>) {
     let mut certs = Vec::new();
     let mut errors = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return (certs, errors) };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (certs, errors);
+    };
     let mut entries: Vec<_> = entries.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     let now = unix_now();
@@ -164,7 +191,10 @@ pub fn load_dir(dir: &Path) -> (Vec<CertEntry>, Vec<(String, String)>) {
 pub fn write_cert(certs_dir: &Path, entry: &CertEntry) -> std::io::Result<()> {
     let dir = certs_dir.join(&entry.name);
     crate::datadir::ensure_dir(&dir, 0o700, None)?;
-    for (file, content, mode) in [("privkey.pem", &entry.key_pem, 0o600), ("fullchain.pem", &entry.cert_chain_pem, 0o644)] {
+    for (file, content, mode) in [
+        ("privkey.pem", &entry.key_pem, 0o600),
+        ("fullchain.pem", &entry.cert_chain_pem, 0o644),
+    ] {
         let tmp = dir.join(format!(".{file}.tmp"));
         // A stale temporary file would keep its old mode: start from nothing.
         match std::fs::remove_file(&tmp) {
@@ -172,7 +202,11 @@ pub fn write_cert(certs_dir: &Path, entry: &CertEntry) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(content.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(file))?;
@@ -189,8 +223,11 @@ fn route_host(route: &str) -> &str {
 impl Master {
     /// Self-signed certificates for private route hosts without one (deploy step 7).
     pub fn ensure_certificates(&self, routes: &[String]) {
-        let mut certs: BTreeMap<String, CertEntry> =
-            self.certs_snapshot().into_iter().map(|c| (c.name.clone(), c)).collect();
+        let mut certs: BTreeMap<String, CertEntry> = self
+            .certs_snapshot()
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
         let mut changed = false;
         let now = unix_now();
         for r in routes {
@@ -200,7 +237,8 @@ impl Master {
             }
             if let Some(existing) = certs.get(host) {
                 // Only an expired self-signed one is replaced; others are the admin's.
-                let stale = leaf_info(&existing.cert_chain_pem).is_some_and(|i| i.self_signed && i.not_after_unix_secs < now);
+                let stale = leaf_info(&existing.cert_chain_pem)
+                    .is_some_and(|i| i.self_signed && i.not_after_unix_secs < now);
                 if !stale {
                     continue;
                 }
@@ -219,7 +257,9 @@ impl Master {
                     certs.insert(host.to_string(), entry);
                     changed = true;
                 }
-                Err(e) => tracing::warn!(host, error = %e, "cannot generate a self-signed certificate"),
+                Err(e) => {
+                    tracing::warn!(host, error = %e, "cannot generate a self-signed certificate")
+                }
             }
         }
         if changed {
@@ -260,15 +300,29 @@ impl Master {
                 (None, Some(c)) => (Some(c), "wildcard"),
                 (None, None) => (None, "none"),
             };
-            let not_after = cert.and_then(|c| leaf_info(&c.cert_chain_pem)).map(|i| i.not_after_unix_secs);
+            let not_after = cert
+                .and_then(|c| leaf_info(&c.cert_chain_pem))
+                .map(|i| i.not_after_unix_secs);
             let state = match (cert, not_after) {
                 (Some(_), Some(t)) if t < now => "expired",
                 (Some(_), _) => "valid",
                 // No certificate: a public name would be ordered while ACME is on.
-                (None, _) if !self.settings.no_acme && !is_private_host(&host) && !host.starts_with("*.") => "pending",
+                (None, _)
+                    if !self.settings.no_acme
+                        && !is_private_host(&host)
+                        && !host.starts_with("*.") =>
+                {
+                    "pending"
+                }
                 (None, _) => "missing",
             };
-            out.push(CertView { host, state, source: Some(source), not_after_unix_secs: not_after, error: None });
+            out.push(CertView {
+                host,
+                state,
+                source: Some(source),
+                not_after_unix_secs: not_after,
+                error: None,
+            });
         }
         out
     }
@@ -378,7 +432,10 @@ mod der {
         }
         let (_nb_tag, _nb, v) = tlv(validity)?;
         let (na_tag, na, _) = tlv(v)?;
-        Ok(super::LeafInfo { not_after_unix_secs: time(na_tag, na)?, self_signed: issuer == subject })
+        Ok(super::LeafInfo {
+            not_after_unix_secs: time(na_tag, na)?,
+            self_signed: issuer == subject,
+        })
     }
 }
 
@@ -388,7 +445,17 @@ mod tests {
 
     #[test]
     fn private_hosts() {
-        for h in ["localhost", "a.localhost", "intranet", "10.0.0.1", "x.local", "x.test", "x.invalid", "x.example", "x.home.arpa"] {
+        for h in [
+            "localhost",
+            "a.localhost",
+            "intranet",
+            "10.0.0.1",
+            "x.local",
+            "x.test",
+            "x.invalid",
+            "x.example",
+            "x.home.arpa",
+        ] {
             assert!(is_private_host(h), "{h}");
         }
         for h in ["example.com", "app.example.com", "example.org"] {
@@ -418,7 +485,12 @@ mod tests {
         let other = self_signed("other.test").unwrap();
         write(&dir, "good.test", &good.cert_chain_pem, &good.key_pem);
         write(&dir, "mismatch.test", &good.cert_chain_pem, &other.key_pem);
-        write(&dir, "badchain.test", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n", &good.key_pem);
+        write(
+            &dir,
+            "badchain.test",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            &good.key_pem,
+        );
         write(&dir, "nochain.test", "nothing here", &good.key_pem);
         write(&dir, "badkey.test", &good.cert_chain_pem, "garbage");
         write(&dir, "Bad_Name", &good.cert_chain_pem, &good.key_pem);
@@ -427,11 +499,26 @@ mod tests {
         let names: Vec<&str> = certs.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["good.test"]);
         let errors: std::collections::BTreeMap<String, String> = errors.into_iter().collect();
-        assert_eq!(errors["mismatch.test"], "private key does not match certificate");
-        assert!(errors["badchain.test"].starts_with("certificate chain does not parse"), "{errors:?}");
-        assert!(errors["nochain.test"].starts_with("certificate chain does not parse"), "{errors:?}");
-        assert!(errors["badkey.test"].starts_with("private key does not parse"), "{errors:?}");
-        assert_eq!(errors["Bad_Name"], "not a valid host, wildcard or 'default'");
+        assert_eq!(
+            errors["mismatch.test"],
+            "private key does not match certificate"
+        );
+        assert!(
+            errors["badchain.test"].starts_with("certificate chain does not parse"),
+            "{errors:?}"
+        );
+        assert!(
+            errors["nochain.test"].starts_with("certificate chain does not parse"),
+            "{errors:?}"
+        );
+        assert!(
+            errors["badkey.test"].starts_with("private key does not parse"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors["Bad_Name"],
+            "not a valid host, wildcard or 'default'"
+        );
         assert_eq!(errors.len(), 5, "{errors:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -442,28 +529,46 @@ mod tests {
         let info = leaf_info(&c.cert_chain_pem).unwrap();
         assert!(info.self_signed);
         let in_3650_days = unix_now() + 3650 * 86_400;
-        assert!(info.not_after_unix_secs.abs_diff(in_3650_days) < 120, "{info:?}");
+        assert!(
+            info.not_after_unix_secs.abs_diff(in_3650_days) < 120,
+            "{info:?}"
+        );
 
         // A leaf signed by a CA: issuer differs from subject; an explicit date is read back.
         let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["web.example.com".to_string()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "web.example.com");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["web.example.com".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "web.example.com");
         params.not_after = rcgen::date_time_ymd(2031, 2, 3);
         let leaf = params.clone().signed_by(&key, &ca, &ca_key).unwrap();
         let chain = format!("{}{}", leaf.pem(), ca.pem());
-        let entry = CertEntry { name: "web.example.com".into(), cert_chain_pem: chain, key_pem: key.serialize_pem() };
+        let entry = CertEntry {
+            name: "web.example.com".into(),
+            cert_chain_pem: chain,
+            key_pem: key.serialize_pem(),
+        };
         let info = check_entry(&entry).unwrap();
         assert!(!info.self_signed);
-        assert_eq!(info.not_after_unix_secs, 1_927_843_200, "2031-02-03T00:00:00Z");
+        assert_eq!(
+            info.not_after_unix_secs, 1_927_843_200,
+            "2031-02-03T00:00:00Z"
+        );
         // GeneralizedTime after 2049.
         params.not_after = rcgen::date_time_ymd(2051, 1, 1);
         let late = params.self_signed(&key).unwrap();
-        assert_eq!(leaf_info(&late.pem()).unwrap().not_after_unix_secs, 2_556_144_000);
+        assert_eq!(
+            leaf_info(&late.pem()).unwrap().not_after_unix_secs,
+            2_556_144_000
+        );
     }
 
     #[test]
@@ -475,10 +580,20 @@ mod tests {
         let c = self_signed("w.test").unwrap();
         write_cert(&dir, &c).unwrap();
         write_cert(&dir, &c).unwrap();
-        let mode = |f: &str| std::fs::metadata(dir.join("w.test").join(f)).unwrap().permissions().mode() & 0o777;
+        let mode = |f: &str| {
+            std::fs::metadata(dir.join("w.test").join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
         assert_eq!(mode("privkey.pem"), 0o600);
         assert_eq!(mode("fullchain.pem"), 0o644);
-        let left: Vec<_> = std::fs::read_dir(dir.join("w.test")).unwrap().flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.join("w.test"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(left.len(), 2, "no temporary files left: {left:?}");
         let (certs, errors) = load_dir(&dir);
         assert_eq!((certs.len(), errors.len()), (1, 0));

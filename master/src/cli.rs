@@ -171,7 +171,10 @@ pub struct Settings {
 }
 
 fn usable_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl ServerFlags {
@@ -229,10 +232,16 @@ impl ServerFlags {
         let listen = if listen_given {
             self.listen.clone()
         } else {
-            vec!["0.0.0.0".parse().expect("literal"), "::".parse().expect("literal")]
+            vec![
+                "0.0.0.0".parse().expect("literal"),
+                "::".parse().expect("literal"),
+            ]
         };
         let trusted_proxies = if self.trusted_proxy.is_empty() {
-            vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")]
+            vec![
+                "127.0.0.0/8".parse().expect("literal"),
+                "::1/128".parse().expect("literal"),
+            ]
         } else {
             self.trusted_proxy.clone()
         };
@@ -270,10 +279,15 @@ impl ServerFlags {
 }
 
 fn read_config(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
-    let invalid = |detail: String| ConfigError::Invalid { path: path.display().to_string(), detail };
+    let invalid = |detail: String| ConfigError::Invalid {
+        path: path.display().to_string(),
+        detail,
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(ConfigFile::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(ConfigFile::default())
+        }
         Err(e) => return Err(invalid(e.to_string())),
     };
     toml::from_str(&text).map_err(|e| invalid(e.to_string().trim().replace('\n', " ")))
@@ -292,7 +306,9 @@ mod tests {
     #[test]
     fn defaults() {
         let dir = std::env::temp_dir().join("tako-cli-test-none");
-        let s = flags(&["--data-dir", dir.to_str().unwrap()]).resolve().unwrap();
+        let s = flags(&["--data-dir", dir.to_str().unwrap()])
+            .resolve()
+            .unwrap();
         assert_eq!((s.http_port, s.https_port), (80, 443));
         assert_eq!(s.listen.len(), 2);
         assert_eq!(s.trusted_proxies.len(), 2);
@@ -301,14 +317,27 @@ mod tests {
 
     #[test]
     fn equal_ports_are_a_usage_error() {
-        let r = flags(&["--port", "8080", "--tls-port", "8080", "--data-dir", "/nonexistent-tako"]).resolve();
+        let r = flags(&[
+            "--port",
+            "8080",
+            "--tls-port",
+            "8080",
+            "--data-dir",
+            "/nonexistent-tako",
+        ])
+        .resolve();
         assert!(matches!(r, Err(ConfigError::Usage(_))));
     }
 
     #[test]
     fn bad_cidr_names_the_flag() {
-        let e = Cli::try_parse_from(["tako-server", "--trusted-proxy", "nope"]).unwrap_err().to_string();
-        assert!(e.contains("invalid value 'nope' for '--trusted-proxy <CIDR>'"), "{e}");
+        let e = Cli::try_parse_from(["tako-server", "--trusted-proxy", "nope"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid value 'nope' for '--trusted-proxy <CIDR>'"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -317,15 +346,27 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("c.toml");
         std::fs::write(&cfg, "[server]\nhttp_port = 8081\n[acme]\nstaging = true\n").unwrap();
-        let s = flags(&["--config", cfg.to_str().unwrap(), "--tls-port", "8443"]).resolve().unwrap();
+        let s = flags(&["--config", cfg.to_str().unwrap(), "--tls-port", "8443"])
+            .resolve()
+            .unwrap();
         assert_eq!((s.http_port, s.https_port), (8081, 8443));
         assert_eq!(s.acme_directory, LETS_ENCRYPT_STAGING);
-        let s = flags(&["--config", cfg.to_str().unwrap(), "--port", "9000"]).resolve().unwrap();
+        let s = flags(&["--config", cfg.to_str().unwrap(), "--port", "9000"])
+            .resolve()
+            .unwrap();
         assert_eq!(s.http_port, 9000, "flags win over the file");
         std::fs::write(&cfg, "[server]\nbogus = 1\n").unwrap();
-        let e = flags(&["--config", cfg.to_str().unwrap()]).resolve().unwrap_err().to_string();
-        assert!(e.starts_with(&format!("Invalid config file {}: ", cfg.display())), "{e}");
-        let e = flags(&["--config", dir.join("missing.toml").to_str().unwrap()]).resolve().unwrap_err();
+        let e = flags(&["--config", cfg.to_str().unwrap()])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("Invalid config file {}: ", cfg.display())),
+            "{e}"
+        );
+        let e = flags(&["--config", dir.join("missing.toml").to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { .. }));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -18,7 +18,10 @@ use crate::supervisor::workers::WorkerTable;
 use crate::users::Users;
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Locks a std mutex, recovering from poisoning: a panicked holder must not take the whole
@@ -50,6 +53,13 @@ pub struct Master {
     pub changed: Notify,
     /// Wakes the status-page pusher.
     pub status_dirty: Notify,
+    /// An in-place upgrade is running: gated commands are refused meanwhile.
+    pub reexec_in_progress: AtomicBool,
+    /// Fired when a successor took over: this master shuts down, keeping the socket file.
+    pub handed_over: Notify,
+    /// The data-dir lock's descriptor (primary only), for a re-executed successor.
+    pub lock_fd: Option<std::os::fd::RawFd>,
+    pub self_exec: crate::reexec::SelfExec,
 }
 
 impl Master {
@@ -79,11 +89,21 @@ impl Master {
             apps: Mutex::new(registry),
             publish_lock: Mutex::new(()),
             epoch: AtomicU64::new(0),
-            latest_routes: Mutex::new(RouteTable { epoch: 0, apps: Vec::new() }),
+            latest_routes: Mutex::new(RouteTable {
+                epoch: 0,
+                apps: Vec::new(),
+            }),
             status_page: Mutex::new((String::new(), true)),
             shutting_down: AtomicBool::new(false),
             changed: Notify::new(),
             status_dirty: Notify::new(),
+            reexec_in_progress: AtomicBool::new(false),
+            handed_over: Notify::new(),
+            lock_fd: None,
+            self_exec: crate::reexec::SelfExec {
+                exe: std::path::PathBuf::new(),
+                args: Vec::new(),
+            },
         }
     }
 
@@ -134,7 +154,9 @@ impl Master {
 
     /// Drops an app's cached responses in every worker (deploy switch, stop, delete).
     pub fn purge_cache(&self, app: &str) {
-        lock(&self.workers).broadcast(&MasterToWorker::PurgeApp { app: app.to_string() });
+        lock(&self.workers).broadcast(&MasterToWorker::PurgeApp {
+            app: app.to_string(),
+        });
     }
 
     pub fn push_certs(&self, certs: Vec<CertEntry>) {

@@ -20,7 +20,9 @@ pub struct CtlArgs {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +77,8 @@ pub enum CtlCommand {
     EnterUpgrading { owner: String },
     /// Leave upgrade mode
     ExitUpgrading { owner: String },
+    /// Replace the running server in place with the binary at its path, keeping the listeners
+    Upgrade,
     /// Send one raw JSON line (no hello) and print the raw response
     Raw { line: String },
 }
@@ -85,22 +89,37 @@ fn request(cmd: &CtlCommand) -> Value {
         CtlCommand::List => json!({"command": "list"}),
         CtlCommand::Routes => json!({"command": "routes"}),
         CtlCommand::ServerInfo => json!({"command": "server_info"}),
-        CtlCommand::Deploy { app, version, path, routes, env, instances, idle_timeout } => json!({
+        CtlCommand::Deploy {
+            app,
+            version,
+            path,
+            routes,
+            env,
+            instances,
+            idle_timeout,
+        } => json!({
             "command": "deploy", "app": app, "version": version, "path": path, "routes": routes,
             "env": env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "instances": instances, "idle_timeout": idle_timeout}),
         CtlCommand::Stop { app } => json!({"command": "stop", "app": app}),
         CtlCommand::Delete { app } => json!({"command": "delete", "app": app}),
         CtlCommand::Reload { app } => json!({"command": "reload", "app": app}),
-        CtlCommand::Rollback { app, version } => json!({"command": "rollback", "app": app, "version": version}),
+        CtlCommand::Rollback { app, version } => {
+            json!({"command": "rollback", "app": app, "version": version})
+        }
         CtlCommand::Releases { app } => json!({"command": "list_releases", "app": app}),
-        CtlCommand::UpdateSecrets { app, secrets } => json!({"command": "update_secrets", "app": app,
-            "secrets": secrets.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()}),
+        CtlCommand::UpdateSecrets { app, secrets } => {
+            json!({"command": "update_secrets", "app": app,
+            "secrets": secrets.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()})
+        }
         CtlCommand::RestartWorkers => json!({"command": "restart_workers"}),
         CtlCommand::Processes => json!({"command": "processes"}),
         CtlCommand::ReloadCerts => json!({"command": "reload_certs"}),
-        CtlCommand::EnterUpgrading { owner } => json!({"command": "enter_upgrading", "owner": owner}),
+        CtlCommand::EnterUpgrading { owner } => {
+            json!({"command": "enter_upgrading", "owner": owner})
+        }
         CtlCommand::ExitUpgrading { owner } => json!({"command": "exit_upgrading", "owner": owner}),
+        CtlCommand::Upgrade => json!({"command": "upgrade"}),
         CtlCommand::Raw { .. } => Value::Null,
     }
 }
@@ -137,13 +156,22 @@ pub fn run(args: CtlArgs) -> i32 {
         eprintln!("Cannot connect to {shown}: cannot clone the socket");
         return 3;
     };
-    let mut conn = Conn { reader: BufReader::new(stream), writer };
+    let mut conn = Conn {
+        reader: BufReader::new(stream),
+        writer,
+    };
     if let CtlCommand::Raw { line } = &args.command {
         return match conn.exchange(line) {
             Ok(resp) => {
                 println!("{resp}");
-                let ok = serde_json::from_str::<Value>(&resp).ok().is_some_and(|v| v["status"] == "ok");
-                if ok { 0 } else { 1 }
+                let ok = serde_json::from_str::<Value>(&resp)
+                    .ok()
+                    .is_some_and(|v| v["status"] == "ok");
+                if ok {
+                    0
+                } else {
+                    1
+                }
             }
             Err(e) => {
                 eprintln!("Cannot connect to {shown}: {e}");
@@ -152,7 +180,10 @@ pub fn run(args: CtlArgs) -> i32 {
         };
     }
     let hello = json!({"command": "hello", "protocol_version": 3}).to_string();
-    match conn.exchange(&hello).map(|r| serde_json::from_str::<Value>(&r)) {
+    match conn
+        .exchange(&hello)
+        .map(|r| serde_json::from_str::<Value>(&r))
+    {
         Ok(Ok(v)) if v["status"] == "ok" => {}
         Ok(Ok(v)) => {
             eprintln!("{}", v["message"].as_str().unwrap_or("hello failed"));
@@ -185,7 +216,10 @@ pub fn run(args: CtlArgs) -> i32 {
         if args.json {
             println!("{resp}");
         } else {
-            println!("{}", serde_json::to_string_pretty(&v["data"]).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v["data"]).unwrap_or_default()
+            );
         }
         0
     } else {

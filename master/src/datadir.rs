@@ -82,7 +82,9 @@ impl DataDir {
 
 /// The socket directory: `root:<deploy group>` 01770 when root (state.md §7).
 pub fn prepare_socket_dir(socket: &Path, users: Option<&Users>) -> io::Result<()> {
-    let Some(dir) = socket.parent() else { return Ok(()) };
+    let Some(dir) = socket.parent() else {
+        return Ok(());
+    };
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }

@@ -6,7 +6,8 @@ use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrStorage,
 };
 use tako_ipc::ListenerKind;
 
@@ -22,8 +23,14 @@ mod tests {
 
     #[test]
     fn fd_names_have_no_colon() {
-        assert_eq!(fd_name(ListenerKind::Http, "127.0.0.1:80".parse().unwrap()), "http-127.0.0.1-80");
-        assert_eq!(fd_name(ListenerKind::Https, "[::]:443".parse().unwrap()), "https-__-443");
+        assert_eq!(
+            fd_name(ListenerKind::Http, "127.0.0.1:80".parse().unwrap()),
+            "http-127.0.0.1-80"
+        );
+        assert_eq!(
+            fd_name(ListenerKind::Https, "[::]:443".parse().unwrap()),
+            "https-__-443"
+        );
         assert!(!fd_name(ListenerKind::Https, "[::1]:8443".parse().unwrap()).contains(':'));
     }
 }
@@ -37,14 +44,21 @@ pub struct BindError {
 }
 
 fn bind_one(addr: SocketAddr) -> Result<OwnedFd, Errno> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
     if addr.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
     listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
     Ok(fd)
 }
@@ -58,16 +72,26 @@ pub fn fd_name(kind: ListenerKind, addr: SocketAddr) -> String {
         ListenerKind::Http => "http",
         ListenerKind::Https => "https",
     };
-    format!("{scheme}-{}-{}", addr.ip().to_string().replace(':', "_"), addr.port())
+    format!(
+        "{scheme}-{}-{}",
+        addr.ip().to_string().replace(':', "_"),
+        addr.port()
+    )
 }
 
 /// Listening sockets handed to us by a service manager (`LISTEN_FDS`), by name.
 pub fn inherited_sockets() -> Vec<(String, OwnedFd)> {
+    // A predecessor that re-executed us cannot know our pid; it marks the hand-over with the
+    // re-exec descriptors instead.
     let pid_matches = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+        .is_some_and(|p| p == std::process::id())
+        || std::env::var_os(crate::reexec::LOCK_FD_ENV).is_some();
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     // Children must not see these.
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
@@ -83,7 +107,10 @@ pub fn inherited_sockets() -> Vec<(String, OwnedFd)> {
             let raw = 3 + i;
             // SAFETY: the service manager passed these descriptors to us (LISTEN_PID matched).
             let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-            let _ = nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            let _ = nix::fcntl::fcntl(
+                raw,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
             (names.get(i as usize).copied().unwrap_or("").to_string(), fd)
         })
         .collect()
@@ -92,13 +119,14 @@ pub fn inherited_sockets() -> Vec<(String, OwnedFd)> {
 /// Whether `fd` is a listening TCP socket bound to `addr`.
 fn is_listening_on(fd: &OwnedFd, addr: SocketAddr) -> bool {
     let listening = nix::sys::socket::getsockopt(fd, sockopt::AcceptConn).unwrap_or(false);
-    let bound = nix::sys::socket::getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(fd))
-        .ok()
-        .and_then(|s| {
-            s.as_sockaddr_in()
-                .map(|a| SocketAddr::V4((*a).into()))
-                .or_else(|| s.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
-        });
+    let bound =
+        nix::sys::socket::getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(fd))
+            .ok()
+            .and_then(|s| {
+                s.as_sockaddr_in()
+                    .map(|a| SocketAddr::V4((*a).into()))
+                    .or_else(|| s.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
+            });
     listening && bound == Some(addr)
 }
 
@@ -114,10 +142,16 @@ pub fn bind_all(
 ) -> Result<Vec<Listener>, BindError> {
     let mut out = Vec::new();
     for ip in addrs {
-        for (kind, port, label) in [(ListenerKind::Http, http, "HTTP"), (ListenerKind::Https, https, "HTTPS")] {
+        for (kind, port, label) in [
+            (ListenerKind::Http, http, "HTTP"),
+            (ListenerKind::Https, https, "HTTPS"),
+        ] {
             let addr = SocketAddr::new(*ip, port);
             let name = fd_name(kind, addr);
-            if let Some(pos) = inherited.iter().position(|(n, fd)| *n == name && is_listening_on(fd, addr)) {
+            if let Some(pos) = inherited
+                .iter()
+                .position(|(n, fd)| *n == name && is_listening_on(fd, addr))
+            {
                 let (_, fd) = inherited.remove(pos);
                 tracing::info!(listener = %name, "adopted an inherited listening socket");
                 out.push(Listener { kind, addr, fd });
@@ -125,11 +159,21 @@ pub fn bind_all(
             }
             match bind_one(addr) {
                 Ok(fd) => out.push(Listener { kind, addr, fd }),
-                Err(e) if ip.is_ipv6() && !listen_given && matches!(e, Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => {
+                Err(e)
+                    if ip.is_ipv6()
+                        && !listen_given
+                        && matches!(e, Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) =>
+                {
                     tracing::warn!(%addr, error = %e, "IPv6 is unavailable; skipping the :: listeners");
                     break;
                 }
-                Err(source) => return Err(BindError { kind: label, addr, source }),
+                Err(source) => {
+                    return Err(BindError {
+                        kind: label,
+                        addr,
+                        source,
+                    })
+                }
             }
         }
     }
@@ -142,8 +186,12 @@ pub fn bind_all(
 /// Hands every listener to the service manager's file-descriptor store, so a restart keeps
 /// them open (upgrade-and-restarts.md §9). A no-op without `NOTIFY_SOCKET`.
 pub fn store_in_service_manager(listeners: &[Listener]) {
-    let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let addr = if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())

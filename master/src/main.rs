@@ -11,6 +11,7 @@ mod datadir;
 mod listeners;
 mod logging;
 mod mgmt;
+mod reexec;
 mod role;
 mod state;
 mod status;

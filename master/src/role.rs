@@ -13,27 +13,55 @@ use tako_ipc::{privilege, CHILD_IPC_FD};
 pub const ROLE_ARG: &str = "__role";
 
 pub enum Role {
-    Worker { index: u32, generation: u32, master_pid: i32, drop_to: Option<(u32, u32)> },
-    Launcher { generation: u32, master_pid: i32, restrict: bool },
+    Worker {
+        index: u32,
+        generation: u32,
+        master_pid: i32,
+        drop_to: Option<(u32, u32)>,
+    },
+    Launcher {
+        generation: u32,
+        master_pid: i32,
+        restrict: bool,
+    },
 }
 
 impl Role {
     pub fn to_args(&self) -> Vec<String> {
         match self {
-            Role::Worker { index, generation, master_pid, drop_to } => {
-                let mut v = vec![ROLE_ARG.into(), "worker".into(), index.to_string(), generation.to_string(), master_pid.to_string()];
+            Role::Worker {
+                index,
+                generation,
+                master_pid,
+                drop_to,
+            } => {
+                let mut v = vec![
+                    ROLE_ARG.into(),
+                    "worker".into(),
+                    index.to_string(),
+                    generation.to_string(),
+                    master_pid.to_string(),
+                ];
                 if let Some((uid, gid)) = drop_to {
                     v.push(uid.to_string());
                     v.push(gid.to_string());
                 }
                 v
             }
-            Role::Launcher { generation, master_pid, restrict } => vec![
+            Role::Launcher {
+                generation,
+                master_pid,
+                restrict,
+            } => vec![
                 ROLE_ARG.into(),
                 "launcher".into(),
                 generation.to_string(),
                 master_pid.to_string(),
-                if *restrict { "restrict".into() } else { "keep".into() },
+                if *restrict {
+                    "restrict".into()
+                } else {
+                    "keep".into()
+                },
             ],
         }
     }
@@ -70,7 +98,11 @@ fn ipc_socket() -> Option<UnixStream> {
     }
     // SAFETY: fd 3 was checked to be an open socket; the master put it there for us alone.
     let fd = unsafe { OwnedFd::from_raw_fd(CHILD_IPC_FD) };
-    nix::fcntl::fcntl(CHILD_IPC_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).ok()?;
+    nix::fcntl::fcntl(
+        CHILD_IPC_FD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
     Some(UnixStream::from(fd))
 }
 
@@ -98,8 +130,15 @@ pub fn run_child(args: &[String]) -> i32 {
         return 1;
     }
     match role {
-        Role::Worker { index, generation, drop_to, .. } => {
-            crate::logging::init(format!("role=worker worker={index} generation={generation}"));
+        Role::Worker {
+            index,
+            generation,
+            drop_to,
+            ..
+        } => {
+            crate::logging::init(format!(
+                "role=worker worker={index} generation={generation}"
+            ));
             if let Some((uid, gid)) = drop_to {
                 if let Err(e) = privilege::drop_to_unprivileged(uid, gid) {
                     tracing::error!(error = %e, "cannot drop privileges; refusing to serve");

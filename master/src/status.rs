@@ -58,7 +58,10 @@ struct StatusPage<'a> {
 fn build_state(instances: &[&crate::apps::registry::Instance]) -> &'static str {
     if instances.iter().any(|i| i.state.serves()) {
         "running"
-    } else if instances.iter().any(|i| matches!(i.state, InstState::Starting | InstState::Draining)) {
+    } else if instances
+        .iter()
+        .any(|i| matches!(i.state, InstState::Starting | InstState::Draining))
+    {
         "deploying"
     } else if instances.iter().any(|i| i.state == InstState::Unhealthy) {
         "error"
@@ -79,12 +82,18 @@ pub fn app_status(
         port: i.port,
         pid: i.pid,
         uptime_secs: now.duration_since(i.spawned).as_secs(),
-        requests_total: totals.get(&(a.name.clone(), i.id)).map(|t| t.0).unwrap_or(0),
+        requests_total: totals
+            .get(&(a.name.clone(), i.id))
+            .map(|t| t.0)
+            .unwrap_or(0),
     };
     let instances: Vec<InstanceView> = a.instances.values().map(view).collect();
     let mut by_version: BTreeMap<&str, Vec<&crate::apps::registry::Instance>> = BTreeMap::new();
     for i in a.instances.values() {
-        by_version.entry(i.build.version.as_str()).or_default().push(i);
+        by_version
+            .entry(i.build.version.as_str())
+            .or_default()
+            .push(i);
     }
     let mut builds: Vec<BuildView> = Vec::new();
     if let Some(cur) = by_version.remove(a.config.version.as_str()) {
@@ -95,7 +104,11 @@ pub fn app_status(
         });
     }
     for (v, list) in by_version {
-        builds.push(BuildView { version: v.to_string(), state: build_state(&list), instances: list.iter().map(|i| view(i)).collect() });
+        builds.push(BuildView {
+            version: v.to_string(),
+            state: build_state(&list),
+            instances: list.iter().map(|i| view(i)).collect(),
+        });
     }
     AppStatus {
         name: a.name.clone(),
@@ -123,8 +136,14 @@ impl Master {
     pub fn app_status(&self, name: &str) -> Option<AppStatus> {
         let totals = lock(&self.workers).instance_totals();
         let reg = lock(&self.apps);
-        reg.visible(name)
-            .map(|a| app_status(a, &totals, self.cert_views(&a.config.routes), Instant::now()))
+        reg.visible(name).map(|a| {
+            app_status(
+                a,
+                &totals,
+                self.cert_views(&a.config.routes),
+                Instant::now(),
+            )
+        })
     }
 
     pub fn render_status_page(&self) -> (String, bool) {
@@ -138,37 +157,69 @@ impl Master {
                     && !a.instances.values().any(|i| i.state == InstState::Healthy)
             })
         };
-        let page = StatusPage { healthy, apps: &apps, uptime_secs: self.started.elapsed().as_secs() };
+        let page = StatusPage {
+            healthy,
+            apps: &apps,
+            uptime_secs: self.started.elapsed().as_secs(),
+        };
         let body = serde_json::to_string_pretty(&page).unwrap_or_else(|_| "{}".into());
         (body, healthy)
     }
 
     pub fn render_metrics(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP tako_uptime_seconds Seconds since the server started.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_uptime_seconds Seconds since the server started."
+        );
         let _ = writeln!(out, "# TYPE tako_uptime_seconds gauge");
-        let _ = writeln!(out, "tako_uptime_seconds {}", self.started.elapsed().as_secs());
+        let _ = writeln!(
+            out,
+            "tako_uptime_seconds {}",
+            self.started.elapsed().as_secs()
+        );
         let (crash, rolling) = {
             let t = lock(&self.workers);
             (t.crash_restarts, t.rolling_restarts)
         };
-        let _ = writeln!(out, "# HELP tako_worker_restarts_total Proxy worker replacements.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_worker_restarts_total Proxy worker replacements."
+        );
         let _ = writeln!(out, "# TYPE tako_worker_restarts_total counter");
-        let _ = writeln!(out, "tako_worker_restarts_total{{reason=\"crash\"}} {crash}");
-        let _ = writeln!(out, "tako_worker_restarts_total{{reason=\"rolling\"}} {rolling}");
+        let _ = writeln!(
+            out,
+            "tako_worker_restarts_total{{reason=\"crash\"}} {crash}"
+        );
+        let _ = writeln!(
+            out,
+            "tako_worker_restarts_total{{reason=\"rolling\"}} {rolling}"
+        );
         let c = lock(&self.workers).cache_totals();
-        let _ = writeln!(out, "# HELP tako_cache_lookups_total Response cache lookups by result.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_cache_lookups_total Response cache lookups by result."
+        );
         let _ = writeln!(out, "# TYPE tako_cache_lookups_total counter");
         for (result, n) in [("hit", c.hits), ("miss", c.misses), ("bypass", c.bypasses)] {
             let _ = writeln!(out, "tako_cache_lookups_total{{result=\"{result}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP tako_cache_stores_total Responses stored in the cache.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_cache_stores_total Responses stored in the cache."
+        );
         let _ = writeln!(out, "# TYPE tako_cache_stores_total counter");
         let _ = writeln!(out, "tako_cache_stores_total {}", c.stores);
-        let _ = writeln!(out, "# HELP tako_cache_evictions_total Cache entries evicted to make room.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_cache_evictions_total Cache entries evicted to make room."
+        );
         let _ = writeln!(out, "# TYPE tako_cache_evictions_total counter");
         let _ = writeln!(out, "tako_cache_evictions_total {}", c.evictions);
-        let _ = writeln!(out, "# HELP tako_cache_bytes Bytes held by the response cache.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_cache_bytes Bytes held by the response cache."
+        );
         let _ = writeln!(out, "# TYPE tako_cache_bytes gauge");
         let _ = writeln!(out, "tako_cache_bytes {}", c.bytes);
         let _ = writeln!(out, "# HELP tako_instances App instances by state.");
@@ -180,7 +231,11 @@ impl Master {
                 *counts.entry(i.state.as_str()).or_default() += 1;
             }
             for (state, n) in counts {
-                let _ = writeln!(out, "tako_instances{{app=\"{}\",state=\"{state}\"}} {n}", a.name);
+                let _ = writeln!(
+                    out,
+                    "tako_instances{{app=\"{}\",state=\"{state}\"}} {n}",
+                    a.name
+                );
             }
         }
         out

@@ -95,11 +95,20 @@ impl Daemon {
 }
 
 /// The settings a candidate takes from the primary when its own flags did not give them.
-pub fn inherit_settings(settings: &mut Settings, explicit: &ExplicitFlags, primary_json: Option<&str>) {
-    let Some(v) = primary_json.and_then(|j| serde_json::from_str::<Value>(j).ok()) else { return };
+pub fn inherit_settings(
+    settings: &mut Settings,
+    explicit: &ExplicitFlags,
+    primary_json: Option<&str>,
+) {
+    let Some(v) = primary_json.and_then(|j| serde_json::from_str::<Value>(j).ok()) else {
+        return;
+    };
     if !explicit.listen {
         if let Some(list) = v["listen"].as_array() {
-            let addrs: Vec<_> = list.iter().filter_map(|a| a.as_str()?.parse().ok()).collect();
+            let addrs: Vec<_> = list
+                .iter()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .collect();
             if !addrs.is_empty() {
                 settings.listen = addrs;
                 settings.listen_given = true;
@@ -114,7 +123,11 @@ pub fn inherit_settings(settings: &mut Settings, explicit: &ExplicitFlags, prima
     for (given, key, slot) in [
         (explicit.proxy_user, "proxy_user", &mut settings.proxy_user),
         (explicit.app_user, "app_user", &mut settings.app_user),
-        (explicit.deploy_user, "deploy_user", &mut settings.deploy_user),
+        (
+            explicit.deploy_user,
+            "deploy_user",
+            &mut settings.deploy_user,
+        ),
     ] {
         if !given {
             if let Some(u) = v[key].as_str() {
@@ -124,7 +137,10 @@ pub fn inherit_settings(settings: &mut Settings, explicit: &ExplicitFlags, prima
     }
     if !explicit.trusted_proxy {
         if let Some(list) = v["trusted_proxies"].as_array() {
-            let nets: Vec<_> = list.iter().filter_map(|a| a.as_str()?.parse().ok()).collect();
+            let nets: Vec<_> = list
+                .iter()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .collect();
             if !nets.is_empty() {
                 settings.trusted_proxies = nets;
             }
@@ -187,7 +203,11 @@ pub async fn candidate_until_done(master: Arc<Master>, owner: String) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let holder = master.store.upgrade_owner().await.ok().flatten();
-        let mode = master.store.server_mode().await.unwrap_or(ServerMode::Upgrading);
+        let mode = master
+            .store
+            .server_mode()
+            .await
+            .unwrap_or(ServerMode::Upgrading);
         if holder.as_deref() != Some(owner.as_str()) || mode == ServerMode::Normal {
             break;
         }
@@ -195,7 +215,14 @@ pub async fn candidate_until_done(master: Arc<Master>, owner: String) {
     tracing::info!("the upgrade is over; waiting for the primary to be ready");
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if master.store.primary_ready_at().await.ok().flatten().is_some_and(|t| t >= started) {
+        if master
+            .store
+            .primary_ready_at()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|t| t >= started)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -221,7 +248,10 @@ pub async fn run_stand_in(settings: Settings, mut daemon: Daemon) -> i32 {
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660));
     tracing::info!("Management socket listening on {}", path.display());
     daemon.ready();
-    let primary = path.parent().map(|d| d.join("tako.sock")).unwrap_or_else(|| PathBuf::from("tako.sock"));
+    let primary = path
+        .parent()
+        .map(|d| d.join("tako.sock"))
+        .unwrap_or_else(|| PathBuf::from("tako.sock"));
     let info = Arc::new(stand_in_info(&settings));
     let deadline = Instant::now() + Duration::from_secs(30 * 60);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -271,10 +301,14 @@ async fn stand_in_connection(stream: tokio::net::UnixStream, info: Arc<Value>) {
         let resp = match tokio::time::timeout(Duration::from_secs(600), lines.next_line()).await {
             Ok(Ok(LineEvent::Line(line))) => match protocol::parse_request(&line) {
                 Err(m) => protocol::error(&m),
-                Ok(Request::Hello { protocol_version }) if protocol_version == protocol::PROTOCOL_VERSION => protocol::ok(
-                    json!({"capabilities": protocol::CAPABILITIES, "protocol_version": protocol::PROTOCOL_VERSION,
+                Ok(Request::Hello { protocol_version })
+                    if protocol_version == protocol::PROTOCOL_VERSION =>
+                {
+                    protocol::ok(
+                        json!({"capabilities": protocol::CAPABILITIES, "protocol_version": protocol::PROTOCOL_VERSION,
                            "server_version": env!("CARGO_PKG_VERSION")}),
-                ),
+                    )
+                }
                 Ok(Request::Hello { protocol_version }) => protocol::error(&format!(
                     "Protocol version mismatch: client={protocol_version} server={}",
                     protocol::PROTOCOL_VERSION
@@ -292,11 +326,20 @@ async fn stand_in_connection(stream: tokio::net::UnixStream, info: Arc<Value>) {
 }
 
 async fn primary_is_normal(primary: &Path) -> bool {
-    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::UnixStream::connect(primary)).await else {
+    let Ok(Ok(stream)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::UnixStream::connect(primary),
+    )
+    .await
+    else {
         return false;
     };
     let (rd, mut wr) = stream.into_split();
-    if wr.write_all(b"{\"command\":\"server_info\"}\n").await.is_err() {
+    if wr
+        .write_all(b"{\"command\":\"server_info\"}\n")
+        .await
+        .is_err()
+    {
         return false;
     }
     let mut line = String::new();
@@ -315,11 +358,26 @@ mod tests {
 
     #[test]
     fn owners_from_socket_names() {
-        assert_eq!(socket_owner(Path::new("/run/tako/tako-upgrade-x-1.sock")).as_deref(), Some("upgrade-x-1"));
+        assert_eq!(
+            socket_owner(Path::new("/run/tako/tako-upgrade-x-1.sock")).as_deref(),
+            Some("upgrade-x-1")
+        );
         assert_eq!(socket_owner(Path::new("/run/tako/tako.sock")), None);
         assert_eq!(socket_owner(Path::new("/run/tako/tako-.sock")), None);
-        assert!(is_candidate(Path::new("/r/tako-o.sock"), ServerMode::Upgrading, Some("o")));
-        assert!(!is_candidate(Path::new("/r/tako-o.sock"), ServerMode::Normal, Some("o")));
-        assert!(!is_candidate(Path::new("/r/tako-p.sock"), ServerMode::Upgrading, Some("o")));
+        assert!(is_candidate(
+            Path::new("/r/tako-o.sock"),
+            ServerMode::Upgrading,
+            Some("o")
+        ));
+        assert!(!is_candidate(
+            Path::new("/r/tako-o.sock"),
+            ServerMode::Normal,
+            Some("o")
+        ));
+        assert!(!is_candidate(
+            Path::new("/r/tako-p.sock"),
+            ServerMode::Upgrading,
+            Some("o")
+        ));
     }
 }

@@ -23,7 +23,10 @@ pub enum UserError {
 }
 
 fn find(name: &str, flag: &'static str) -> Result<RunAs, UserError> {
-    privilege::lookup_user(name)?.ok_or_else(|| UserError::Missing { user: name.to_string(), flag })
+    privilege::lookup_user(name)?.ok_or_else(|| UserError::Missing {
+        user: name.to_string(),
+        flag,
+    })
 }
 
 pub fn resolve(settings: &Settings) -> Result<Option<Users>, UserError> {
@@ -40,7 +43,9 @@ pub fn resolve(settings: &Settings) -> Result<Option<Users>, UserError> {
         return Err(UserError::Rule("--app-user must not be root"));
     }
     if proxy.uid == app.uid || proxy.uid == deploy.uid {
-        return Err(UserError::Rule("--proxy-user must differ from --app-user and --deploy-user"));
+        return Err(UserError::Rule(
+            "--proxy-user must differ from --app-user and --deploy-user",
+        ));
     }
     if app.uid == deploy.uid {
         tracing::warn!(user = %app.name, "--app-user equals --deploy-user: apps could use the management socket");

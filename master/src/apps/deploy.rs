@@ -61,7 +61,10 @@ impl Master {
                 for theirs in &other.config.routes {
                     if let Ok(p) = tako_ipc::route::parse_route(theirs) {
                         if &p.identity_key() == key {
-                            return Some(format!("Deploy rejected: route '{route}' is already used by app '{}'", other.name));
+                            return Some(format!(
+                                "Deploy rejected: route '{route}' is already used by app '{}'",
+                                other.name
+                            ));
                         }
                     }
                 }
@@ -74,7 +77,9 @@ impl Master {
     /// Commands that start processes wait (bounded) for the launcher: right after boot the
     /// socket answers before the launcher is up.
     pub async fn launcher_ready(&self) -> bool {
-        self.launcher.wait_ready(std::time::Duration::from_secs(15)).await
+        self.launcher
+            .wait_ready(std::time::Duration::from_secs(15))
+            .await
     }
 
     pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Value, String> {
@@ -92,8 +97,15 @@ impl Master {
                 return Err(e);
             }
         };
-        let build = Arc::new(Build { version: req.version.clone(), path: req.path.clone(), argv, env: req.env.clone() });
-        let result = self.roll_out(&req.app, build, req.instances, Some(&req)).await;
+        let build = Arc::new(Build {
+            version: req.version.clone(),
+            path: req.path.clone(),
+            argv,
+            env: req.env.clone(),
+        });
+        let result = self
+            .roll_out(&req.app, build, req.instances, Some(&req))
+            .await;
         if let Err(e) = &result {
             self.record_failure(&req, e).await;
         }
@@ -136,13 +148,23 @@ impl Master {
         Ok(m.argv)
     }
 
-    async fn run_install(&self, req: &DeployRequest, argv: Vec<String>, bun_default: bool) -> Result<(), String> {
+    async fn run_install(
+        &self,
+        req: &DeployRequest,
+        argv: Vec<String>,
+        bun_default: bool,
+    ) -> Result<(), String> {
         let log_dir = self
             .data
             .prepare_app_logs(&req.app, self.users.as_ref())
             .map_err(|e| format!("Invalid app release: cannot prepare the log directory: {e}"))?;
         let custom = argv.first().map(String::as_str) == Some("sh");
-        let env = super::env::build_env(&req.env, &req.version, &super::env::home_of(self.users.as_ref()), None);
+        let env = super::env::build_env(
+            &req.env,
+            &req.version,
+            &super::env::home_of(self.users.as_ref()),
+            None,
+        );
         let spec = tako_ipc::InstallSpec {
             request_id: 0,
             app: req.app.clone(),
@@ -152,28 +174,42 @@ impl Master {
             log_dir: log_dir.display().to_string(),
             timeout_ms: INSTALL_TIMEOUT_MS,
         };
-        let ownership = crate::apps::ops::ReleaseOwnership::hand_to_app(self.users.as_ref(), Path::new(&req.path));
+        let ownership = crate::apps::ops::ReleaseOwnership::hand_to_app(
+            self.users.as_ref(),
+            Path::new(&req.path),
+        );
         let result = self.launcher.install(spec).await;
         ownership.give_back();
-        let what = if custom { "Release dependency install" } else { "Bun dependency install" };
+        let what = if custom {
+            "Release dependency install"
+        } else {
+            "Bun dependency install"
+        };
         match result {
             Err(_) => Err("Rolling update failed: the app launcher was lost".into()),
             Ok(InstallResult::Ok) => Ok(()),
             Ok(InstallResult::Failed { status, output }) => {
                 let out = trim_output(&output);
-                let mut msg = format!("Invalid app release: {what} failed {}", describe_exit(status));
+                let mut msg = format!(
+                    "Invalid app release: {what} failed {}",
+                    describe_exit(status)
+                );
                 if !out.is_empty() {
                     msg.push_str(": ");
                     msg.push_str(&out);
                 }
                 Err(msg)
             }
-            Ok(InstallResult::TimedOut) => Err("Invalid app release: Release dependency install timed out after 600 s".into()),
+            Ok(InstallResult::TimedOut) => {
+                Err("Invalid app release: Release dependency install timed out after 600 s".into())
+            }
             Ok(InstallResult::SpawnError { error }) if bun_default && !custom => Err(format!(
                 "Invalid app release: Failed to run 'bun install --production' in {}: {error}",
                 req.path
             )),
-            Ok(InstallResult::SpawnError { error }) => Err(format!("Invalid app release: {what} failed: {error}")),
+            Ok(InstallResult::SpawnError { error }) => {
+                Err(format!("Invalid app release: {what} failed: {error}"))
+            }
         }
     }
 
@@ -204,9 +240,13 @@ impl Master {
                 }
                 _ => {
                     let Some(base) = free_base(&used) else {
-                        return Err(format!("Deploy failed: No free instance port for app '{app}'"));
+                        return Err(format!(
+                            "Deploy failed: No free instance port for app '{app}'"
+                        ));
                     };
-                    let Some(req) = req else { return Err(format!("App not found: {app}")) };
+                    let Some(req) = req else {
+                        return Err(format!("App not found: {app}"));
+                    };
                     let config = AppConfig {
                         version: req.version.clone(),
                         path: req.path.clone(),
@@ -236,7 +276,11 @@ impl Master {
                     match rx.await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
-                            failure = Some(if rolling { StartFailure::Rolling(e) } else { StartFailure::Fresh(e) });
+                            failure = Some(if rolling {
+                                StartFailure::Rolling(e)
+                            } else {
+                                StartFailure::Fresh(e)
+                            });
                             break;
                         }
                         Err(_) => {
@@ -246,7 +290,11 @@ impl Master {
                     }
                 }
                 Err(e) => {
-                    failure = Some(if rolling { StartFailure::Rolling(e) } else { StartFailure::Fresh(e) });
+                    failure = Some(if rolling {
+                        StartFailure::Rolling(e)
+                    } else {
+                        StartFailure::Fresh(e)
+                    });
                     break;
                 }
             }
@@ -258,12 +306,17 @@ impl Master {
         if let Some(f) = failure {
             self.abandon(app, &started, new_app).await;
             return Err(match f {
-                StartFailure::Fresh(e) if instances == 0 => format!("Deploy failed: Warm instance startup failed: {e}"),
+                StartFailure::Fresh(e) if instances == 0 => {
+                    format!("Deploy failed: Warm instance startup failed: {e}")
+                }
                 StartFailure::Fresh(e) => format!("Deploy failed: {e}"),
                 StartFailure::Rolling(e) => {
-                    json!({"app": app, "error": e, "rolled_back": true, "status": "rollback"}).to_string()
+                    json!({"app": app, "error": e, "rolled_back": true, "status": "rollback"})
+                        .to_string()
                 }
-                StartFailure::Internal(e) if e == "server is shutting down" => "Deploy failed: server is shutting down".into(),
+                StartFailure::Internal(e) if e == "server is shutting down" => {
+                    "Deploy failed: server is shutting down".into()
+                }
                 StartFailure::Internal(e) => format!("Rolling update failed: {e}"),
             });
         }
@@ -335,7 +388,8 @@ impl Master {
         self.purge_cache(app);
         // Answer once the old instances are out of every worker's rotation.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        self.wait_until(deadline, |m| m.applied_epoch() >= epoch).await;
+        self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
+            .await;
         for id in &old_ids {
             let me = self.clone();
             let app = app.to_string();

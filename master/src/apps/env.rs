@@ -13,14 +13,22 @@ pub fn build_env(
     instance: Option<(u16, u32)>,
 ) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()));
+    env.insert(
+        "PATH".into(),
+        std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
+    );
     env.insert("HOME".into(), home.to_string());
-    env.insert("LANG".into(), std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()));
+    env.insert(
+        "LANG".into(),
+        std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+    );
     for (k, v) in deploy_env {
         env.insert(k.clone(), v.clone());
     }
-    env.entry("NODE_ENV".into()).or_insert_with(|| "production".into());
-    env.entry("TAKO_BUILD".into()).or_insert_with(|| version.to_string());
+    env.entry("NODE_ENV".into())
+        .or_insert_with(|| "production".into());
+    env.entry("TAKO_BUILD".into())
+        .or_insert_with(|| version.to_string());
     if let Some((port, id)) = instance {
         env.insert("PORT".into(), port.to_string());
         env.insert("HOST".into(), "127.0.0.1".into());
@@ -50,7 +58,9 @@ mod tests {
         deploy.insert("PORT".to_string(), "1".to_string());
         deploy.insert("NODE_ENV".to_string(), "staging".to_string());
         deploy.insert("TAKO_APP_SOCKET".to_string(), "/x".to_string());
-        let env: BTreeMap<_, _> = build_env(&deploy, "v1", "/home/app", Some((10001, 3))).into_iter().collect();
+        let env: BTreeMap<_, _> = build_env(&deploy, "v1", "/home/app", Some((10001, 3)))
+            .into_iter()
+            .collect();
         assert_eq!(env["PORT"], "10001");
         assert_eq!(env["NODE_ENV"], "staging");
         assert_eq!(env["TAKO_BUILD"], "v1");

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tako_ipc::{ExitStatus, InstanceEvent, MasterToLauncher, MasterToWorker, SpawnSpec, WakeOutcome};
+use tako_ipc::{
+    ExitStatus, InstanceEvent, MasterToLauncher, MasterToWorker, SpawnSpec, WakeOutcome,
+};
 use tokio::sync::oneshot;
 
 use super::env::{build_env, home_of};
@@ -19,7 +21,9 @@ pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| sig.to_string())
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| sig.to_string())
 }
 
 /// `(exit code <n>)` or `(terminated by signal <SIG>)`.
@@ -51,17 +55,31 @@ impl Master {
         let log_dir = self
             .data
             .prepare_app_logs(app, self.users.as_ref())
-            .map_err(|e| format!("Failed to spawn instance: cannot prepare the log directory: {e}"))?;
+            .map_err(|e| {
+                format!("Failed to spawn instance: cannot prepare the log directory: {e}")
+            })?;
         let (tx, rx) = oneshot::channel();
         let spec = {
             let mut reg = lock(&self.apps);
-            let a = reg.apps.get_mut(app).ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg
+                .apps
+                .get_mut(app)
+                .ok_or_else(|| format!("App not found: {app}"))?;
             let held: HashSet<u16> = a.instances.values().map(|i| i.slot).collect();
-            let (slot, port) = free_slot(a.config.base_port, self.settings.instance_port_offset, &held)
-                .ok_or_else(|| format!("No free instance port for app '{app}'"))?;
+            let (slot, port) = free_slot(
+                a.config.base_port,
+                self.settings.instance_port_offset,
+                &held,
+            )
+            .ok_or_else(|| format!("No free instance port for app '{app}'"))?;
             let id = a.next_id;
             a.next_id += 1;
-            let env = build_env(&build.env, &build.version, &home_of(self.users.as_ref()), Some((port, id)));
+            let env = build_env(
+                &build.env,
+                &build.version,
+                &home_of(self.users.as_ref()),
+                Some((port, id)),
+            );
             let spec = SpawnSpec {
                 app: app.to_string(),
                 instance_id: id,
@@ -135,8 +153,12 @@ impl Master {
             InstanceEvent::Unhealthy { reason } => {
                 {
                     let mut reg = lock(&self.apps);
-                    let Some(a) = reg.apps.get_mut(app) else { return };
-                    let Some(i) = a.instances.get_mut(&id) else { return };
+                    let Some(a) = reg.apps.get_mut(app) else {
+                        return;
+                    };
+                    let Some(i) = a.instances.get_mut(&id) else {
+                        return;
+                    };
                     if !i.state.serves() {
                         return;
                     }
@@ -150,7 +172,10 @@ impl Master {
             InstanceEvent::Recovered => {
                 {
                     let mut reg = lock(&self.apps);
-                    let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) else { return };
+                    let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id))
+                    else {
+                        return;
+                    };
                     if i.state != InstState::Unhealthy {
                         return;
                     }
@@ -163,7 +188,9 @@ impl Master {
             InstanceEvent::Dead => {
                 {
                     let mut reg = lock(&self.apps);
-                    let Some(a) = reg.apps.get_mut(app) else { return };
+                    let Some(a) = reg.apps.get_mut(app) else {
+                        return;
+                    };
                     a.last_error = Some(format!("Instance {id} marked dead"));
                 }
                 tracing::warn!(app, instance = id, "instance marked dead; replacing it");
@@ -172,14 +199,26 @@ impl Master {
                 tokio::spawn(async move { me.stop_instance(&app, id, false).await });
             }
             InstanceEvent::SpawnFailed { error } => {
-                self.instance_gone(app, id, Some(format!("Failed to spawn instance: {error}")), None);
+                self.instance_gone(
+                    app,
+                    id,
+                    Some(format!("Failed to spawn instance: {error}")),
+                    None,
+                );
             }
             InstanceEvent::StartupTimeout => {
                 self.instance_gone(app, id, Some("Instance startup timeout".into()), None);
             }
-            InstanceEvent::Exited { status, during_startup, output } => {
+            InstanceEvent::Exited {
+                status,
+                during_startup,
+                output,
+            } => {
                 let startup_error = during_startup.then(|| {
-                    let mut msg = format!("Health check failed: Process exited during startup {}", describe_exit(status));
+                    let mut msg = format!(
+                        "Health check failed: Process exited during startup {}",
+                        describe_exit(status)
+                    );
                     if !output.is_empty() {
                         msg.push_str(": ");
                         msg.push_str(&output);
@@ -192,11 +231,21 @@ impl Master {
     }
 
     /// An instance process is gone: free it, wake its waiters, and replace it if needed.
-    fn instance_gone(self: &Arc<Self>, app: &str, id: u32, startup_error: Option<String>, status: Option<ExitStatus>) {
+    fn instance_gone(
+        self: &Arc<Self>,
+        app: &str,
+        id: u32,
+        startup_error: Option<String>,
+        status: Option<ExitStatus>,
+    ) {
         let replace = {
             let mut reg = lock(&self.apps);
-            let Some(a) = reg.apps.get_mut(app) else { return };
-            let Some(inst) = a.instances.remove(&id) else { return };
+            let Some(a) = reg.apps.get_mut(app) else {
+                return;
+            };
+            let Some(inst) = a.instances.remove(&id) else {
+                return;
+            };
             for w in inst.exit_waiters {
                 let _ = w.send(());
             }
@@ -215,7 +264,10 @@ impl Master {
                 if !expected {
                     // A dead instance that was stopped keeps its "marked dead" error.
                     if let Some(st) = status.filter(|_| !stopping) {
-                        a.last_error = Some(format!("Instance {id} exited unexpectedly {}", describe_exit(st)));
+                        a.last_error = Some(format!(
+                            "Instance {id} exited unexpectedly {}",
+                            describe_exit(st)
+                        ));
                         tracing::warn!(app, instance = id, status = %describe_exit(st), "instance exited unexpectedly");
                     }
                     a.consecutive_failures += 1;
@@ -238,7 +290,9 @@ impl Master {
     pub fn schedule_replacement(self: &Arc<Self>, app: &str) {
         let delay = {
             let mut reg = lock(&self.apps);
-            let Some(a) = reg.apps.get_mut(app) else { return };
+            let Some(a) = reg.apps.get_mut(app) else {
+                return;
+            };
             if a.replacement_pending {
                 return;
             }
@@ -253,12 +307,16 @@ impl Master {
             }
             let build = {
                 let mut reg = lock(&me.apps);
-                let Some(a) = reg.apps.get_mut(&app) else { return };
+                let Some(a) = reg.apps.get_mut(&app) else {
+                    return;
+                };
                 a.replacement_pending = false;
                 let current = a
                     .instances
                     .values()
-                    .filter(|i| i.build.version == a.config.version && i.state <= InstState::Unhealthy)
+                    .filter(|i| {
+                        i.build.version == a.config.version && i.state <= InstState::Unhealthy
+                    })
                     .count();
                 if me.is_shutting_down()
                     || !a.visible
@@ -345,11 +403,19 @@ impl Master {
 
     /// In-flight requests on one instance, summed over workers.
     pub fn in_flight(&self, app: &str, id: u32) -> u32 {
-        lock(&self.workers).instance_totals().get(&(app.to_string(), id)).map(|t| t.1).unwrap_or(0)
+        lock(&self.workers)
+            .instance_totals()
+            .get(&(app.to_string(), id))
+            .map(|t| t.1)
+            .unwrap_or(0)
     }
 
     /// Waits (bounded) until `cond` holds, re-checking on every change notification.
-    pub async fn wait_until(&self, deadline: tokio::time::Instant, mut cond: impl FnMut(&Master) -> bool) -> bool {
+    pub async fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        mut cond: impl FnMut(&Master) -> bool,
+    ) -> bool {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -371,7 +437,9 @@ impl Master {
     pub async fn stop_instance(self: &Arc<Self>, app: &str, id: u32, drain: bool) {
         let (exit_rx, was) = {
             let mut reg = lock(&self.apps);
-            let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) else { return };
+            let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) else {
+                return;
+            };
             let (tx, rx) = oneshot::channel();
             i.exit_waiters.push(tx);
             let was = i.state;
@@ -385,7 +453,10 @@ impl Master {
         if drain && was != InstState::Starting {
             let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
             let app_s = app.to_string();
-            self.wait_until(deadline, |m| m.applied_epoch() >= epoch && m.in_flight(&app_s, id) == 0).await;
+            self.wait_until(deadline, |m| {
+                m.applied_epoch() >= epoch && m.in_flight(&app_s, id) == 0
+            })
+            .await;
         }
         {
             let mut reg = lock(&self.apps);
@@ -397,15 +468,29 @@ impl Master {
         let grace = STOP_GRACE;
         if self
             .launcher
-            .send(MasterToLauncher::Stop { app: app.to_string(), instance_id: id, grace_ms: grace.as_millis() as u64 })
+            .send(MasterToLauncher::Stop {
+                app: app.to_string(),
+                instance_id: id,
+                grace_ms: grace.as_millis() as u64,
+            })
             .is_err()
         {
             self.instance_gone(app, id, None, None);
             return;
         }
-        if tokio::time::timeout(grace + Duration::from_secs(5), exit_rx).await.is_err() {
-            tracing::warn!(app, instance = id, "instance did not exit after SIGKILL; forgetting it");
-            let _ = self.launcher.send(MasterToLauncher::Kill { app: app.to_string(), instance_id: id });
+        if tokio::time::timeout(grace + Duration::from_secs(5), exit_rx)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                app,
+                instance = id,
+                "instance did not exit after SIGKILL; forgetting it"
+            );
+            let _ = self.launcher.send(MasterToLauncher::Kill {
+                app: app.to_string(),
+                instance_id: id,
+            });
             self.instance_gone(app, id, None, None);
         }
     }
@@ -415,7 +500,10 @@ impl Master {
         let build = {
             let reg = lock(&self.apps);
             let Some(a) = reg.visible(&app) else { return };
-            if !a.on_demand() || a.config.stopped || a.instances.values().any(|i| i.state <= InstState::Healthy) {
+            if !a.on_demand()
+                || a.config.stopped
+                || a.instances.values().any(|i| i.state <= InstState::Healthy)
+            {
                 return;
             }
             a.config.build()
@@ -436,7 +524,10 @@ impl Master {
                     }
                 }
                 let table = lock(&me.workers);
-                table.broadcast(&MasterToWorker::WakeResult { app: app.clone(), outcome: WakeOutcome::Failed });
+                table.broadcast(&MasterToWorker::WakeResult {
+                    app: app.clone(),
+                    outcome: WakeOutcome::Failed,
+                });
             }
         });
     }
@@ -448,7 +539,11 @@ impl Master {
             let reg = lock(&self.apps);
             reg.apps
                 .values()
-                .flat_map(|a| a.instances.values().map(move |i| (a.name.clone(), i.id, i.pid)))
+                .flat_map(|a| {
+                    a.instances
+                        .values()
+                        .map(move |i| (a.name.clone(), i.id, i.pid))
+                })
                 .collect()
         };
         if lost.is_empty() {
@@ -456,17 +551,23 @@ impl Master {
         }
         for (_, _, pid) in &lost {
             if let Some(pid) = pid {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         {
             let mut reg = lock(&self.apps);
             for (app, id, _) in &lost {
                 if let Some(a) = reg.apps.get_mut(app) {
-                    a.last_error = Some("Instance processes were restarted after a launcher failure".into());
+                    a.last_error =
+                        Some("Instance processes were restarted after a launcher failure".into());
                     if let Some(inst) = a.instances.remove(id) {
                         for w in inst.start_waiters {
-                            let _ = w.send(Err("Rolling update failed: the app launcher was lost".into()));
+                            let _ = w.send(Err(
+                                "Rolling update failed: the app launcher was lost".into()
+                            ));
                         }
                         for w in inst.exit_waiters {
                             let _ = w.send(());
@@ -503,21 +604,33 @@ fn reap_orphans(pids: Vec<u32>) {
             let mut candidates: Vec<i32> = pids.iter().map(|p| *p as i32).collect();
             if let Ok(dir) = std::fs::read_dir("/proc") {
                 for e in dir.flatten() {
-                    let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-                    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-                    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+                    let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                        continue;
+                    };
+                    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                        continue;
+                    };
+                    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                        continue;
+                    };
                     let fields: Vec<&str> = rest.split_whitespace().collect();
                     // Our own roles (and a child between fork and exec) share our process
                     // group; instances run in sessions of their own.
                     let own_group = fields.get(2) == Some(&my_group.as_str());
                     if fields.get(1) == Some(&me.as_str()) && !own_group {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                         candidates.push(pid);
                     }
                 }
             }
             for pid in candidates {
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -537,6 +650,9 @@ mod tests {
     #[test]
     fn exit_texts() {
         assert_eq!(describe_exit(ExitStatus::Code(3)), "(exit code 3)");
-        assert_eq!(describe_exit(ExitStatus::Signal(9)), "(terminated by signal SIGKILL)");
+        assert_eq!(
+            describe_exit(ExitStatus::Signal(9)),
+            "(terminated by signal SIGKILL)"
+        );
     }
 }

@@ -32,19 +32,32 @@ fn idle_victims(master: &Master) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     let mut reg = lock(&master.apps);
     for a in reg.apps.values_mut() {
-        if a.instances.values().any(|i| i.healthy_since.is_some_and(|t| now.duration_since(t) >= Duration::from_secs(60))) {
+        if a.instances.values().any(|i| {
+            i.healthy_since
+                .is_some_and(|t| now.duration_since(t) >= Duration::from_secs(60))
+        }) {
             a.consecutive_failures = 0;
         }
         if a.rollout || !a.visible {
             continue;
         }
         let timeout = Duration::from_secs(a.config.idle_timeout_secs as u64);
-        let mut healthy = a.instances.values().filter(|i| i.state == InstState::Healthy).count();
+        let mut healthy = a
+            .instances
+            .values()
+            .filter(|i| i.state == InstState::Healthy)
+            .count();
         let mut idle: Vec<(Instant, u32)> = a
             .instances
             .values()
             .filter(|i| i.state == InstState::Healthy)
-            .filter(|i| totals.get(&(a.name.clone(), i.id)).map(|t| t.1).unwrap_or(0) == 0)
+            .filter(|i| {
+                totals
+                    .get(&(a.name.clone(), i.id))
+                    .map(|t| t.1)
+                    .unwrap_or(0)
+                    == 0
+            })
             .filter(|i| now.duration_since(i.last_activity) > timeout || (timeout.is_zero()))
             .map(|i| (i.last_activity, i.id))
             .collect();

@@ -36,11 +36,13 @@ pub fn load(path: &Path) -> Result<Manifest, String> {
     let shown = file.display();
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("missing deploy manifest {shown}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("missing deploy manifest {shown}"))
+        }
         Err(e) => return Err(format!("failed to read deploy manifest {shown}: {e}")),
     };
-    let raw: RawManifest =
-        serde_json::from_str(&text).map_err(|e| format!("failed to parse deploy manifest {shown}: {e}"))?;
+    let raw: RawManifest = serde_json::from_str(&text)
+        .map_err(|e| format!("failed to parse deploy manifest {shown}: {e}"))?;
     if raw.runtime.trim().is_empty() {
         return Err(format!("deploy manifest {shown} has empty runtime field"));
     }
@@ -49,10 +51,18 @@ pub fn load(path: &Path) -> Result<Manifest, String> {
     }
     let start = raw.start.unwrap_or_default();
     let argv = if !start.is_empty() {
-        start.into_iter().map(|a| if a == "{main}" { raw.main.clone() } else { a }).collect()
+        start
+            .into_iter()
+            .map(|a| if a == "{main}" { raw.main.clone() } else { a })
+            .collect()
     } else {
         match raw.runtime.as_str() {
-            "bun" => vec!["bun".into(), "run".into(), bun_wrapper(path).display().to_string(), raw.main.clone()],
+            "bun" => vec![
+                "bun".into(),
+                "run".into(),
+                bun_wrapper(path).display().to_string(),
+                raw.main.clone(),
+            ],
             "node" => vec!["node".into(), raw.main.clone()],
             "deno" => vec![
                 "deno".into(),
@@ -62,10 +72,18 @@ pub fn load(path: &Path) -> Result<Manifest, String> {
                 "--allow-read".into(),
                 raw.main.clone(),
             ],
-            other => return Err(format!("unsupported runtime '{other}' in deploy manifest {shown}")),
+            other => {
+                return Err(format!(
+                    "unsupported runtime '{other}' in deploy manifest {shown}"
+                ))
+            }
         }
     };
-    Ok(Manifest { runtime: raw.runtime, argv, install: raw.install.filter(|s| !s.trim().is_empty()) })
+    Ok(Manifest {
+        runtime: raw.runtime,
+        argv,
+        install: raw.install.filter(|s| !s.trim().is_empty()),
+    })
 }
 
 const WRAPPER: &str = "node_modules/tako.sh/src/wrapper.ts";
@@ -116,7 +134,11 @@ mod tests {
             pub fn new() -> TempDir {
                 use std::sync::atomic::{AtomicU32, Ordering};
                 static N: AtomicU32 = AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!("tako-manifest-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+                let p = std::env::temp_dir().join(format!(
+                    "tako-manifest-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                ));
                 std::fs::create_dir_all(&p).unwrap();
                 TempDir(p)
             }
@@ -148,14 +170,20 @@ mod tests {
     #[test]
     fn errors() {
         let d = dir_with(r#"{"runtime":"python","main":"x"}"#);
-        assert!(load(&d.0).unwrap_err().starts_with("unsupported runtime 'python' in deploy manifest"));
+        assert!(load(&d.0)
+            .unwrap_err()
+            .starts_with("unsupported runtime 'python' in deploy manifest"));
         let d = dir_with(r#"{"runtime":" ","main":"x"}"#);
         assert!(load(&d.0).unwrap_err().ends_with("has empty runtime field"));
         let d = dir_with(r#"{"runtime":"node","main":""}"#);
         assert!(load(&d.0).unwrap_err().ends_with("has empty main field"));
         let d = dir_with(r#"{"main":"x"}"#);
-        assert!(load(&d.0).unwrap_err().starts_with("failed to parse deploy manifest"));
+        assert!(load(&d.0)
+            .unwrap_err()
+            .starts_with("failed to parse deploy manifest"));
         let d = tempdir::TempDir::new();
-        assert!(load(&d.0).unwrap_err().starts_with("missing deploy manifest"));
+        assert!(load(&d.0)
+            .unwrap_err()
+            .starts_with("missing deploy manifest"));
     }
 }

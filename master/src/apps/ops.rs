@@ -29,7 +29,10 @@ impl ReleaseOwnership {
                 tracing::warn!(path = %path.display(), error = %e, "cannot hand the release directory to the app user");
             }
         }
-        ReleaseOwnership { path: path.to_path_buf(), users: users.cloned() }
+        ReleaseOwnership {
+            path: path.to_path_buf(),
+            users: users.cloned(),
+        }
     }
 
     pub fn give_back(self) {
@@ -41,10 +44,14 @@ impl ReleaseOwnership {
         }
         let mut stack = vec![self.path.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let p = entry.path();
-                let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+                let Ok(md) = std::fs::symlink_metadata(&p) else {
+                    continue;
+                };
                 if md.uid() == app_uid && !(md.is_file() && md.nlink() > 1) {
                     let _ = std::os::unix::fs::lchown(&p, Some(deploy_uid), Some(deploy_gid));
                 }
@@ -65,7 +72,9 @@ impl Master {
     pub async fn reload(self: &Arc<Self>, app: &str) -> Result<Value, String> {
         let (config, live) = {
             let reg = lock(&self.apps);
-            let a = reg.visible(app).ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg
+                .visible(app)
+                .ok_or_else(|| format!("App not found: {app}"))?;
             (a.config.clone(), a.live_count())
         };
         let build = config.build();
@@ -85,16 +94,22 @@ impl Master {
             }
             self.publish();
             for _ in 0..config.min_instances {
-                let (_, rx) = self.spawn_instance(app, build.clone(), true).map_err(|e| format!("Start failed: {e}"))?;
+                let (_, rx) = self
+                    .spawn_instance(app, build.clone(), true)
+                    .map_err(|e| format!("Start failed: {e}"))?;
                 match rx.await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(format!("Start failed: {e}")),
                     Err(_) => return Err("Start failed: the instance was lost".into()),
                 }
             }
-            return Ok(json!({"app": app, "note": "App was not running, started fresh", "status": "started"}));
+            return Ok(
+                json!({"app": app, "note": "App was not running, started fresh", "status": "started"}),
+            );
         }
-        let mut data = self.roll_out(app, build, config.min_instances, None).await?;
+        let mut data = self
+            .roll_out(app, build, config.min_instances, None)
+            .await?;
         data["status"] = json!("reloaded");
         if let Some(obj) = data.as_object_mut() {
             obj.remove("version");
@@ -116,7 +131,9 @@ impl Master {
             .map_err(|e| format!("Stop failed: could not save state: {e}"))?;
         let ids = {
             let mut reg = lock(&self.apps);
-            let Some(a) = reg.apps.get_mut(app) else { return Err(format!("Stop failed: App not found: {app}")) };
+            let Some(a) = reg.apps.get_mut(app) else {
+                return Err(format!("Stop failed: App not found: {app}"));
+            };
             a.config.stopped = true;
             a.instances.keys().copied().collect::<Vec<_>>()
         };
@@ -144,18 +161,22 @@ impl Master {
     pub async fn delete_app(self: &Arc<Self>, app: &str) -> Result<Value, String> {
         let ids = {
             let reg = lock(&self.apps);
-            match reg.visible(app) {
-                Some(a) => Some(a.instances.keys().copied().collect::<Vec<_>>()),
-                None => None,
-            }
+            reg.visible(app)
+                .map(|a| a.instances.keys().copied().collect::<Vec<_>>())
         };
         let Some(ids) = ids else {
             // A valid name that is not registered: nothing to stop; clear any stray rows.
-            self.store.delete_app(app.to_string()).await.map_err(|e| format!("Delete failed: {e}"))?;
+            self.store
+                .delete_app(app.to_string())
+                .await
+                .map_err(|e| format!("Delete failed: {e}"))?;
             return Ok(json!({"app": app, "existed": false, "status": "deleted"}));
         };
         self.stop_all(app, ids).await;
-        self.store.delete_app(app.to_string()).await.map_err(|e| format!("Delete failed: {e}"))?;
+        self.store
+            .delete_app(app.to_string())
+            .await
+            .map_err(|e| format!("Delete failed: {e}"))?;
         lock(&self.apps).apps.remove(app);
         self.publish();
         self.purge_cache(app);
@@ -163,10 +184,16 @@ impl Master {
     }
 
     /// `update_secrets`: merged and persisted; running instances keep their env.
-    pub async fn update_secrets(&self, app: &str, secrets: BTreeMap<String, String>) -> Result<Value, String> {
+    pub async fn update_secrets(
+        &self,
+        app: &str,
+        secrets: BTreeMap<String, String>,
+    ) -> Result<Value, String> {
         let merged = {
             let reg = lock(&self.apps);
-            let a = reg.visible(app).ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg
+                .visible(app)
+                .ok_or_else(|| format!("App not found: {app}"))?;
             let mut env = a.config.env.clone();
             env.extend(secrets);
             env
@@ -178,13 +205,17 @@ impl Master {
         if let Some(a) = lock(&self.apps).apps.get_mut(app) {
             a.config.env = merged;
         }
-        Ok(json!({"app": app, "note": "Call reload to apply secrets to running instances", "status": "updated"}))
+        Ok(
+            json!({"app": app, "note": "Call reload to apply secrets to running instances", "status": "updated"}),
+        )
     }
 
     /// Builds the deploy request of a rollback from the stored config (§8.5).
     pub fn rollback_request(&self, app: &str, version: &str) -> Result<DeployRequest, String> {
         let reg = lock(&self.apps);
-        let a = reg.visible(app).ok_or_else(|| format!("App not found: {app}"))?;
+        let a = reg
+            .visible(app)
+            .ok_or_else(|| format!("App not found: {app}"))?;
         if a.config.routes.is_empty() {
             return Err(format!("Cannot rollback '{app}': no routes are configured"));
         }
@@ -196,9 +227,12 @@ impl Master {
             .map(Path::to_path_buf)
             .or_else(|| {
                 // The stored path is canonical; the root may not be.
-                std::fs::canonicalize(&current_root)
-                    .ok()
-                    .and_then(|root| Path::new(&a.config.path).strip_prefix(root).ok().map(Path::to_path_buf))
+                std::fs::canonicalize(&current_root).ok().and_then(|root| {
+                    Path::new(&a.config.path)
+                        .strip_prefix(root)
+                        .ok()
+                        .map(Path::to_path_buf)
+                })
             })
             .unwrap_or_default();
         let target = releases.join(version).join(subdir);
@@ -213,7 +247,11 @@ impl Master {
             .config
             .routes
             .iter()
-            .filter_map(|r| tako_ipc::route::parse_route(r).ok().map(|p| p.identity_key()))
+            .filter_map(|r| {
+                tako_ipc::route::parse_route(r)
+                    .ok()
+                    .map(|p| p.identity_key())
+            })
             .collect();
         Ok(DeployRequest {
             app: app.to_string(),
@@ -232,18 +270,34 @@ impl Master {
     pub async fn list_releases(&self, app: &str) -> Result<Value, String> {
         let (current, subdir) = {
             let reg = lock(&self.apps);
-            let a = reg.visible(app).ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg
+                .visible(app)
+                .ok_or_else(|| format!("App not found: {app}"))?;
             let root = self.data.app_releases(app).join(&a.config.version);
             let root = std::fs::canonicalize(&root).unwrap_or(root);
-            let sub = Path::new(&a.config.path).strip_prefix(&root).map(Path::to_path_buf).unwrap_or_default();
+            let sub = Path::new(&a.config.path)
+                .strip_prefix(&root)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             (a.config.version.clone(), sub)
         };
         let dir = self.data.app_releases(app);
-        let history = self.store.releases(app.to_string()).await.unwrap_or_default();
+        let history = self
+            .store
+            .releases(app.to_string())
+            .await
+            .unwrap_or_default();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(json!({"app": app, "releases": []})),
-            Err(e) => return Err(format!("Failed to read releases directory '{}': {e}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(json!({"app": app, "releases": []}))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "Failed to read releases directory '{}': {e}",
+                    dir.display()
+                ))
+            }
         };
         let mut rows: Vec<(Option<u64>, String, Value)> = Vec::new();
         for entry in entries.flatten() {

@@ -8,19 +8,25 @@ pub const BLOCK: u16 = 64;
 pub const BLOCKS: u16 = 156;
 
 pub fn is_valid_base(base: u16) -> bool {
-    base >= FIRST_BASE && (base - FIRST_BASE) % BLOCK == 0 && (base - FIRST_BASE) / BLOCK < BLOCKS
+    base >= FIRST_BASE
+        && (base - FIRST_BASE).is_multiple_of(BLOCK)
+        && (base - FIRST_BASE) / BLOCK < BLOCKS
 }
 
 /// The lowest block start not in `used`.
 pub fn free_base(used: &HashSet<u16>) -> Option<u16> {
-    (0..BLOCKS).map(|k| FIRST_BASE + k * BLOCK).find(|b| !used.contains(b))
+    (0..BLOCKS)
+        .map(|k| FIRST_BASE + k * BLOCK)
+        .find(|b| !used.contains(b))
 }
 
 /// The lowest slot not held by a live instance whose port binds on 127.0.0.1 now.
 pub fn free_slot(base: u16, offset: u16, held: &HashSet<u16>) -> Option<(u16, u16)> {
     (0..BLOCK).filter(|s| !held.contains(s)).find_map(|slot| {
         let port = base.checked_add(slot)?.checked_add(offset)?;
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok().map(|_| (slot, port))
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .ok()
+            .map(|_| (slot, port))
     })
 }
 

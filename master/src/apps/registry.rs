@@ -143,7 +143,11 @@ impl App {
         if self.instances.values().any(|i| i.state.serves()) {
             return "running";
         }
-        if self.instances.values().any(|i| i.state == InstState::Starting) {
+        if self
+            .instances
+            .values()
+            .any(|i| i.state == InstState::Starting)
+        {
             return "deploying";
         }
         if self.on_demand() && !self.cold_start_failed {
@@ -172,7 +176,11 @@ impl Registry {
             .values()
             .map(|a| AppRoutes {
                 name: a.name.clone(),
-                routes: if a.visible { a.config.routes.clone() } else { Vec::new() },
+                routes: if a.visible {
+                    a.config.routes.clone()
+                } else {
+                    Vec::new()
+                },
                 release_path: a.config.path.clone(),
                 stopped: a.config.stopped,
                 on_demand: a.on_demand(),
@@ -180,7 +188,10 @@ impl Registry {
                     .instances
                     .values()
                     .filter(|i| i.state.serves())
-                    .map(|i| Backend { instance_id: i.id, port: i.port })
+                    .map(|i| Backend {
+                        instance_id: i.id,
+                        port: i.port,
+                    })
                     .collect(),
                 // A restoring app will have instances soon: hold its requests, do not refuse.
                 starting: a.instances.values().any(|i| i.state == InstState::Starting)
@@ -214,6 +225,9 @@ impl crate::core::Master {
         if !reg.busy.insert(name.to_string()) {
             return None;
         }
-        Some(AppLock { master: self, name: name.to_string() })
+        Some(AppLock {
+            master: self,
+            name: name.to_string(),
+        })
     }
 }

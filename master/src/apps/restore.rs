@@ -69,7 +69,11 @@ pub fn register(stored: Vec<StoredApp>) -> (Registry, Vec<(String, u16)>) {
 pub async fn start(master: Arc<Master>) {
     let apps: Vec<String> = {
         let reg = lock(&master.apps);
-        reg.apps.values().filter(|a| a.restoring).map(|a| a.name.clone()).collect()
+        reg.apps
+            .values()
+            .filter(|a| a.restoring)
+            .map(|a| a.name.clone())
+            .collect()
     };
     let sem = Arc::new(tokio::sync::Semaphore::new(4));
     let mut tasks = Vec::new();

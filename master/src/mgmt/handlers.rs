@@ -16,12 +16,20 @@ fn busy_message(req: &Request, app: &str) -> String {
         Request::Deploy(_) | Request::Rollback { .. } => {
             format!("Deploy already in progress for app '{app}'. Please wait and try again.")
         }
-        _ => format!("Another operation is in progress for app '{app}'. Please wait and try again."),
+        _ => {
+            format!("Another operation is in progress for app '{app}'. Please wait and try again.")
+        }
     }
 }
 
 pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String> {
     if req.upgrade_gate_message().is_some() {
+        if master
+            .reexec_in_progress
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(req.upgrade_gate_message().unwrap_or_default());
+        }
         if let Ok(ServerMode::Upgrading) = master.store.server_mode().await {
             return Err(req.upgrade_gate_message().unwrap_or_default());
         }
@@ -32,35 +40,44 @@ pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String>
             if protocol_version != PROTOCOL_VERSION {
                 return Err(format!("Protocol version mismatch: client={protocol_version} server={PROTOCOL_VERSION}"));
             }
-            Ok(json!({"capabilities": CAPABILITIES, "protocol_version": PROTOCOL_VERSION,
-                      "server_version": env!("CARGO_PKG_VERSION")}))
+            Ok(
+                json!({"capabilities": CAPABILITIES, "protocol_version": PROTOCOL_VERSION,
+                      "server_version": env!("CARGO_PKG_VERSION")}),
+            )
         }
         Request::ServerInfo => Ok(server_info(master).await),
         Request::EnterUpgrading { owner } => {
             match master.store.enter_upgrading(owner.clone()).await {
-                Ok(EnterOutcome::Acquired | EnterOutcome::AlreadyHeld) => Ok(json!({"owner": owner, "status": "upgrading"})),
-                Ok(EnterOutcome::HeldBy(holder)) => Err(format!("Server is already upgrading (owner: {holder}).")),
+                Ok(EnterOutcome::Acquired | EnterOutcome::AlreadyHeld) => {
+                    Ok(json!({"owner": owner, "status": "upgrading"}))
+                }
+                Ok(EnterOutcome::HeldBy(holder)) => {
+                    Err(format!("Server is already upgrading (owner: {holder})."))
+                }
                 Err(e) => Err(format!("Failed to enter upgrading mode: {e}")),
             }
         }
         Request::ExitUpgrading { owner } => {
             match master.store.exit_upgrading(owner.clone()).await {
                 Ok(ExitOutcome::Released) => Ok(json!({"owner": owner, "status": "normal"})),
-                Ok(ExitOutcome::NotHolder) => {
-                    Err("Failed to exit upgrading mode: owner does not hold the upgrade lock.".into())
-                }
+                Ok(ExitOutcome::NotHolder) => Err(
+                    "Failed to exit upgrading mode: owner does not hold the upgrade lock.".into(),
+                ),
                 Err(e) => Err(format!("Failed to exit upgrading mode: {e}")),
             }
         }
         Request::Deploy(ref d) => {
             let data_dir = master.data.root.clone();
             let d2 = d.clone();
-            let valid = tokio::task::spawn_blocking(move || validate::validate_deploy(&data_dir, &d2))
-                .await
-                .map_err(|e| format!("Deploy failed: {e}"))??;
+            let valid =
+                tokio::task::spawn_blocking(move || validate::validate_deploy(&data_dir, &d2))
+                    .await
+                    .map_err(|e| format!("Deploy failed: {e}"))??;
             let routes = valid.routes.patterns;
             let path = valid.path;
-            let _guard = master.try_lock_app(&d.app).ok_or_else(|| busy_message(&req, &d.app))?;
+            let _guard = master
+                .try_lock_app(&d.app)
+                .ok_or_else(|| busy_message(&req, &d.app))?;
             if master.is_shutting_down() {
                 return Err("Deploy failed: server is shutting down".into());
             }
@@ -77,25 +94,41 @@ pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String>
             };
             master.deploy(dr).await
         }
-        Request::Rollback { ref app, ref version } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+        Request::Rollback {
+            ref app,
+            ref version,
+        } => {
+            let _guard = master
+                .try_lock_app(app)
+                .ok_or_else(|| busy_message(&req, app))?;
             let dr = master.rollback_request(app, version)?;
             master.deploy(dr).await
         }
         Request::Reload { ref app } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master
+                .try_lock_app(app)
+                .ok_or_else(|| busy_message(&req, app))?;
             master.reload(app).await
         }
         Request::Stop { ref app } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master
+                .try_lock_app(app)
+                .ok_or_else(|| busy_message(&req, app))?;
             master.stop_app(app).await
         }
         Request::Delete { ref app } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master
+                .try_lock_app(app)
+                .ok_or_else(|| busy_message(&req, app))?;
             master.delete_app(app).await
         }
-        Request::UpdateSecrets { ref app, ref secrets } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy_message(&req, app))?;
+        Request::UpdateSecrets {
+            ref app,
+            ref secrets,
+        } => {
+            let _guard = master
+                .try_lock_app(app)
+                .ok_or_else(|| busy_message(&req, app))?;
             master.update_secrets(app, secrets.clone()).await
         }
         Request::Status { app } => master
@@ -124,17 +157,31 @@ pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String>
         }
         Request::ListReleases { app } => master.list_releases(&app).await,
         Request::RestartWorkers => match crate::supervisor::workers::restart_all(master).await {
-            Ok((generation, workers)) => Ok(json!({"generation": generation, "status": "restarted", "workers": workers})),
+            Ok((generation, workers)) => {
+                Ok(json!({"generation": generation, "status": "restarted", "workers": workers}))
+            }
             Err(e) => Err(e.to_string()),
         },
         Request::Processes => Ok(processes(master)),
         Request::ReloadCerts => Ok(master.reload_certs()),
+        Request::Upgrade => match crate::reexec::upgrade(master).await {
+            Ok(pid) => {
+                master.handed_over.notify_one();
+                Ok(json!({"new_pid": pid, "status": "upgraded"}))
+            }
+            Err(e) => Err(e.to_string()),
+        },
     }
 }
 
 async fn server_info(master: &Master) -> Value {
     let s = &master.settings;
-    let mode = master.store.server_mode().await.map(|m| m.as_str()).unwrap_or("normal");
+    let mode = master
+        .store
+        .server_mode()
+        .await
+        .map(|m| m.as_str())
+        .unwrap_or("normal");
     let owner = master.store.upgrade_owner().await.ok().flatten();
     json!({
         "acme_directory": s.acme_directory,
@@ -162,8 +209,10 @@ async fn server_info(master: &Master) -> Value {
 }
 
 fn processes(master: &Master) -> Value {
-    let mut list = vec![json!({"generation": 1, "index": null, "pid": std::process::id(), "role": "master",
-        "state": "active", "uid": nix::unistd::getuid().as_raw(), "uptime_secs": master.started.elapsed().as_secs()})];
+    let mut list = vec![
+        json!({"generation": 1, "index": null, "pid": std::process::id(), "role": "master",
+        "state": "active", "uid": nix::unistd::getuid().as_raw(), "uptime_secs": master.started.elapsed().as_secs()}),
+    ];
     if let Some(l) = master.launcher.info() {
         list.push(json!({"generation": l.generation, "index": null, "pid": l.pid, "role": "launcher",
             "state": if l.ready { "active" } else { "starting" }, "uid": nix::unistd::getuid().as_raw(),
@@ -173,8 +222,10 @@ fn processes(master: &Master) -> Value {
     let mut workers: Vec<_> = table.entries.iter().collect();
     workers.sort_by(|a, b| a.index.cmp(&b.index).then(b.generation.cmp(&a.generation)));
     for w in workers {
-        list.push(json!({"generation": w.generation, "index": w.index, "pid": w.pid, "role": "worker",
-            "state": w.state.as_str(), "uid": w.uid, "uptime_secs": w.started.elapsed().as_secs()}));
+        list.push(
+            json!({"generation": w.generation, "index": w.index, "pid": w.pid, "role": "worker",
+            "state": w.state.as_str(), "uid": w.uid, "uptime_secs": w.started.elapsed().as_secs()}),
+        );
     }
     json!({ "processes": list })
 }
@@ -194,7 +245,10 @@ impl Master {
                 loaded.push(d.clone());
             }
         }
-        let removed = previous.iter().filter(|p| !loaded.iter().any(|c| c.name == p.name)).count();
+        let removed = previous
+            .iter()
+            .filter(|p| !loaded.iter().any(|c| c.name == p.name))
+            .count();
         let count = loaded.len();
         self.push_certs(loaded);
         json!({"errors": errors.iter().map(|(n, e)| json!({"error": e, "name": n})).collect::<Vec<_>>(),

@@ -107,6 +107,8 @@ pub enum Request {
     RestartWorkers,
     Processes,
     ReloadCerts,
+    /// In-place re-exec of the binary with the listeners kept (upgrade-and-restarts.md §9).
+    Upgrade,
 }
 
 impl fmt::Debug for Request {
@@ -160,6 +162,7 @@ impl Request {
             Request::RestartWorkers => "restart_workers",
             Request::Processes => "processes",
             Request::ReloadCerts => "reload_certs",
+            Request::Upgrade => "upgrade",
         }
     }
 
@@ -177,6 +180,7 @@ impl Request {
                 | Request::ExitUpgrading { .. }
                 | Request::RestartWorkers
                 | Request::ReloadCerts
+                | Request::Upgrade
         )
     }
 

@@ -24,15 +24,26 @@ pub enum SocketError {
     #[error("Management socket {0} is in use by another process")]
     InUse(String),
     #[error("Cannot bind management socket {path}: {source}")]
-    Bind { path: String, source: std::io::Error },
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Binds the socket with its mode and owner (§1), replacing a stale file.
-pub fn bind(path: &Path, users: Option<&Users>) -> Result<UnixListener, SocketError> {
+/// `take_over`: a re-executed successor replaces its predecessor's socket file.
+pub fn bind(
+    path: &Path,
+    users: Option<&Users>,
+    take_over: bool,
+) -> Result<UnixListener, SocketError> {
     let shown = path.display().to_string();
-    let err = |source| SocketError::Bind { path: shown.clone(), source };
+    let err = |source| SocketError::Bind {
+        path: shown.clone(),
+        source,
+    };
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if !take_over && std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(SocketError::InUse(shown));
         }
         std::fs::remove_file(path).map_err(err)?;
@@ -80,7 +91,9 @@ fn allowed(master: &Master, peer: &Peer, stream: &UnixStream) -> bool {
     }
     match &master.users {
         Some(u) => {
-            peer.uid == u.deploy.uid || peer.gid == u.deploy.gid || peer_groups(stream).contains(&u.deploy.gid)
+            peer.uid == u.deploy.uid
+                || peer.gid == u.deploy.gid
+                || peer_groups(stream).contains(&u.deploy.gid)
         }
         None => peer.uid == nix::unistd::getuid().as_raw(),
     }
@@ -88,7 +101,12 @@ fn allowed(master: &Master, peer: &Peer, stream: &UnixStream) -> bool {
 
 fn comm_of(pid: Option<i32>) -> String {
     pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
-        .map(|s| s.trim_end().chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+        .map(|s| {
+            s.trim_end()
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -109,7 +127,9 @@ pub fn serve(master: Arc<Master>, listener: UnixListener, shutdown: Arc<tokio::s
                 }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                let _ = stream.write_all(protocol::error("Too many management connections").as_bytes()).await;
+                let _ = stream
+                    .write_all(protocol::error("Too many management connections").as_bytes())
+                    .await;
                 continue;
             };
             let m = master.clone();
@@ -130,10 +150,18 @@ async fn connection(master: Arc<Master>, mut stream: UnixStream) {
             return;
         }
     };
-    let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), comm: comm_of(cred.pid()) };
+    let peer = Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+        comm: comm_of(cred.pid()),
+    };
     if !allowed(&master, &peer, &stream) {
         tracing::warn!(target: "tako::audit", peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid.unwrap_or(0), "refused management peer");
-        let msg = format!("Permission denied: uid {} may not use the management socket", peer.uid);
+        let msg = format!(
+            "Permission denied: uid {} may not use the management socket",
+            peer.uid
+        );
         let _ = stream.write_all(protocol::error(&msg).as_bytes()).await;
         return;
     }
@@ -168,7 +196,9 @@ async fn run(master: &Arc<Master>, peer: &Peer, req: super::protocol::Request) -
     let app = req.app().map(str::to_string);
     let version = req.version().map(str::to_string);
     let keys: Option<Vec<String>> = match &req {
-        super::protocol::Request::UpdateSecrets { secrets, .. } => Some(secrets.keys().cloned().collect()),
+        super::protocol::Request::UpdateSecrets { secrets, .. } => {
+            Some(secrets.keys().cloned().collect())
+        }
         _ => None,
     };
     let started = Instant::now();

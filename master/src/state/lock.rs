@@ -66,6 +66,36 @@ impl DataDirLock {
         Ok(DataDirLock { _lock: lock, path })
     }
 
+    /// Takes over the lock held through an inherited descriptor (in-place re-exec): the
+    /// descriptor shares the old master's open file description, so the lock is already ours.
+    pub fn adopt(data_dir: &Path, fd: std::os::fd::OwnedFd) -> Result<DataDirLock, StateError> {
+        let path = data_dir.join(LOCK_FILE);
+        let file = File::from(fd);
+        let mut lock =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                StateError::AlreadyRunning {
+                    pid: format!("unknown ({errno})"),
+                    dir: data_dir.to_path_buf(),
+                }
+            })?;
+        let mut write_pid = || -> std::io::Result<()> {
+            lock.set_len(0)?;
+            lock.seek(SeekFrom::Start(0))?;
+            writeln!(lock, "{}", std::process::id())?;
+            lock.sync_all()
+        };
+        write_pid().map_err(|e| StateError::LockFile {
+            path: path.clone(),
+            err: e.to_string(),
+        })?;
+        Ok(DataDirLock { _lock: lock, path })
+    }
+
+    /// The descriptor of the locked file, to hand to a re-executed successor.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

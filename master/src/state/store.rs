@@ -372,7 +372,11 @@ impl Store {
     pub fn primary_ready_at(&mut self) -> Result<Option<u64>, StateError> {
         let v: Option<Option<i64>> = self
             .conn
-            .query_row("SELECT primary_ready_at_unix_secs FROM server_state WHERE id = 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT primary_ready_at_unix_secs FROM server_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(v.flatten().map(|t| t.max(0) as u64))
     }

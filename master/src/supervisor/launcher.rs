@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tako_ipc::{
-    FrameReader, FrameWriter, InstallResult, InstallSpec, LauncherConfig, LauncherToMaster, MasterToLauncher, IPC_VERSION,
+    FrameReader, FrameWriter, InstallResult, InstallSpec, LauncherConfig, LauncherToMaster,
+    MasterToLauncher, IPC_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,7 +58,12 @@ impl LauncherLink {
 
     pub fn info(&self) -> Option<LauncherInfo> {
         let st = self.lock();
-        st.started.map(|s| LauncherInfo { pid: st.pid, generation: st.generation, uptime: s.elapsed(), ready: st.ready })
+        st.started.map(|s| LauncherInfo {
+            pid: st.pid,
+            generation: st.generation,
+            uptime: s.elapsed(),
+            ready: st.ready,
+        })
     }
 
     /// Runs an install step in the launcher and waits for its outcome.
@@ -101,7 +107,11 @@ pub fn supervise(master: Arc<Master>) {
             if master.is_shutting_down() {
                 break;
             }
-            failures = if started.elapsed() > Duration::from_secs(30) { 1 } else { failures + 1 };
+            failures = if started.elapsed() > Duration::from_secs(30) {
+                1
+            } else {
+                failures + 1
+            };
             let delay = restart_delay(failures);
             tracing::warn!(reason = %reason, delay_ms = delay.as_millis() as u64, "app launcher died; restarting it");
             tokio::time::sleep(delay).await;
@@ -139,7 +149,10 @@ async fn run_one(master: &Arc<Master>, generation: u32) -> String {
         app_user: master.users.as_ref().map(|u| u.app.clone()),
         log_owner: master.users.as_ref().map(|u| u.deploy.clone()),
     };
-    let _ = tx.send(MasterToLauncher::Hello { version: IPC_VERSION, config });
+    let _ = tx.send(MasterToLauncher::Hello {
+        version: IPC_VERSION,
+        config,
+    });
     {
         let link = &master.launcher;
         let mut st = link.lock();
@@ -168,7 +181,10 @@ async fn run_one(master: &Arc<Master>, generation: u32) -> String {
     }
 }
 
-async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<LauncherToMaster>) -> Option<String> {
+async fn read_loop(
+    master: &Arc<Master>,
+    reader: &mut FrameReader<LauncherToMaster>,
+) -> Option<String> {
     let mut greeted = false;
     loop {
         let msg = match reader.recv().await {
@@ -182,19 +198,29 @@ async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<LauncherToMast
             Err(e) => return Some(e.to_string()),
         };
         if greeted == msg.is_hello() {
-            return Some(if greeted { "second hello".into() } else { "first frame was not hello".into() });
+            return Some(if greeted {
+                "second hello".into()
+            } else {
+                "first frame was not hello".into()
+            });
         }
         match msg {
             LauncherToMaster::Hello { version, .. } => {
                 if version != IPC_VERSION {
-                    return Some(format!("IPC version mismatch: launcher={version} master={IPC_VERSION}"));
+                    return Some(format!(
+                        "IPC version mismatch: launcher={version} master={IPC_VERSION}"
+                    ));
                 }
                 greeted = true;
                 master.launcher.lock().ready = true;
                 master.launcher.ready_notify.notify_waiters();
                 tracing::info!("app launcher ready");
             }
-            LauncherToMaster::Instance { app, instance_id, event } => master.on_instance_event(&app, instance_id, event),
+            LauncherToMaster::Instance {
+                app,
+                instance_id,
+                event,
+            } => master.on_instance_event(&app, instance_id, event),
             LauncherToMaster::InstallDone { request_id, result } => {
                 if let Some(tx) = master.launcher.lock().pending.remove(&request_id) {
                     let _ = tx.send(result);

@@ -20,13 +20,17 @@ pub fn spawn_role(role: &Role) -> io::Result<Spawned> {
     let (ours, theirs) = StdUnixStream::pair()?;
     let their_fd = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
-    cmd.arg0("tako-server").args(role.to_args()).stdin(Stdio::null()).kill_on_drop(false);
+    cmd.arg0("tako-server")
+        .args(role.to_args())
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if their_fd == CHILD_IPC_FD {
                 let flags = libc::fcntl(their_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(their_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                if flags < 0 || libc::fcntl(their_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                {
                     return Err(io::Error::last_os_error());
                 }
             } else if libc::dup2(their_fd, CHILD_IPC_FD) < 0 {

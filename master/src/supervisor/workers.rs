@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tako_ipc::{
-    FrameReader, FrameWriter, InstanceCounters, MasterToWorker, Outgoing, WorkerConfig, WorkerToMaster, IPC_VERSION,
+    FrameReader, FrameWriter, InstanceCounters, MasterToWorker, Outgoing, WorkerConfig,
+    WorkerToMaster, IPC_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,7 +24,8 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcState {
     Starting,
-    Ready,
+    /// Workers accept as soon as they report ready, so `ready` (reported, not yet
+    /// accepting) is never observed: they go from starting to active.
     Active,
     Draining,
 }
@@ -32,7 +34,6 @@ impl ProcState {
     pub fn as_str(self) -> &'static str {
         match self {
             ProcState::Starting => "starting",
-            ProcState::Ready => "ready",
             ProcState::Active => "active",
             ProcState::Draining => "draining",
         }
@@ -72,7 +73,11 @@ pub struct WorkerTable {
 impl WorkerTable {
     /// Sends to every worker that is not draining.
     pub fn broadcast(&self, msg: &MasterToWorker) {
-        for w in self.entries.iter().filter(|w| w.state != ProcState::Draining) {
+        for w in self
+            .entries
+            .iter()
+            .filter(|w| w.state != ProcState::Draining)
+        {
             let _ = w.tx.send(Outgoing::from(msg.clone()));
         }
     }
@@ -81,7 +86,7 @@ impl WorkerTable {
     pub fn min_applied_epoch(&self) -> Option<u64> {
         self.entries
             .iter()
-            .filter(|w| matches!(w.state, ProcState::Ready | ProcState::Active))
+            .filter(|w| w.state == ProcState::Active)
             .map(|w| w.applied_epoch)
             .min()
     }
@@ -152,7 +157,12 @@ enum WorkerEnd {
 
 /// Starts worker `index` of `generation` and keeps that slot alive until it is retired or
 /// the server shuts down. `ready` fires when the first process of this slot reports ready.
-pub fn supervise(master: Arc<Master>, index: u32, generation: u32, ready: Option<oneshot::Sender<()>>) -> Arc<AtomicBool> {
+pub fn supervise(
+    master: Arc<Master>,
+    index: u32,
+    generation: u32,
+    ready: Option<oneshot::Sender<()>>,
+) -> Arc<AtomicBool> {
     let retired = Arc::new(AtomicBool::new(false));
     let slot_retired = retired.clone();
     tokio::spawn(async move {
@@ -168,16 +178,28 @@ pub fn supervise(master: Arc<Master>, index: u32, generation: u32, ready: Option
             match end {
                 WorkerEnd::Retired => break,
                 WorkerEnd::Crashed(reason) => {
-                    failures = if started.elapsed() > Duration::from_secs(30) { 1 } else { failures + 1 };
+                    failures = if started.elapsed() > Duration::from_secs(30) {
+                        1
+                    } else {
+                        failures + 1
+                    };
                     let delay = restart_delay(failures);
                     tracing::warn!(worker = index, reason = %reason, delay_ms = delay.as_millis() as u64, "proxy worker died; replacing it");
-                    master.workers.lock().unwrap_or_else(|e| e.into_inner()).crash_restarts += 1;
+                    master
+                        .workers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .crash_restarts += 1;
                     tokio::time::sleep(delay).await;
                     if master.is_shutting_down() || slot_retired.load(Ordering::SeqCst) {
                         break;
                     }
                     // A crash replacement takes the current round.
-                    gen = master.workers.lock().unwrap_or_else(|e| e.into_inner()).generation;
+                    gen = master
+                        .workers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .generation;
                 }
             }
         }
@@ -185,7 +207,13 @@ pub fn supervise(master: Arc<Master>, index: u32, generation: u32, ready: Option
     retired
 }
 
-async fn run_one(master: &Arc<Master>, index: u32, generation: u32, retired: Arc<AtomicBool>, ready: Option<oneshot::Sender<()>>) -> WorkerEnd {
+async fn run_one(
+    master: &Arc<Master>,
+    index: u32,
+    generation: u32,
+    retired: Arc<AtomicBool>,
+    ready: Option<oneshot::Sender<()>>,
+) -> WorkerEnd {
     let role = Role::Worker {
         index,
         generation,
@@ -212,10 +240,19 @@ async fn run_one(master: &Arc<Master>, index: u32, generation: u32, retired: Arc
     });
 
     // Everything the worker needs before it can serve, in order.
-    let _ = tx.send(MasterToWorker::Hello { version: IPC_VERSION, config: worker_config(master, index, generation) }.into());
+    let _ = tx.send(
+        MasterToWorker::Hello {
+            version: IPC_VERSION,
+            config: worker_config(master, index, generation),
+        }
+        .into(),
+    );
     match listener_fds(master) {
         Ok((kinds, fds)) => {
-            let _ = tx.send(Outgoing { msg: MasterToWorker::Listeners { kinds }, fds });
+            let _ = tx.send(Outgoing {
+                msg: MasterToWorker::Listeners { kinds },
+                fds,
+            });
         }
         Err(e) => {
             let _ = child.start_kill();
@@ -232,7 +269,11 @@ async fn run_one(master: &Arc<Master>, index: u32, generation: u32, retired: Arc
         let _ = tx.send(MasterToWorker::Certs(master.certs_snapshot()).into());
         let _ = tx.send(MasterToWorker::Routes(master.route_table_snapshot()).into());
         let _ = tx.send(MasterToWorker::StatusPage { body, healthy }.into());
-        let uid = master.users.as_ref().map(|u| u.proxy.uid).unwrap_or_else(|| nix::unistd::getuid().as_raw());
+        let uid = master
+            .users
+            .as_ref()
+            .map(|u| u.proxy.uid)
+            .unwrap_or_else(|| nix::unistd::getuid().as_raw());
         table.entries.push(WorkerEntry {
             index,
             generation,
@@ -258,7 +299,10 @@ async fn run_one(master: &Arc<Master>, index: u32, generation: u32, retired: Arc
         if let Some(pos) = table.entries.iter().position(|w| w.pid == pid) {
             let entry = table.entries.remove(pos);
             for c in entry.counters {
-                *table.retired_totals.entry((c.app, c.instance_id)).or_default() += c.requests_total;
+                *table
+                    .retired_totals
+                    .entry((c.app, c.instance_id))
+                    .or_default() += c.requests_total;
             }
             let r = &mut table.retired_cache;
             r.hits += entry.cache.hits;
@@ -281,7 +325,12 @@ async fn run_one(master: &Arc<Master>, index: u32, generation: u32, retired: Arc
 }
 
 /// Returns a protocol error, or `None` at EOF.
-async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<WorkerToMaster>, pid: u32, index: u32) -> Option<String> {
+async fn read_loop(
+    master: &Arc<Master>,
+    reader: &mut FrameReader<WorkerToMaster>,
+    pid: u32,
+    index: u32,
+) -> Option<String> {
     let mut greeted = false;
     loop {
         let msg = match reader.recv().await {
@@ -296,12 +345,18 @@ async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<WorkerToMaster
         };
         // The per-role allowlist: hello exactly once, first.
         if greeted == msg.is_hello() {
-            return Some(if greeted { "second hello".into() } else { "first frame was not hello".into() });
+            return Some(if greeted {
+                "second hello".into()
+            } else {
+                "first frame was not hello".into()
+            });
         }
         match msg {
             WorkerToMaster::Hello { version, .. } => {
                 if version != IPC_VERSION {
-                    return Some(format!("IPC version mismatch: worker={version} master={IPC_VERSION}"));
+                    return Some(format!(
+                        "IPC version mismatch: worker={version} master={IPC_VERSION}"
+                    ));
                 }
                 greeted = true;
             }
@@ -352,8 +407,13 @@ async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<WorkerToMaster
             WorkerToMaster::CacheInvalidate(inv) => {
                 // Fan out to every other serving worker.
                 let table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-                for w in table.entries.iter().filter(|w| w.pid != pid && w.state != ProcState::Draining) {
-                    let _ = w.tx.send(MasterToWorker::CacheInvalidate(inv.clone()).into());
+                for w in table
+                    .entries
+                    .iter()
+                    .filter(|w| w.pid != pid && w.state != ProcState::Draining)
+                {
+                    let _ =
+                        w.tx.send(MasterToWorker::CacheInvalidate(inv.clone()).into());
                 }
             }
         }
@@ -363,7 +423,11 @@ async fn read_loop(master: &Arc<Master>, reader: &mut FrameReader<WorkerToMaster
 /// Starts the boot workers and waits (bounded) until each reported ready.
 pub async fn start_all(master: &Arc<Master>) -> usize {
     let n = master.settings.workers as u32;
-    master.workers.lock().unwrap_or_else(|e| e.into_inner()).generation = 1;
+    master
+        .workers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .generation = 1;
     let mut waits = Vec::new();
     for index in 0..n {
         let (tx, rx) = oneshot::channel();
@@ -372,7 +436,11 @@ pub async fn start_all(master: &Arc<Master>) -> usize {
     }
     let mut ready = 0;
     for rx in waits {
-        if tokio::time::timeout(READY_TIMEOUT, rx).await.map(|r| r.is_ok()).unwrap_or(false) {
+        if tokio::time::timeout(READY_TIMEOUT, rx)
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+        {
             ready += 1;
         }
     }
@@ -400,7 +468,11 @@ pub async fn restart_all(master: &Arc<Master>) -> Result<(u32, usize), RestartEr
         table.generation
     };
     let result = restart_rounds(master, generation).await;
-    master.workers.lock().unwrap_or_else(|e| e.into_inner()).restart_in_progress = false;
+    master
+        .workers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restart_in_progress = false;
     result.map(|n| (generation, n))
 }
 
@@ -409,21 +481,40 @@ async fn restart_rounds(master: &Arc<Master>, generation: u32) -> Result<usize, 
     for index in 0..n {
         let (tx, rx) = oneshot::channel();
         let new_retired = supervise(master.clone(), index, generation, Some(tx));
-        let ok = tokio::time::timeout(READY_TIMEOUT, rx).await.map(|r| r.is_ok()).unwrap_or(false);
+        let ok = tokio::time::timeout(READY_TIMEOUT, rx)
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
         if !ok {
             new_retired.store(true, Ordering::SeqCst);
             let table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-            for w in table.entries.iter().filter(|w| w.index == index && w.generation == generation) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), nix::sys::signal::Signal::SIGKILL);
+            for w in table
+                .entries
+                .iter()
+                .filter(|w| w.index == index && w.generation == generation)
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(w.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             return Err(RestartError::NotReady { index, generation });
         }
         let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
         table.rolling_restarts += 1;
-        for w in table.entries.iter_mut().filter(|w| w.index == index && w.generation < generation) {
+        for w in table
+            .entries
+            .iter_mut()
+            .filter(|w| w.index == index && w.generation < generation)
+        {
             w.retired.store(true, Ordering::SeqCst);
             w.state = ProcState::Draining;
-            let _ = w.tx.send(MasterToWorker::Drain { deadline_ms: DRAIN_DEADLINE.as_millis() as u64 }.into());
+            let _ = w.tx.send(
+                MasterToWorker::Drain {
+                    deadline_ms: DRAIN_DEADLINE.as_millis() as u64,
+                }
+                .into(),
+            );
         }
     }
     Ok(n as usize)
@@ -435,7 +526,12 @@ pub fn drain_all(master: &Master, deadline: Duration) {
     for w in table.entries.iter_mut() {
         w.retired.store(true, Ordering::SeqCst);
         w.state = ProcState::Draining;
-        let _ = w.tx.send(MasterToWorker::Drain { deadline_ms: deadline.as_millis() as u64 }.into());
+        let _ = w.tx.send(
+            MasterToWorker::Drain {
+                deadline_ms: deadline.as_millis() as u64,
+            }
+            .into(),
+        );
     }
 }
 
@@ -443,7 +539,13 @@ pub fn drain_all(master: &Master, deadline: Duration) {
 pub async fn wait_all_gone(master: &Master, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if master.workers.lock().unwrap_or_else(|e| e.into_inner()).entries.is_empty() {
+        if master
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .is_empty()
+        {
             return true;
         }
         if Instant::now() >= deadline {

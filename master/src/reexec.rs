@@ -1,0 +1,196 @@
+//! In-place upgrade by re-execution (upgrade-and-restarts.md §9, `ctl upgrade`, SIGUSR2):
+//! start the binary at our own path with the listeners, the data-dir lock and a ready pipe
+//! inherited; keep serving until it reports ready; roll back (keep serving) if it dies first.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::core::Master;
+use crate::listeners::fd_name;
+
+/// Set in the successor's environment: which inherited descriptor is the data-dir lock and
+/// which one takes the ready byte. Their presence also lets the successor adopt `LISTEN_FDS`
+/// without `LISTEN_PID` (a parent cannot know its child's pid before exec).
+pub const LOCK_FD_ENV: &str = "TAKO_REEXEC_LOCK_FD";
+pub const READY_FD_ENV: &str = "TAKO_REEXEC_READY_FD";
+
+/// How long the successor has to restore its apps and report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReexecError {
+    #[error("Upgrade already in progress")]
+    InProgress,
+    #[error("Upgrade failed: {0}; this server keeps serving")]
+    Failed(String),
+}
+
+/// The binary and arguments this master was started with, captured at boot.
+#[derive(Debug, Clone)]
+pub struct SelfExec {
+    pub exe: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl SelfExec {
+    pub fn capture() -> SelfExec {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        // After the file was replaced, the link reads "<path> (deleted)": the new binary is
+        // at <path>.
+        let exe = exe
+            .to_str()
+            .and_then(|s| s.strip_suffix(" (deleted)"))
+            .map(PathBuf::from)
+            .unwrap_or(exe);
+        SelfExec {
+            exe,
+            args: std::env::args().skip(1).collect(),
+        }
+    }
+}
+
+/// Inherited descriptors of a successor: `(lock, ready)`, consumed from the environment.
+pub fn inherited() -> (Option<OwnedFd>, Option<OwnedFd>) {
+    let take = |var: &str| -> Option<OwnedFd> {
+        let fd: RawFd = std::env::var(var).ok()?.parse().ok()?;
+        // SAFETY: called once at startup before threads; our predecessor put it there.
+        unsafe { std::env::remove_var(var) };
+        if fd < 3 {
+            return None;
+        }
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        // SAFETY: the predecessor passed this descriptor to us for this purpose.
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    (take(LOCK_FD_ENV), take(READY_FD_ENV))
+}
+
+/// Reports ready to the predecessor.
+pub fn report_ready(fd: OwnedFd) {
+    use std::io::Write;
+    let mut f = std::fs::File::from(fd);
+    let _ = f.write_all(b"1");
+}
+
+/// Starts the successor and waits for its ready byte. On success the caller shuts down
+/// gracefully (without removing the socket file, which the successor now owns).
+pub async fn upgrade(master: &Arc<Master>) -> Result<u32, ReexecError> {
+    if master.reexec_in_progress.swap(true, Ordering::SeqCst) {
+        return Err(ReexecError::InProgress);
+    }
+    let result = run(master).await;
+    if result.is_err() {
+        master.reexec_in_progress.store(false, Ordering::SeqCst);
+    }
+    result
+}
+
+async fn run(master: &Arc<Master>) -> Result<u32, ReexecError> {
+    let fail = |m: String| ReexecError::Failed(m);
+    let Some(lock_fd) = master.lock_fd else {
+        return Err(fail("only a primary can upgrade in place".into()));
+    };
+    let (ready_rd, ready_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+    // The descriptors the successor finds at 3, 4, …: listeners, then the lock, then the pipe.
+    let mut sources: Vec<RawFd> = master.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    let names: Vec<String> = master
+        .listeners
+        .iter()
+        .map(|l| fd_name(l.kind, l.addr))
+        .collect();
+    let n = sources.len();
+    sources.push(lock_fd);
+    sources.push(ready_wr.as_raw_fd());
+    let exec = &master.self_exec;
+    let mut cmd = tokio::process::Command::new(&exec.exe);
+    cmd.args(&exec.args)
+        .env("LISTEN_FDS", n.to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env_remove("LISTEN_PID")
+        .env(LOCK_FD_ENV, (3 + n).to_string())
+        .env(READY_FD_ENV, (3 + n + 1).to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    let srcs = sources.clone();
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move every source out of the target range first, so no dup2 clobbers another.
+            let mut tmp = [0 as RawFd; 64];
+            for (i, fd) in srcs.iter().enumerate().take(64) {
+                let t = libc::fcntl(*fd, libc::F_DUPFD, 256);
+                if t < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                tmp[i] = t;
+            }
+            for (i, t) in tmp.iter().enumerate().take(srcs.len().min(64)) {
+                if libc::dup2(*t, 3 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(*t);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot start {}: {e}", exec.exe.display())))?;
+    drop(ready_wr);
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(pid, exe = %exec.exe.display(), "started the new server; waiting for it to be ready");
+    let mut ready = tokio::fs::File::from_std(std::fs::File::from(ready_rd));
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        r = tokio::time::timeout(READY_TIMEOUT, ready.read(&mut byte)) => match r {
+            Ok(Ok(1)) if byte[0] == b'1' => {
+                tracing::info!(pid, "the new server is ready; handing over");
+                // The successor lives on without us; systemd learns its pid.
+                notify_main_pid(pid);
+                tokio::spawn(async move { let _ = child.wait().await; });
+                Ok(pid)
+            }
+            Ok(_) => {
+                let _ = child.start_kill();
+                let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                Err(fail(format!("the new server exited before it was ready ({status})")))
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                Err(fail("the new server was not ready within 120 s".into()))
+            }
+        },
+        status = child.wait() => {
+            let status = status.map(|s| s.to_string()).unwrap_or_default();
+            Err(fail(format!("the new server exited before it was ready ({status})")))
+        }
+    }
+}
+
+fn notify_main_pid(pid: u32) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let msg = format!("MAINPID={pid}");
+    let _ = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+}
