@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Installs the peers and load generators the benchmark uses (Debian packages).
+set -euo pipefail
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  wrk nginx-light haproxy caddy nghttp2-client socat netcat-openbsd curl openssl >/dev/null
