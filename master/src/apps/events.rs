@@ -19,6 +19,9 @@ use crate::core::{lock, Master};
 pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
 /// SIGTERM to SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Workers send their in-flight counts every second (proxy-worker `COUNTERS_PERIOD`); this
+/// is one period plus room for the message to arrive.
+pub const COUNTERS_SETTLE: Duration = Duration::from_millis(1200);
 
 pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
@@ -286,8 +289,17 @@ impl Master {
         }
     }
 
-    /// Keeps an always-on app at its count (instances.md §9).
+    /// Keeps an always-on app at its count (instances.md §9), after the backoff delay of
+    /// its consecutive failures.
     pub fn schedule_replacement(self: &Arc<Self>, app: &str) {
+        self.schedule_replacement_after(app, None);
+    }
+
+    /// With `delay` None the backoff delay applies. A replacement that came up healthy
+    /// checks for the next missing instance at once: the failure it answered has waited its
+    /// delay already. Sleeping the backoff there would also swallow a crash of the new
+    /// instance during that sleep, which then got replaced without any delay.
+    fn schedule_replacement_after(self: &Arc<Self>, app: &str, delay: Option<Duration>) {
         let delay = {
             let mut reg = lock(&self.apps);
             let Some(a) = reg.apps.get_mut(app) else {
@@ -297,7 +309,7 @@ impl Master {
                 return;
             }
             a.replacement_pending = true;
-            replacement_delay(a.consecutive_failures)
+            delay.unwrap_or_else(|| replacement_delay(a.consecutive_failures))
         };
         let me = self.clone();
         let app = app.to_string();
@@ -334,7 +346,7 @@ impl Master {
                     // Failures come back as events and schedule the next attempt; after a
                     // success, go on until the app is back at its count.
                     if let Ok(Ok(())) = rx.await {
-                        me.schedule_replacement(&app);
+                        me.schedule_replacement_after(&app, Some(Duration::ZERO));
                     }
                 }
                 Err(e) => {
@@ -453,8 +465,14 @@ impl Master {
         if drain && was != InstState::Starting {
             let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
             let app_s = app.to_string();
+            self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
+                .await;
+            // Workers report in-flight counts at most once a second, so a zero seen now may
+            // predate a request that reached the instance just before it left rotation.
+            // Such a request shows up in the next report: only trust a zero after it.
+            let settled = tokio::time::Instant::now() + COUNTERS_SETTLE;
             self.wait_until(deadline, |m| {
-                m.applied_epoch() >= epoch && m.in_flight(&app_s, id) == 0
+                tokio::time::Instant::now() >= settled && m.in_flight(&app_s, id) == 0
             })
             .await;
         }
