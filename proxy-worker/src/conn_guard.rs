@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -44,7 +44,8 @@ const MAX_LINE: usize = 8 * 1024;
 
 /// What the service and the wrapper of one connection share.
 pub struct ConnState {
-    in_flight: AtomicUsize,
+    /// Requests whose answer is finished (response body done or dropped).
+    completed: AtomicU64,
     upgraded: AtomicBool,
     idle_since: Mutex<Instant>,
     waker: Mutex<Option<Waker>>,
@@ -53,7 +54,7 @@ pub struct ConnState {
 impl Default for ConnState {
     fn default() -> Self {
         Self {
-            in_flight: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
             waker: Mutex::new(None),
@@ -64,7 +65,6 @@ impl Default for ConnState {
 impl ConnState {
     /// A request is being served until the guard drops (its response body is done).
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         RequestGuard(Arc::clone(self))
     }
 
@@ -82,12 +82,17 @@ impl ConnState {
         }
     }
 
-    fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
+    /// Whether some of the `released` heads are still being answered. Counting finished
+    /// answers against released heads (instead of requests begun) leaves no gap between
+    /// the moment hyper gets a head and the moment the service starts.
+    fn busy(&self, released: u64) -> bool {
+        self.completed.load(Ordering::Acquire) < released
     }
 
     fn idle_since(&self) -> Instant {
-        self.idle_since.lock().map_or_else(|_| Instant::now(), |t| *t)
+        self.idle_since
+            .lock()
+            .map_or_else(|_| Instant::now(), |t| *t)
     }
 }
 
@@ -95,12 +100,11 @@ pub struct RequestGuard(Arc<ConnState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Ok(mut t) = self.0.idle_since.lock() {
-                *t = Instant::now();
-            }
-            self.0.wake();
+        self.0.completed.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut t) = self.0.idle_since.lock() {
+            *t = Instant::now();
         }
+        self.0.wake();
     }
 }
 
@@ -174,6 +178,18 @@ fn head_end(buf: &[u8]) -> Option<usize> {
         i = at + 1;
     }
     None
+}
+
+/// A complete first line that cannot start an HTTP/1.x request (HTTP/0.9 among them).
+fn bad_request_line(buf: &[u8]) -> Option<Refusal> {
+    let b = skip_empty_lines(buf);
+    let end = b.iter().position(|c| *c == b'\n')?;
+    let line = b[..end].strip_suffix(b"\r").unwrap_or(&b[..end]);
+    let parts: Vec<&[u8]> = line.split(|c| *c == b' ').collect();
+    match parts.as_slice() {
+        [_, _, version] if version.starts_with(b"HTTP/1.") => None,
+        _ => Some(Refusal(Canned::BadRequest, line.starts_with(b"HEAD "))),
+    }
 }
 
 /// The answer for a head that exceeds the size limit without ending.
@@ -308,6 +324,8 @@ pub struct HeadGuard<I> {
     out_pos: usize,
     /// No request head was completed yet on this connection.
     first: bool,
+    /// Heads given to hyper so far.
+    released: u64,
     opened: Instant,
     last_body_byte: Instant,
     sleep: Pin<Box<Sleep>>,
@@ -331,6 +349,7 @@ impl<I> HeadGuard<I> {
             out: Vec::new(),
             out_pos: 0,
             first: true,
+            released: 0,
             opened: now,
             last_body_byte: now,
             sleep: Box::pin(tokio::time::sleep_until(now + HEADER_READ_TIMEOUT)),
@@ -341,7 +360,10 @@ impl<I> HeadGuard<I> {
     }
 
     fn refuse(&mut self, r: Refusal) {
-        tracing::debug!(status = r.0.status().as_u16(), "Request refused before parsing");
+        tracing::debug!(
+            status = r.0.status().as_u16(),
+            "Request refused before parsing"
+        );
         self.refusal = Some((r.0.raw_close(r.1), 0));
         self.head.clear();
     }
@@ -368,7 +390,10 @@ impl<I> HeadGuard<I> {
                     self.head.extend_from_slice(&data[..take]);
                     pos += take;
                     let Some(end) = head_end(&self.head) else {
-                        if self.head.len() > MAX_HEADER_BYTES {
+                        if let Some(r) = bad_request_line(&self.head) {
+                            // HTTP/0.9 sends one line and waits: answer now, not at 408.
+                            self.refuse(r);
+                        } else if self.head.len() > MAX_HEADER_BYTES {
                             let r = oversized(&self.head);
                             self.refuse(r);
                         }
@@ -389,6 +414,7 @@ impl<I> HeadGuard<I> {
                         Ok(framing) => {
                             self.out.append(&mut self.head);
                             self.first = false;
+                            self.released += 1;
                             self.head_started = None;
                             self.last_body_byte = Instant::now();
                             self.mode = match framing {
@@ -468,7 +494,7 @@ impl<I> HeadGuard<I> {
             Mode::Head => {
                 if let Some(started) = self.head_started {
                     Some(started + HEADER_READ_TIMEOUT)
-                } else if self.state.busy() {
+                } else if self.state.busy(self.released) {
                     None
                 } else if self.first {
                     Some(self.opened + HEADER_READ_TIMEOUT)
@@ -486,7 +512,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> HeadGuard<I> {
     /// Writes the refusal once hyper is quiet, then shuts the write side; after that the
     /// connection reads as closed.
     fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.state.busy() || self.unflushed {
+        if self.state.busy(self.released) || self.unflushed {
             // A pipelined earlier response is still going out; answer after it.
             self.register(cx);
             return Poll::Pending;
@@ -560,7 +586,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<I> {
             if this.mode == Mode::AwaitUpgrade {
                 if this.state.upgraded.load(Ordering::Acquire) {
                     this.mode = Mode::Transparent;
-                } else if !this.state.busy() {
+                } else if !this.state.busy(this.released) {
                     this.mode = Mode::Head;
                 } else {
                     this.register(cx);
@@ -675,7 +701,10 @@ mod tests {
 
     #[test]
     fn heads() {
-        assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(Framing::None));
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Framing::None)
+        );
         assert_eq!(check("\r\nGET / HTTP/1.1\nHost: a\n\n"), Ok(Framing::None));
         assert_eq!(
             check("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
@@ -721,10 +750,23 @@ mod tests {
     }
 
     #[test]
+    fn http09_is_refused_on_its_first_line() {
+        assert!(bad_request_line(b"GET /\r\n").is_some());
+        assert!(bad_request_line(b"\r\nGET /x HTTP/1.1\r\n").is_none());
+        assert!(
+            bad_request_line(b"GET /x HTTP/1.1").is_none(),
+            "line not complete yet"
+        );
+    }
+
+    #[test]
     fn head_end_finds_the_blank_line() {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.1\n\nrest"), Some(16));
-        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\nA: b\r\n\r\n"), Some(28));
+        assert_eq!(
+            head_end(b"\r\n\r\nGET / HTTP/1.1\r\nA: b\r\n\r\n"),
+            Some(28)
+        );
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r"), None);
     }
@@ -735,10 +777,14 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 16);
         let state = Arc::new(ConnState::default());
         let mut guard = HeadGuard::new(server, Arc::clone(&state));
+        // Plays the service: both passed requests are answered, so the refusal may go out.
+        drop(state.begin());
+        drop(state.begin());
         let mut client = client;
         let first = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
         let second = "POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nGET ";
-        let third = "GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let third =
+            "GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         client
             .write_all(format!("{first}{second}{third}").as_bytes())
             .await
@@ -758,7 +804,10 @@ mod tests {
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
         let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
         assert!(answer.contains("Connection: close\r\n"), "{answer}");
         assert!(answer.ends_with("\r\n\r\nBad Request"), "{answer}");
     }

@@ -109,7 +109,12 @@ mod tests {
         for t in [0u64, 951_782_400, 1_700_000_000, 4_102_444_800] {
             assert_eq!(parse(&format(t)), Some(t), "{t}");
         }
-        for bad in ["", "yesterday", "Sun, 06 Nov 1994 25:00:00 GMT", "Sun, 06 Foo 1994 08:49:37 GMT"] {
+        for bad in [
+            "",
+            "yesterday",
+            "Sun, 06 Nov 1994 25:00:00 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

@@ -212,9 +212,10 @@ async fn serve_http<I>(
             first_tx.notify_one();
         }
         let state = state.clone();
+        // HTTP/1 only: the guard's timers pause while a request is being answered. Taken
+        // here, not in the future, so that it counts even if hyper drops the future unpolled.
+        let busy = state.as_ref().map(|s| s.begin());
         async move {
-            // HTTP/1 only: the guard's timers pause while a request is being answered.
-            let busy = state.as_ref().map(|s| s.begin());
             let resp = pipeline::handle(req, conn, shared).await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(s) = &state {

@@ -268,7 +268,10 @@ fn etag_of(f: &Found) -> String {
 /// Weak comparison (RFC 9110 §8.8.3.2) against a list or `*`.
 fn none_match(header: &str, etag: &str) -> bool {
     let ours = etag.trim_start_matches("W/");
-    header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == ours)
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == ours)
 }
 
 /// `If-Range`: a strong ETag match or the exact Last-Modified date.
@@ -372,8 +375,8 @@ async fn respond(found: Found, req: &HeaderMap, head: bool) -> Response<Body> {
     let range = match header_str(req, &RANGE) {
         None => RangeReq::Full,
         Some(r) => {
-            let if_range_ok = header_str(req, &IF_RANGE)
-                .is_none_or(|v| if_range_matches(v, &etag, found.mtime));
+            let if_range_ok =
+                header_str(req, &IF_RANGE).is_none_or(|v| if_range_matches(v, &etag, found.mtime));
             if if_range_ok {
                 parse_range(r, size)
             } else {
@@ -392,7 +395,11 @@ async fn respond(found: Found, req: &HeaderMap, head: bool) -> Response<Body> {
                 Bytes::new(),
                 head,
             );
-            set(resp.headers_mut(), CONTENT_RANGE, &format!("bytes */{size}"));
+            set(
+                resp.headers_mut(),
+                CONTENT_RANGE,
+                &format!("bytes */{size}"),
+            );
             return resp;
         }
     };
@@ -421,7 +428,11 @@ async fn respond(found: Found, req: &HeaderMap, head: bool) -> Response<Body> {
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     validators(h);
     if status == StatusCode::PARTIAL_CONTENT {
-        set(h, CONTENT_RANGE, &format!("bytes {start}-{}/{size}", start + len - 1));
+        set(
+            h,
+            CONTENT_RANGE,
+            &format!("bytes {start}-{}/{size}", start + len - 1),
+        );
     }
     resp
 }
@@ -493,7 +504,15 @@ mod tests {
         assert_eq!(decode("/a%20b.js"), Decoded::File(b"a b.js".to_vec()));
         assert_eq!(decode("/a%2Fb.js"), Decoded::NotAFile);
         assert_eq!(decode("/a%2fb.js"), Decoded::NotAFile);
-        for bad in ["/../x.js", "/a/%2e%2e/x.js", "/a/.%2E/x.js", "/a%00.js", "/a%5cb.js", "/a\\b.js", "/.."] {
+        for bad in [
+            "/../x.js",
+            "/a/%2e%2e/x.js",
+            "/a/.%2E/x.js",
+            "/a%00.js",
+            "/a%5cb.js",
+            "/a\\b.js",
+            "/..",
+        ] {
             assert_eq!(decode(bad), Decoded::Refused, "{bad}");
         }
         // A dot segment and `...` are not `..`.
@@ -506,9 +525,15 @@ mod tests {
     #[test]
     fn candidate_paths() {
         let p = parse_route("example.com/app/*").unwrap();
-        assert_eq!(candidates("/app/assets/main.js", &p), vec!["/app/assets/main.js", "/assets/main.js"]);
+        assert_eq!(
+            candidates("/app/assets/main.js", &p),
+            vec!["/app/assets/main.js", "/assets/main.js"]
+        );
         let g = parse_route("example.com/api*").unwrap();
-        assert_eq!(candidates("/apiv2/x.js", &g), vec!["/apiv2/x.js", "/v2/x.js"]);
+        assert_eq!(
+            candidates("/apiv2/x.js", &g),
+            vec!["/apiv2/x.js", "/v2/x.js"]
+        );
         let e = parse_route("example.com/logo.png").unwrap();
         assert_eq!(candidates("/logo.png", &e), vec!["/logo.png", "/"]);
         let h = parse_route("example.com").unwrap();

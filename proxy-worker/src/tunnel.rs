@@ -28,7 +28,10 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if !wants {
         return None;
     }
-    req.headers().get(UPGRADE).filter(|v| !v.is_empty()).cloned()
+    req.headers()
+        .get(UPGRADE)
+        .filter(|v| !v.is_empty())
+        .cloned()
 }
 
 /// Puts back the two headers that hop-by-hop removal took.
