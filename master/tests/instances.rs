@@ -20,13 +20,18 @@ use serde_json::{json, Value};
 
 const HOST: &str = "web.example.com";
 
-/// The fixture app with two more knobs:
+/// The fixture app with more knobs:
 /// - `EXIT_AFTER=secs`: once listening, exit with code 7 after that many seconds;
+/// - `IGNORE_TERM=1`: ignore SIGTERM, and start a `sleep` child (same process group) that
+///   ignores it too; its pid is in the `/` answer as `child`;
 /// - `GET /slow?s=secs`: print `slow request started` to stdout, sleep, then answer as `/`.
 fn app_py() -> String {
     let slow_at = "    def answer(self):\n";
     let exit_at = "port = int(os.environ[\"PORT\"])\n";
-    assert!(fixture::APP_PY.contains(slow_at) && fixture::APP_PY.contains(exit_at));
+    let pid_at = "\"pid\": os.getpid(),";
+    assert!([slow_at, exit_at, pid_at]
+        .iter()
+        .all(|at| fixture::APP_PY.contains(at)));
     fixture::APP_PY
         .replace(
             slow_at,
@@ -34,8 +39,9 @@ fn app_py() -> String {
         )
         .replace(
             exit_at,
-            "exit_after = os.environ.get(\"EXIT_AFTER\")\nif exit_after:\n    import threading\n    threading.Timer(float(exit_after), lambda: os._exit(7)).start()\nport = int(os.environ[\"PORT\"])\n",
+            "exit_after = os.environ.get(\"EXIT_AFTER\")\nif exit_after:\n    import threading\n    threading.Timer(float(exit_after), lambda: os._exit(7)).start()\nchild = None\nif os.environ.get(\"IGNORE_TERM\"):\n    import signal, subprocess\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    child = subprocess.Popen([\"sleep\", \"300\"]).pid\nport = int(os.environ[\"PORT\"])\n",
         )
+        .replace("\"pid\": os.getpid(),", "\"pid\": os.getpid(), \"child\": child,")
 }
 
 /// Writes a release of the extended fixture (owned like an upload) and returns its path.
@@ -784,4 +790,108 @@ fn ports_stay_in_the_app_block_across_many_redeploys() {
     let st = server.app_status("api");
     let port = st["instances"][0]["port"].as_u64().unwrap_or(0);
     assert!((base + 64..base + 128).contains(&port), "{st}");
+}
+
+#[test]
+fn instance_ignoring_sigterm_is_killed_with_its_group_after_the_grace_period() {
+    let server = Server::start_default();
+    server.ok(&deploy_cmd(
+        &server,
+        "web",
+        "v1",
+        1,
+        300,
+        &[("IGNORE_TERM", "1")],
+    ));
+    let r = get(&server, HOST, "/").json();
+    let pid = r["pid"].as_i64().expect("pid") as i32;
+    let child = r["child"].as_i64().expect("child pid") as i32;
+    assert!(procfs::alive(child), "the child runs");
+    let t0 = Instant::now();
+    let data = server.ok(&json!({"command":"stop","app":"web"}));
+    let took = t0.elapsed();
+    assert_eq!(data, json!({"app":"web","status":"stopped"}));
+    eprintln!("stop of a SIGTERM-ignoring instance took {took:?}");
+    // SIGTERM, then SIGKILL 10 s later (plus the short drain of an idle instance).
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(16),
+        "{took:?}"
+    );
+    wait_for(
+        Duration::from_secs(2),
+        "the instance and its child to be gone",
+        || (!procfs::alive(pid) && !procfs::alive(child)).then_some(()),
+    );
+}
+
+#[test]
+fn first_deploy_is_invisible_and_a_stopped_on_demand_app_never_cold_starts() {
+    let mut server = Server::start_default();
+    let delay_file = server.knob_dir().join("startup-delay");
+    fs::write(&delay_file, "0.8").expect("write the startup delay knob");
+    let delay = delay_file.display().to_string();
+    let cmd = deploy_cmd(
+        &server,
+        "web",
+        "v1",
+        0,
+        1,
+        &[("STARTUP_DELAY_FILE", &delay)],
+    );
+    let socket = server.socket.clone();
+    let deploy = std::thread::spawn(move || {
+        Mgmt::connect(&socket)
+            .expect("connect to the management socket")
+            .request(&cmd)
+    });
+    // While the first deploy runs, the app does not exist for commands or routing.
+    let mut checks = 0;
+    while !deploy.is_finished() {
+        let r = server.request(&json!({"command":"status","app":"web"}));
+        if !deploy.is_finished() {
+            assert_eq!(r["message"], json!("App not found: web"), "{r}");
+            assert_eq!(server.ok(&json!({"command":"list"})), json!({"apps":[]}));
+            checks += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        checks >= 3,
+        "the deploy was too quick to watch ({checks} checks)"
+    );
+    let resp = deploy.join().expect("deploy thread");
+    assert_eq!(resp["data"]["warm_instance"], json!(true), "{resp}");
+    fs::remove_file(&delay_file).expect("remove the delay knob");
+    wait_idle(&server, "web");
+
+    // Stopped: 503 and no cold start, also after a restart.
+    server.ok(&json!({"command":"stop","app":"web"}));
+    let check_stopped = |server: &Server| {
+        for _ in 0..3 {
+            let r = get(server, HOST, "/");
+            assert_eq!(
+                (r.status, r.text()),
+                (503, "No healthy backend".to_string())
+            );
+        }
+        let st = server.app_status("web");
+        assert_eq!(st["state"], json!("stopped"), "{st}");
+        assert_eq!(st["instances"], json!([]), "no cold start: {st}");
+    };
+    check_stopped(&server);
+    server.restart();
+    server.wait_processes();
+    check_stopped(&server);
+
+    // reload clears the flag and starts nothing (on-demand); a request wakes it.
+    let data = server.ok(&json!({"command":"reload","app":"web"}));
+    assert_eq!(data["status"], json!("started"), "{data}");
+    let st = server.app_status("web");
+    assert_eq!(
+        (st["state"].clone(), st["instances"].clone()),
+        (json!("idle"), json!([])),
+        "{st}"
+    );
+    let r = get(&server, HOST, "/");
+    assert_eq!(r.status, 200, "{}", r.text());
 }
