@@ -244,6 +244,9 @@ async fn serve(boot: Boot) -> i32 {
         ready_fd,
     } = boot;
     let successor = ready_fd.is_some();
+    // Sockets from a service manager (not from a re-executing predecessor, which is gone)
+    // are still held by it: they must stay listening when we shut down.
+    let manager_sockets = !inherited.is_empty() && !successor;
     // Certificates: what is on disk, plus an in-memory default for clients without SNI.
     let (mut certs, _) = crate::certs::load_dir(&data.certs());
     if !certs.iter().any(|c| c.name == "default") {
@@ -286,7 +289,8 @@ async fn serve(boot: Boot) -> i32 {
             return 4;
         }
     };
-    crate::listeners::store_in_service_manager(&listeners);
+    let stored = crate::listeners::store_in_service_manager(&listeners);
+    let listeners_shared = stored || manager_sockets;
     if let Err(e) = prepare_socket_dir(&settings.socket, users.as_ref()) {
         tracing::error!(
             "Cannot create the socket directory for {}: {e}",
@@ -345,6 +349,7 @@ async fn serve(boot: Boot) -> i32 {
     notify_ready();
 
     spawn_status_pusher(master.clone());
+    spawn_certificate_check(master.clone());
     crate::apps::idle::spawn(master.clone());
     {
         let m = master.clone();
@@ -373,7 +378,40 @@ async fn serve(boot: Boot) -> i32 {
     } else {
         keep_socket = wait_for_shutdown(&master).await == Stop::HandedOver;
     }
-    shutdown(master, mgmt_shutdown, socket_path, keep_socket).await
+    // After a hand-over the successor serves from the very same sockets.
+    let stop_listening = !keep_socket && !listeners_shared;
+    shutdown(
+        master,
+        mgmt_shutdown,
+        socket_path,
+        keep_socket,
+        stop_listening,
+    )
+    .await
+}
+
+/// tls.md §6: 60 s after start, then every renewal interval, (re)generate missing or
+/// expired self-signed certificates of private route hosts. A candidate leaves certificates
+/// to the primary.
+fn spawn_certificate_check(master: Arc<Master>) {
+    if !master.is_primary() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let period = Duration::from_secs(u64::from(master.settings.renewal_interval_hours) * 3600);
+        loop {
+            if master.is_shutting_down() {
+                return;
+            }
+            let routes: Vec<String> = {
+                let reg = lock(&master.apps);
+                reg.apps.values().filter(|a| a.visible).flat_map(|a| a.config.routes.clone()).collect()
+            };
+            master.ensure_certificates(&routes);
+            tokio::time::sleep(period).await;
+        }
+    });
 }
 
 fn spawn_status_pusher(master: Arc<Master>) {
@@ -452,6 +490,7 @@ async fn shutdown(
     mgmt: Arc<Notify>,
     socket: std::path::PathBuf,
     keep_socket: bool,
+    stop_listening: bool,
 ) -> i32 {
     master.begin_shutdown();
     mgmt.notify_waiters();
@@ -461,6 +500,9 @@ async fn shutdown(
     }
     let graceful = async {
         workers::drain_all(&master, WORKER_DRAIN);
+        if stop_listening {
+            crate::listeners::stop_listening(&master.listeners);
+        }
         workers::wait_all_gone(&master, WORKER_DRAIN + Duration::from_secs(2)).await;
         let _ = master.launcher.send(tako_ipc::MasterToLauncher::Shutdown {
             grace_ms: INSTANCE_GRACE.as_millis() as u64,

@@ -183,14 +183,31 @@ pub fn bind_all(
     Ok(out)
 }
 
+/// Takes the listeners out of service at the start of a graceful shutdown, when no one else
+/// will use them: new connections then go to another socket of the `SO_REUSEPORT` group (an
+/// upgrade candidate) or are refused at once, instead of waiting in a queue that nobody
+/// accepts from until the drain ends and is then reset. Connections already queued are
+/// migrated when `tcp_migrate_req` is 1 (§8).
+pub fn stop_listening(listeners: &[Listener]) {
+    for l in listeners {
+        if let Err(e) = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&l.fd),
+            nix::sys::socket::Shutdown::Read,
+        ) {
+            tracing::debug!(error = %e, listener = %fd_name(l.kind, l.addr), "cannot shut down a listener");
+        }
+    }
+}
+
 /// Hands every listener to the service manager's file-descriptor store, so a restart keeps
-/// them open (upgrade-and-restarts.md §9). A no-op without `NOTIFY_SOCKET`.
-pub fn store_in_service_manager(listeners: &[Listener]) {
+/// them open (upgrade-and-restarts.md §9). A no-op without `NOTIFY_SOCKET`. Returns whether
+/// any listener was stored.
+pub fn store_in_service_manager(listeners: &[Listener]) -> bool {
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
-        return;
+        return false;
     };
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
+        return false;
     };
     let addr = if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
@@ -198,11 +215,12 @@ pub fn store_in_service_manager(listeners: &[Listener]) {
     } else {
         std::os::unix::net::SocketAddr::from_pathname(&path)
     };
-    let Ok(addr) = addr else { return };
+    let Ok(addr) = addr else { return false };
     if sock.connect_addr(&addr).is_err() {
         tracing::warn!(socket = %path, "cannot reach the service manager to store listeners");
-        return;
+        return false;
     }
+    let mut stored = false;
     for l in listeners {
         let msg = format!("FDSTORE=1\nFDNAME={}", fd_name(l.kind, l.addr));
         let fds = [std::os::fd::AsRawFd::as_raw_fd(&l.fd)];
@@ -216,6 +234,9 @@ pub fn store_in_service_manager(listeners: &[Listener]) {
             None,
         ) {
             tracing::warn!(error = %e, listener = %fd_name(l.kind, l.addr), "cannot store a listener in the service manager");
+        } else {
+            stored = true;
         }
     }
+    stored
 }

@@ -150,6 +150,12 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, server: Arc<Serv
                     serve_stream(stream, conn, &server).await;
                 });
             }
+            // The master shut the socket down for good (graceful shutdown without a
+            // successor): nothing more will arrive on it.
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+                tracing::info!(?kind, "Listener shut down by the master");
+                break;
+            }
             Err(error) => {
                 // Out of descriptors or a transient error: back off briefly, keep serving.
                 tracing::warn!(?kind, %error, "Accept failed");
