@@ -222,6 +222,13 @@ impl Master {
         );
         let _ = writeln!(out, "# TYPE tako_cache_bytes gauge");
         let _ = writeln!(out, "tako_cache_bytes {}", c.bytes);
+        let _ = writeln!(out, "# HELP tako_certificate_expiry_timestamp_seconds notAfter of each certificate in use.");
+        let _ = writeln!(out, "# TYPE tako_certificate_expiry_timestamp_seconds gauge");
+        for c in self.certs_snapshot().iter().filter(|c| c.name != "default") {
+            if let Some(info) = crate::certs::leaf_info(&c.cert_chain_pem) {
+                let _ = writeln!(out, "tako_certificate_expiry_timestamp_seconds{{host=\"{}\"}} {}", c.name, info.not_after_unix_secs);
+            }
+        }
         let _ = writeln!(out, "# HELP tako_instances App instances by state.");
         let _ = writeln!(out, "# TYPE tako_instances gauge");
         let reg = lock(&self.apps);
