@@ -508,12 +508,15 @@ fn on_demand_app_idles_to_zero_and_20_held_requests_all_get_200() {
     let n = 20;
     let barrier = Arc::new(Barrier::new(n));
     let port = server.http_port;
+    // Distinct paths, so that every request is held (identical GETs would queue behind one
+    // leader in the cache's single-flight instead).
     let threads: Vec<_> = (0..n)
-        .map(|_| {
+        .map(|i| {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                let req = Request::get(HOST, "/").header("X-Forwarded-Proto", "https");
+                let req =
+                    Request::get(HOST, &format!("/?n={i}")).header("X-Forwarded-Proto", "https");
                 common::http::http(port, &req)
             })
         })
@@ -848,11 +851,13 @@ fn first_deploy_is_invisible_and_a_stopped_on_demand_app_never_cold_starts() {
     let mut checks = 0;
     while !deploy.is_finished() {
         let r = server.request(&json!({"command":"status","app":"web"}));
-        if !deploy.is_finished() {
-            assert_eq!(r["message"], json!("App not found: web"), "{r}");
-            assert_eq!(server.ok(&json!({"command":"list"})), json!({"apps":[]}));
-            checks += 1;
+        if r["status"] == "ok" {
+            // Only after the switch, which may come before the answer reaches the thread.
+            assert_eq!(r["data"]["state"], json!("running"), "{r}");
+            break;
         }
+        assert_eq!(r["message"], json!("App not found: web"), "{r}");
+        checks += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
@@ -894,4 +899,59 @@ fn first_deploy_is_invisible_and_a_stopped_on_demand_app_never_cold_starts() {
     );
     let r = get(&server, HOST, "/");
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn held_requests_over_the_queue_cap_get_503_and_the_rest_are_served() {
+    let server = Server::start_default();
+    let delay_file = server.knob_dir().join("startup-delay");
+    let delay = delay_file.display().to_string();
+    server.ok(&deploy_cmd(
+        &server,
+        "web",
+        "v1",
+        0,
+        1,
+        &[("STARTUP_DELAY_FILE", &delay)],
+    ));
+    wait_idle(&server, "web");
+    fs::write(&delay_file, "1.5").expect("write the startup delay knob");
+    // Two workers hold at most 100 requests each; 260 arrive during the cold start.
+    let n = 260;
+    let barrier = Arc::new(Barrier::new(n));
+    let port = server.http_port;
+    // Distinct paths: the cache's single-flight would otherwise queue identical requests
+    // behind one leader before they reach the hold.
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let req =
+                    Request::get(HOST, &format!("/?n={i}")).header("X-Forwarded-Proto", "https");
+                common::http::http(port, &req)
+            })
+        })
+        .collect();
+    let mut answers: BTreeMap<(u16, String), usize> = BTreeMap::new();
+    for t in threads {
+        let r = t.join().expect("request thread").expect("an answer");
+        let body = if r.status == 200 {
+            String::new()
+        } else {
+            r.text()
+        };
+        *answers.entry((r.status, body)).or_default() += 1;
+    }
+    eprintln!("answers during the cold start: {answers:?}");
+    let ok = answers.get(&(200, String::new())).copied().unwrap_or(0);
+    let full = answers
+        .get(&(
+            503,
+            "App is starting; too many waiting requests".to_string(),
+        ))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(ok + full, n, "only 200 or the queue-cap 503: {answers:?}");
+    assert!(ok >= 100 && full >= n - 200, "{answers:?}");
 }
