@@ -143,6 +143,22 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
+/// Upper bounds (seconds) of the request-duration histogram buckets
+/// (routing-and-proxy.md §7); a last, implicit bucket is +Inf.
+pub const DURATION_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// One worker's finished requests for one app (empty name: not routed), totals since the
+/// worker started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppHttpStats {
+    pub app: String,
+    /// Responses by class: index 0 is 1xx … index 4 is 5xx.
+    pub classes: [u64; 5],
+    /// Non-cumulative counts per bucket of [`DURATION_BUCKETS`], then +Inf.
+    pub buckets: [u64; 12],
+    pub duration_sum_secs: f64,
+}
+
 /// Per-instance counters from one worker: totals since the worker started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceCounters {
@@ -170,6 +186,8 @@ pub enum WorkerToMaster {
     Counters(Vec<InstanceCounters>),
     /// This worker's cache counters, at most once a second and only when they changed.
     CacheStats(CacheStats),
+    /// Request counts and durations per app, at most once a second when they changed.
+    HttpStats(Vec<AppHttpStats>),
     /// A successful unsafe request invalidated these targets here; fan them out to the other
     /// workers as [`MasterToWorker::CacheInvalidate`].
     CacheInvalidate(CacheInvalidation),

@@ -195,6 +195,26 @@ impl Master {
             out,
             "tako_worker_restarts_total{{reason=\"rolling\"}} {rolling}"
         );
+        let http = lock(&self.workers).http_totals();
+        let _ = writeln!(out, "# HELP tako_http_requests_total Finished requests by app and status class.");
+        let _ = writeln!(out, "# TYPE tako_http_requests_total counter");
+        for a in &http {
+            for (i, n) in a.classes.iter().enumerate() {
+                let _ = writeln!(out, "tako_http_requests_total{{app=\"{}\",class=\"{}xx\"}} {n}", a.app, i + 1);
+            }
+        }
+        let _ = writeln!(out, "# HELP tako_http_request_duration_seconds Request durations by app.");
+        let _ = writeln!(out, "# TYPE tako_http_request_duration_seconds histogram");
+        for a in &http {
+            let mut cumulative = 0u64;
+            for (i, n) in a.buckets.iter().enumerate() {
+                cumulative += n;
+                let le = tako_ipc::DURATION_BUCKETS.get(i).map(|b| b.to_string()).unwrap_or_else(|| "+Inf".into());
+                let _ = writeln!(out, "tako_http_request_duration_seconds_bucket{{app=\"{}\",le=\"{le}\"}} {cumulative}", a.app);
+            }
+            let _ = writeln!(out, "tako_http_request_duration_seconds_sum{{app=\"{}\"}} {}", a.app, a.duration_sum_secs);
+            let _ = writeln!(out, "tako_http_request_duration_seconds_count{{app=\"{}\"}} {cumulative}", a.app);
+        }
         let c = lock(&self.workers).cache_totals();
         let _ = writeln!(
             out,

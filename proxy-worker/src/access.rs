@@ -16,6 +16,8 @@ pub struct AccessLog {
     pub app: String,
     pub instance: String,
     pub cache: &'static str,
+    /// Where the request is counted for `/metrics` when it finishes.
+    pub stats: Option<std::sync::Arc<crate::counters::Counters>>,
 }
 
 impl AccessLog {
@@ -31,13 +33,18 @@ impl AccessLog {
             app: String::new(),
             instance: String::new(),
             cache: "-",
+            stats: None,
         }
     }
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        let duration_ms = self.start.elapsed().as_millis() as u64;
+        let elapsed = self.start.elapsed();
+        if let Some(stats) = &self.stats {
+            stats.record_request(&self.app, self.status, elapsed.as_secs_f64());
+        }
+        let duration_ms = elapsed.as_millis() as u64;
         tracing::info!(
             target: "tako::access",
             host = %self.host,

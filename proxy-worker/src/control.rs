@@ -147,6 +147,9 @@ pub async fn run(ipc: UnixStream) -> i32 {
         if let Some(stats) = shared.cache.take_stats_if_dirty() {
             shared.send(WorkerToMaster::CacheStats(stats));
         }
+        if let Some(stats) = shared.counters.take_http_if_dirty() {
+            shared.send(WorkerToMaster::HttpStats(stats));
+        }
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.flush()).await;
     }
     writer_task.abort();
@@ -268,6 +271,9 @@ async fn counters_loop(shared: Arc<Shared>) {
         }
         if let Some(stats) = shared.cache.take_stats_if_dirty() {
             shared.send(WorkerToMaster::CacheStats(stats));
+        }
+        if let Some(stats) = shared.counters.take_http_if_dirty() {
+            shared.send(WorkerToMaster::HttpStats(stats));
         }
     }
 }

@@ -42,6 +42,7 @@ pub struct ConnInfo {
 /// Serves one request. Never fails: every problem is a response.
 pub async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> Response<Body> {
     let mut log = AccessLog::start(req.method(), req.uri().path(), conn.peer, conn.tls);
+    log.stats = Some(Arc::clone(&shared.counters));
     let resp = route(req, conn, &shared, &mut log).await;
     log.status = resp.status().as_u16();
     resp.map(|b| Guarded::wrap(b, log))

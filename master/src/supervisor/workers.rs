@@ -51,6 +51,7 @@ pub struct WorkerEntry {
     pub applied_epoch: u64,
     pub counters: Vec<InstanceCounters>,
     pub cache: tako_ipc::CacheStats,
+    pub http: Vec<tako_ipc::AppHttpStats>,
     /// Set when a newer generation replaced this worker: its exit is not a crash.
     pub retired: Arc<AtomicBool>,
     ready_tx: Option<oneshot::Sender<()>>,
@@ -68,6 +69,7 @@ pub struct WorkerTable {
     pub rolling_restarts: u64,
     /// Cache counters of workers that are gone (bytes and entries excluded: they are gone too).
     pub retired_cache: tako_ipc::CacheStats,
+    pub retired_http: Vec<tako_ipc::AppHttpStats>,
 }
 
 impl WorkerTable {
@@ -89,6 +91,16 @@ impl WorkerTable {
             .filter(|w| w.state == ProcState::Active)
             .map(|w| w.applied_epoch)
             .min()
+    }
+
+    /// Request stats per app summed over all workers, past ones included.
+    pub fn http_totals(&self) -> Vec<tako_ipc::AppHttpStats> {
+        let mut out = self.retired_http.clone();
+        for w in &self.entries {
+            add_http(&mut out, &w.http);
+        }
+        out.sort_by(|a, b| a.app.cmp(&b.app));
+        out
     }
 
     /// Cache counters summed over all workers, past ones included.
@@ -121,6 +133,26 @@ impl WorkerTable {
             }
         }
         out
+    }
+}
+
+fn add_http(into: &mut Vec<tako_ipc::AppHttpStats>, from: &[tako_ipc::AppHttpStats]) {
+    for s in from {
+        let pos = match into.iter().position(|t| t.app == s.app) {
+            Some(p) => p,
+            None => {
+                into.push(tako_ipc::AppHttpStats { app: s.app.clone(), ..Default::default() });
+                into.len() - 1
+            }
+        };
+        let t = &mut into[pos];
+        for i in 0..t.classes.len() {
+            t.classes[i] += s.classes[i];
+        }
+        for i in 0..t.buckets.len() {
+            t.buckets[i] += s.buckets[i];
+        }
+        t.duration_sum_secs += s.duration_sum_secs;
     }
 }
 
@@ -285,6 +317,7 @@ async fn run_one(
             applied_epoch: 0,
             counters: Vec::new(),
             cache: tako_ipc::CacheStats::default(),
+            http: Vec::new(),
             retired: retired.clone(),
             ready_tx: ready,
         });
@@ -304,6 +337,9 @@ async fn run_one(
                     .entry((c.app, c.instance_id))
                     .or_default() += c.requests_total;
             }
+            let mut retired_http = std::mem::take(&mut table.retired_http);
+            add_http(&mut retired_http, &entry.http);
+            table.retired_http = retired_http;
             let r = &mut table.retired_cache;
             r.hits += entry.cache.hits;
             r.misses += entry.cache.misses;
@@ -397,6 +433,12 @@ async fn read_loop(
                     }
                 }
                 master.on_counters();
+            }
+            WorkerToMaster::HttpStats(stats) => {
+                let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
+                    w.http = stats;
+                }
             }
             WorkerToMaster::CacheStats(stats) => {
                 let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
