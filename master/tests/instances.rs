@@ -955,3 +955,55 @@ fn held_requests_over_the_queue_cap_get_503_and_the_rest_are_served() {
     assert_eq!(ok + full, n, "only 200 or the queue-cap 503: {answers:?}");
     assert!(ok >= 100 && full >= n - 200, "{answers:?}");
 }
+
+#[test]
+fn old_instance_that_crashes_during_a_failed_rollout_is_replaced_afterwards() {
+    let server = Server::start_default();
+    let delay_file = server.knob_dir().join("startup-delay");
+    let delay = delay_file.display().to_string();
+    let env = [("STARTUP_DELAY_FILE", delay.as_str())];
+    server.ok(&deploy_cmd(&server, "web", "v1", 2, 300, &env));
+    let before = wait_settled(&server, "v1", 2);
+    let victim = before["instances"][0]["pid"].as_i64().expect("pid") as i32;
+    fs::write(&delay_file, "3").expect("write the startup delay knob");
+    let cmd = deploy_cmd(&server, "web", "v2", 2, 300, &env);
+    let socket = server.socket.clone();
+    let deploy = std::thread::spawn(move || {
+        Mgmt::connect(&socket)
+            .expect("connect to the management socket")
+            .request(&cmd)
+    });
+    let starting = wait_for(Duration::from_secs(10), "a starting v2 instance", || {
+        let st = server.app_status("web");
+        let b = st["builds"]
+            .as_array()?
+            .iter()
+            .find(|b| b["version"] == "v2")?
+            .clone();
+        b["instances"][0]["pid"].as_i64().map(|p| p as i32)
+    });
+    // An old instance crashes during the rollout: not replaced while it runs (§9).
+    assert!(
+        common::kill(victim, libc::SIGKILL),
+        "kill -9 v1 instance {victim}"
+    );
+    wait_for(Duration::from_secs(5), "the crash to be noticed", || {
+        let st = server.app_status("web");
+        let n = st["builds"][0]["instances"].as_array()?.len();
+        (build_versions(&st)[0] == "v1" && n == 1).then_some(())
+    });
+    // Then the new instance fails to start: the rollout fails.
+    assert!(
+        common::kill(starting, libc::SIGKILL),
+        "kill -9 v2 instance {starting}"
+    );
+    let resp = deploy.join().expect("deploy thread");
+    assert_eq!(resp["status"], json!("error"), "{resp}");
+    let err: Value = serde_json::from_str(resp["message"].as_str().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("rollout error as JSON ({e}): {resp}"));
+    assert_eq!(err["rolled_back"], json!(true), "{err}");
+    // Always-on apps are kept at their count: v1 gets back to 2.
+    fs::remove_file(&delay_file).expect("remove the delay knob");
+    let st = wait_settled(&server, "v1", 2);
+    assert_eq!(st["version"], json!("v1"), "{st}");
+}

@@ -386,6 +386,9 @@ impl Master {
         }
         let epoch = self.publish();
         self.purge_cache(app);
+        // A new instance that died between its health check and the switch was not yet
+        // marked for replacement: top the new build up to its count (a no-op when it is).
+        self.schedule_replacement(app);
         // Answer once the old instances are out of every worker's rotation.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
@@ -438,5 +441,11 @@ impl Master {
             }
         }
         self.publish();
+        if !new_app {
+            // Crashes of the old build are not replaced while a rollout runs; now that it
+            // has failed, the old build is the current one again and must be back at its
+            // count (a no-op when it is).
+            self.schedule_replacement(app);
+        }
     }
 }
