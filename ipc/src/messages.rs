@@ -111,6 +111,9 @@ pub enum MasterToWorker {
     },
     /// Another worker saw a successful unsafe request: drop these cached targets.
     CacheInvalidate(CacheInvalidation),
+    /// The complete set of ACME HTTP-01 answers, `(token, key authorization)`: it replaces
+    /// the previous set (tls.md §6).
+    AcmeTokens(Vec<(String, String)>),
 }
 
 /// Targets whose cached responses (every variant, both schemes) must go.

@@ -350,6 +350,7 @@ async fn serve(boot: Boot) -> i32 {
 
     spawn_status_pusher(master.clone());
     spawn_certificate_check(master.clone());
+    crate::acme::start(&master);
     crate::apps::idle::spawn(master.clone());
     {
         let m = master.clone();
@@ -409,6 +410,7 @@ fn spawn_certificate_check(master: Arc<Master>) {
                 reg.apps.values().filter(|a| a.visible).flat_map(|a| a.config.routes.clone()).collect()
             };
             master.ensure_certificates(&routes);
+            crate::acme::queue_routes(&master, &routes);
             tokio::time::sleep(period).await;
         }
     });

@@ -303,7 +303,7 @@ impl Master {
             let not_after = cert
                 .and_then(|c| leaf_info(&c.cert_chain_pem))
                 .map(|i| i.not_after_unix_secs);
-            let state = match (cert, not_after) {
+            let mut state = match (cert, not_after) {
                 (Some(_), Some(t)) if t < now => "expired",
                 (Some(_), _) => "valid",
                 // No certificate: a public name would be ordered while ACME is on.
@@ -316,12 +316,20 @@ impl Master {
                 }
                 (None, _) => "missing",
             };
+            // ACME's word wins while it works on the name or after it failed (§7).
+            let mut error = None;
+            if let Some((acme_state, acme_error)) = self.acme.view(&host) {
+                state = acme_state;
+                error = acme_error;
+            } else if state == "pending" {
+                error = self.acme.account_error();
+            }
             out.push(CertView {
                 host,
                 state,
                 source: Some(source),
                 not_after_unix_secs: not_after,
-                error: None,
+                error,
             });
         }
         out

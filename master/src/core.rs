@@ -43,6 +43,8 @@ pub struct Master {
     pub workers: Mutex<WorkerTable>,
     pub launcher: LauncherLink,
     pub apps: Mutex<Registry>,
+    /// ACME account, orders, challenge answers and failures (tls.md §6).
+    pub acme: crate::acme::Acme,
     /// Serialises building and broadcasting route tables so epochs arrive in order.
     publish_lock: Mutex<()>,
     epoch: AtomicU64,
@@ -87,6 +89,7 @@ impl Master {
             workers: Mutex::new(WorkerTable::default()),
             launcher: LauncherLink::default(),
             apps: Mutex::new(registry),
+            acme: crate::acme::Acme::default(),
             publish_lock: Mutex::new(()),
             epoch: AtomicU64::new(0),
             latest_routes: Mutex::new(RouteTable {

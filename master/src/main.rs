@@ -1,6 +1,7 @@
 //! tako-server: the master binary. The same binary runs the proxy workers and the app
 //! launcher when re-executed with the hidden role argument.
 
+mod acme;
 mod apps;
 mod boot;
 mod certs;

@@ -79,8 +79,18 @@ async fn route(
     let path = req.uri().path();
     let acme = path.starts_with(ACME_PREFIX);
     if acme && shared.config.acme_enabled {
-        // Token answers arrive with ACME support; until then every token is unknown.
-        return Canned::TokenNotFound.response(head);
+        let token = &path[ACME_PREFIX.len()..];
+        return match shared.acme_tokens.load().get(token) {
+            // The key authorization, byte for byte: the CA compares it exactly.
+            Some(key_auth) => crate::responses::fixed(
+                StatusCode::OK,
+                "text/plain",
+                "no-store",
+                key_auth.clone(),
+                head,
+            ),
+            None => Canned::TokenNotFound.response(head),
+        };
     }
 
     let peer_ip = canonical_ip(conn.peer.ip());

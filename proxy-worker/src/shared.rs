@@ -35,6 +35,8 @@ pub struct Shared {
     pub rotation: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     pub status: ArcSwapOption<StatusSnapshot>,
     pub metrics: ArcSwapOption<Bytes>,
+    /// ACME HTTP-01 answers: token -> key authorization, replaced whole by the master.
+    pub acme_tokens: ArcSwap<HashMap<String, Bytes>>,
     pub holds: Holds,
     pub counters: Arc<Counters>,
     pub certs: Arc<CertStore>,
@@ -70,6 +72,7 @@ impl Shared {
             rotation: Mutex::new(HashMap::new()),
             status: ArcSwapOption::empty(),
             metrics: ArcSwapOption::empty(),
+            acme_tokens: ArcSwap::from_pointee(HashMap::new()),
             holds: Holds::default(),
             counters: Arc::new(Counters::default()),
             certs: Arc::new(CertStore::default()),

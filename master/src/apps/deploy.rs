@@ -401,6 +401,7 @@ impl Master {
         }
         if let Some(req) = req {
             self.ensure_certificates(&req.routes);
+            crate::acme::queue_routes(self, &req.routes);
         }
 
         let version = build.version.clone();

@@ -299,6 +299,7 @@ async fn run_one(
         // route update can slip between the snapshot and the registration.
         let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
         let _ = tx.send(MasterToWorker::Certs(master.certs_snapshot()).into());
+        let _ = tx.send(MasterToWorker::AcmeTokens(master.acme.tokens()).into());
         let _ = tx.send(MasterToWorker::Routes(master.route_table_snapshot()).into());
         let _ = tx.send(MasterToWorker::StatusPage { body, healthy }.into());
         let uid = master
