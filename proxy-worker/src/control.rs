@@ -98,7 +98,9 @@ pub async fn run(ipc: UnixStream) -> i32 {
     let mut state = Control {
         shared: Arc::clone(&shared),
         server,
+        pending: Vec::new(),
         listening: false,
+        certs: false,
         routed: false,
         ready_sent: false,
     };
@@ -166,7 +168,13 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 struct Control {
     shared: Arc<Shared>,
     server: Arc<Server>,
+    /// Listeners received but not served yet: accepting starts only once certificates and
+    /// routes are in, so no connection meets an empty table or a handshake without a
+    /// certificate (a new worker in a rolling restart, a master booting on sockets kept in
+    /// the FD store with connections already queued).
+    pending: Vec<(std::net::TcpListener, ListenerKind)>,
     listening: bool,
+    certs: bool,
     routed: bool,
     ready_sent: bool,
 }
@@ -182,6 +190,7 @@ impl Control {
             MasterToWorker::Certs(entries) => {
                 let loaded = self.shared.certs.replace(&entries);
                 tracing::info!(loaded, offered = entries.len(), "Certificates applied");
+                self.certs = true;
             }
             MasterToWorker::Routes(table) => {
                 let compiled = Table::build(&table, &self.shared.rotation);
@@ -215,15 +224,9 @@ impl Control {
             }
             MasterToWorker::PurgeApp { app } => self.shared.cache.purge_app(&app),
             MasterToWorker::CacheInvalidate(inv) => self.shared.cache.invalidate(&inv),
-            MasterToWorker::AcmeTokens(tokens) => {
-                let count = tokens.len();
-                let table = tokens
-                    .into_iter()
-                    .map(|(token, key_auth)| (token, Bytes::from(key_auth)))
-                    .collect();
-                self.shared.acme_tokens.store(Arc::new(table));
-                tracing::debug!(count, "ACME tokens applied");
-            }
+        }
+        if self.certs && self.routed && !self.pending.is_empty() {
+            self.serve_pending();
         }
         if self.listening && self.routed && !self.ready_sent {
             self.ready_sent = true;
@@ -242,7 +245,12 @@ impl Control {
             );
         }
         for (kind, fd) in kinds.into_iter().zip(fds) {
-            let listener = std::net::TcpListener::from(fd);
+            self.pending.push((std::net::TcpListener::from(fd), kind));
+        }
+    }
+
+    fn serve_pending(&mut self) {
+        for (listener, kind) in self.pending.drain(..) {
             match listeners::spawn(listener, kind, Arc::clone(&self.server)) {
                 Ok(()) => self.listening = true,
                 Err(error) => tracing::error!(?kind, %error, "Cannot serve an inherited listener"),
