@@ -315,6 +315,11 @@ impl<T> RouteMatcher<T> {
             let mut rest = hostname;
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];
+                // `*.suffix` needs a character before `.suffix`: `.example.com` is no
+                // match for `*.example.com` (found by fuzz/fuzz_targets/route.rs).
+                if hostname.len() <= rest.len() + 1 {
+                    continue;
+                }
                 if let Some(i) = self.wildcard.get(rest).and_then(first_match) {
                     if best.is_none_or(|b| self.rank[i] < self.rank[b]) {
                         best = Some(i);
@@ -697,6 +702,16 @@ mod tests {
         let m = matcher(&[("*.b.e.com", "x"), ("*.e.com", "y")]);
         // Equal wildcard scores: "*.b.e.com" < "*.e.com".
         assert_eq!(found(&m, "a.b.e.com", "/"), Some(("*.b.e.com", "x")));
+    }
+
+    #[test]
+    fn wildcard_needs_a_label_before_the_suffix() {
+        let m = matcher(&[("*.example.com", "w")]);
+        assert_eq!(found(&m, ".example.com", "/"), None);
+        assert_eq!(
+            found(&m, "a..example.com", "/"),
+            Some(("*.example.com", "w"))
+        );
     }
 
     #[test]

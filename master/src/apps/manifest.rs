@@ -41,7 +41,15 @@ pub fn load(path: &Path) -> Result<Manifest, String> {
         }
         Err(e) => return Err(format!("failed to read deploy manifest {shown}: {e}")),
     };
-    let raw: RawManifest = serde_json::from_str(&text)
+    parse(&text, path)
+}
+
+/// Resolves the text of `<path>/app.json`; pure apart from [`bun_wrapper`]'s lookup. Split
+/// from [`load`] so the fuzz target (fuzz/fuzz_targets/app_manifest.rs) can feed it text.
+pub fn parse(text: &str, path: &Path) -> Result<Manifest, String> {
+    let file = path.join("app.json");
+    let shown = file.display();
+    let raw: RawManifest = serde_json::from_str(text)
         .map_err(|e| format!("failed to parse deploy manifest {shown}: {e}"))?;
     if raw.runtime.trim().is_empty() {
         return Err(format!("deploy manifest {shown} has empty runtime field"));

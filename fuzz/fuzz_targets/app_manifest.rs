@@ -1,0 +1,31 @@
+//! `app.json` text (instances.md §1-2): the master's manifest parser accepts it with a
+//! non-empty argv or refuses it with a message, never panics; `install_argv` of an accepted
+//! manifest is total.
+//!
+//! The master is a binary crate; `apps/manifest.rs` is a pure module compiled here from its
+//! source file. `manifest::parse` is the text half of `manifest::load`.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+
+#[allow(dead_code)]
+#[path = "../../master/src/apps/manifest.rs"]
+mod manifest;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // A directory that does not exist: the bun wrapper lookup finds nothing.
+    let release = Path::new("/nonexistent/tako-fuzz/release");
+    match manifest::parse(text, release) {
+        Ok(m) => {
+            assert!(!m.argv.is_empty(), "an accepted manifest has a command");
+            assert!(!m.runtime.trim().is_empty());
+            let _ = manifest::install_argv(&m, release);
+        }
+        Err(msg) => assert!(!msg.is_empty()),
+    }
+});
