@@ -121,6 +121,9 @@ pub struct ServerOpts {
     pub ports: Option<(u16, u16)>,
     /// Self-signed certificates written to `<data-dir>/certs/<name>/` before start.
     pub certs: Vec<String>,
+    /// Leave ACME on (the harness passes `--no-acme` otherwise); the ACME tests point it
+    /// at Pebble with their own flags.
+    pub acme: bool,
 }
 
 impl Default for ServerOpts {
@@ -133,6 +136,7 @@ impl Default for ServerOpts {
             socket: None,
             ports: None,
             certs: Vec::new(),
+            acme: false,
         }
     }
 }
@@ -265,10 +269,11 @@ impl Server {
             self.data_dir.display().to_string(),
             "--workers".into(),
             self.opts.workers.to_string(),
-            "--no-acme".into(),
-            "--instance-port-offset".into(),
-            self.offset.to_string(),
         ];
+        if !self.opts.acme {
+            a.push("--no-acme".into());
+        }
+        a.extend(["--instance-port-offset".into(), self.offset.to_string()]);
         a.extend(self.opts.args.iter().cloned());
         a
     }
