@@ -82,7 +82,11 @@ fn roots_from_pem(pem: &[u8]) -> rustls::RootCertStore {
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
         roots.add(cert.expect("PEM certificate")).expect("add root");
     }
-    assert!(!roots.is_empty(), "no root in {:?}", String::from_utf8_lossy(pem));
+    assert!(
+        !roots.is_empty(),
+        "no root in {:?}",
+        String::from_utf8_lossy(pem)
+    );
     roots
 }
 
@@ -106,9 +110,10 @@ fn verified_get(
     host: &str,
     path: &str,
 ) -> Result<(common::Response, Vec<u8>), String> {
-    let server_name = rustls_pki_types::ServerName::try_from(name.to_string())
-        .map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(cfg.clone(), server_name).map_err(|e| e.to_string())?;
+    let server_name =
+        rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(cfg.clone(), server_name).map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
@@ -122,7 +127,8 @@ fn verified_get(
         .and_then(|c| c.first())
         .map(|c| serial_of(c.as_ref()))
         .ok_or("no peer certificate")?;
-    let resp = common::http::read_response(BufReader::new(tls), false).map_err(|e| e.to_string())?;
+    let resp =
+        common::http::read_response(BufReader::new(tls), false).map_err(|e| e.to_string())?;
     Ok((resp, serial))
 }
 
@@ -135,7 +141,12 @@ fn serial_of(der: &[u8]) -> Vec<u8> {
             (b[1] as usize, 2)
         } else {
             let n = (b[1] & 0x7f) as usize;
-            (b[2..2 + n].iter().fold(0usize, |a, x| (a << 8) | *x as usize), 2 + n)
+            (
+                b[2..2 + n]
+                    .iter()
+                    .fold(0usize, |a, x| (a << 8) | *x as usize),
+                2 + n,
+            )
         };
         (tag, &b[hdr..hdr + len], &b[hdr + len..])
     }
@@ -153,7 +164,8 @@ fn serial_of(der: &[u8]) -> Vec<u8> {
 /// A plain HTTP/1.1 POST of JSON, for challtestsrv's management API.
 fn post_json(port: u16, path: &str, body: &str) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect challtestsrv");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -196,9 +208,7 @@ impl Pebble {
         }});
         let cfg_path = dir.join("pebble-config.json");
         std::fs::write(&cfg_path, config.to_string()).expect("write the Pebble config");
-        let log = |name: &str| {
-            std::fs::File::create(dir.join(name)).expect("create a log file")
-        };
+        let log = |name: &str| std::fs::File::create(dir.join(name)).expect("create a log file");
         let dns_proc = Command::new(CHALLTESTSRV)
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .args(["-dns01", &format!("127.0.0.1:{dns}")])
@@ -318,9 +328,9 @@ fn pebble_issues_renews_and_reports_failures() {
     .arg(&pebble.ca_pem.display().to_string())
     .arg("--renewal-interval-hours")
     .arg("1");
-    let server = Server::start(opts);
+    let mut server = Server::start(opts);
     server.wait_http_ready();
-    let report = |what: &str| {
+    let report = |server: &Server, what: &str| {
         format!(
             "{what}\nstatus: {}\nserver stderr:\n{}\n{}",
             server.app_status("web"),
@@ -355,7 +365,7 @@ fn pebble_issues_renews_and_reports_failures() {
         let e = cert_entry(&server, "web", HOST);
         (e["state"] == "valid" && e["source"] == "acme").then_some(e)
     });
-    let valid = valid.unwrap_or_else(|| panic!("{}", report("no valid ACME certificate")));
+    let valid = valid.unwrap_or_else(|| panic!("{}", report(&server, "no valid ACME certificate")));
     assert_eq!(valid["error"], Value::Null, "{valid}");
     let cert_dir = server.data_dir.join("certs").join(HOST);
     let meta: Value = serde_json::from_slice(
@@ -379,12 +389,21 @@ fn pebble_issues_renews_and_reports_failures() {
     )
     .expect("account.json is JSON");
     assert_eq!(account["directory"], meta["directory"], "{account}");
-    assert!(account["id"].as_str().is_some_and(|id| id.starts_with("https://")), "{account}");
+    assert!(
+        account["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("https://")),
+        "{account}"
+    );
 
     // The certificate verifies against Pebble's root for that name.
     let cfg = client_config(pebble.root());
-    let (resp, first_serial) = verified_get(&cfg, tls_port, HOST, HOST, "/")
-        .unwrap_or_else(|e| panic!("{}", report(&format!("verified handshake failed: {e}"))));
+    let (resp, first_serial) = verified_get(&cfg, tls_port, HOST, HOST, "/").unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            report(&server, &format!("verified handshake failed: {e}"))
+        )
+    });
     assert_eq!(resp.status, 200, "{}", resp.text());
 
     // The host whose challenges nobody answers fails with the CA's words.
@@ -392,7 +411,7 @@ fn pebble_issues_renews_and_reports_failures() {
         let e = cert_entry(&server, "web", UNANSWERED);
         (e["state"] == "failed").then_some(e)
     })
-    .unwrap_or_else(|| panic!("{}", report("the unanswered host did not fail")));
+    .unwrap_or_else(|| panic!("{}", report(&server, "the unanswered host did not fail")));
     let err = bad["error"].as_str().unwrap_or_default().to_string();
     assert!(!err.is_empty() && !err.contains("DNS-01"), "{bad}");
     assert!(
@@ -400,7 +419,7 @@ fn pebble_issues_renews_and_reports_failures() {
             .stderr_text()
             .contains(&format!("Certificate for {UNANSWERED} failed: ")),
         "{}",
-        report("no failure log line")
+        report(&server, "no failure log line")
     );
 
     // Renewal: the 60 s check finds the 20-day certificate inside the 30-day window. A
@@ -446,7 +465,7 @@ fn pebble_issues_renews_and_reports_failures() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     let _ = client.join();
-    renewed.unwrap_or_else(|| panic!("{}", report("the certificate was not renewed")));
+    renewed.unwrap_or_else(|| panic!("{}", report(&server, "the certificate was not renewed")));
     let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(
         failures.is_empty(),
@@ -454,7 +473,11 @@ fn pebble_issues_renews_and_reports_failures() {
         failures.len(),
         done.load(Ordering::SeqCst)
     );
-    assert_eq!(server.pids_of("worker"), workers_before, "no worker restart");
+    assert_eq!(
+        server.pids_of("worker"),
+        workers_before,
+        "no worker restart"
+    );
     let after = wait_for(Duration::from_secs(10), "valid after renewal", || {
         let e = cert_entry(&server, "web", HOST);
         (e["state"] == "valid").then_some(e)
@@ -465,6 +488,34 @@ fn pebble_issues_renews_and_reports_failures() {
         started.elapsed(),
         done.load(Ordering::SeqCst)
     );
+
+    // A restart reuses the account (same directory) and serves the stored certificate.
+    server.restart();
+    server.wait_processes();
+    wait_for(
+        Duration::from_secs(30),
+        "the stored account to load",
+        || {
+            server
+                .stderr_text()
+                .contains("ACME account loaded")
+                .then_some(())
+        },
+    );
+    let again: Value = serde_json::from_slice(
+        &std::fs::read(acme_dir.join("account.json")).expect("account.json"),
+    )
+    .expect("account.json is JSON");
+    assert_eq!(again["id"], account["id"], "the account is reused");
+    assert_eq!(
+        server.stderr_text().matches("ACME account created").count(),
+        1
+    );
+    let (resp, serial) = verified_get(&cfg, tls_port, HOST, HOST, "/")
+        .unwrap_or_else(|e| panic!("{}", report(&server, &format!("after restart: {e}"))));
+    assert_eq!(resp.status, 200);
+    assert_ne!(serial, first_serial, "the renewed certificate was stored");
+
     for line in server.stderr_text().lines() {
         if line.contains("ACME") || line.contains("Certificate for") || line.contains("Ordering") {
             println!("{line}");

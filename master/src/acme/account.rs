@@ -110,10 +110,8 @@ fn http_client(ca_root: Option<&Path>) -> Result<Box<dyn HttpClient>, AccountErr
         .enable_http1()
         .enable_http2()
         .build();
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build::<_, instant_acme::BodyWrapper<bytes::Bytes>>(https);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, instant_acme::BodyWrapper<bytes::Bytes>>(https);
     Ok(Box::new(client))
 }
 
@@ -173,19 +171,18 @@ pub async fn load_or_create(cfg: &AccountConfig) -> Result<Account, AccountError
         }
         let contact = cfg.email.as_ref().map(|e| format!("mailto:{e}"));
         let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-        let (account, credentials) = Account::builder_with_http(http_client(
-            cfg.ca_root.as_deref(),
-        )?)
-        .create(
-            &NewAccount {
-                contact: &contacts,
-                terms_of_service_agreed: true,
-                only_return_existing: false,
-            },
-            cfg.directory.clone(),
-            None,
-        )
-        .await?;
+        let (account, credentials) =
+            Account::builder_with_http(http_client(cfg.ca_root.as_deref())?)
+                .create(
+                    &NewAccount {
+                        contact: &contacts,
+                        terms_of_service_agreed: true,
+                        only_return_existing: false,
+                    },
+                    cfg.directory.clone(),
+                    None,
+                )
+                .await?;
         let file = AccountFile {
             created_timestamp: crate::core::unix_now(),
             directory: Some(cfg.directory.clone()),

@@ -296,12 +296,9 @@ async fn run_one(master: &Arc<Master>, acct: &instant_acme::Account, host: &str)
         master,
         added: Vec::new(),
     };
-    let result = tokio::time::timeout(
-        order::ORDER_LIMIT,
-        order::issue(acct, host, &mut tokens),
-    )
-    .await
-    .unwrap_or(Err(order::OrderError::Timeout));
+    let result = tokio::time::timeout(order::ORDER_LIMIT, order::issue(acct, host, &mut tokens))
+        .await
+        .unwrap_or(Err(order::OrderError::Timeout));
     tokens.finish();
     match result {
         Ok(entry) => install(master, entry),
@@ -312,8 +309,8 @@ async fn run_one(master: &Arc<Master>, acct: &instant_acme::Account, host: &str)
 /// Writes the certificate with `acme.json` (tls.md §2) and makes it live in every worker.
 fn install(master: &Master, entry: CertEntry) {
     let host = entry.name.clone();
-    let not_after = crate::certs::leaf_info(&entry.cert_chain_pem)
-        .map_or(0, |i| i.not_after_unix_secs);
+    let not_after =
+        crate::certs::leaf_info(&entry.cert_chain_pem).map_or(0, |i| i.not_after_unix_secs);
     if let Err(e) = write_files(master, &entry, not_after) {
         tracing::warn!(host = %host, error = %e, "cannot write the issued certificate; serving it from memory");
     }

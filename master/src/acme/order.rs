@@ -79,7 +79,10 @@ pub async fn issue(
             .ok_or_else(|| OrderError::NoHttp01(host.to_string()))?;
         let key_authorization = challenge.key_authorization();
         tokens
-            .add(challenge.token.clone(), key_authorization.as_str().to_string())
+            .add(
+                challenge.token.clone(),
+                key_authorization.as_str().to_string(),
+            )
             .await;
         challenge.set_ready().await?;
     }

@@ -140,7 +140,11 @@ mod tests {
         let now = crate::core::unix_now();
         let n = |h: &str| need(h, &certs, &dir, now);
         assert_eq!(n("new.example.com"), Need::Order);
-        assert_eq!(n("manual.example.com"), Need::Skip, "manual is never replaced");
+        assert_eq!(
+            n("manual.example.com"),
+            Need::Skip,
+            "manual is never replaced"
+        );
         assert_eq!(n("old.example.com"), Need::Order, "renewal within 30 days");
         assert_eq!(n("fresh.example.com"), Need::Skip);
         assert_eq!(n("a.wild.example.com"), Need::Skip, "covered by a wildcard");
