@@ -409,7 +409,7 @@ fn spawn_certificate_check(master: Arc<Master>) {
                 let reg = lock(&master.apps);
                 reg.apps.values().filter(|a| a.visible).flat_map(|a| a.config.routes.clone()).collect()
             };
-            master.ensure_certificates(&routes);
+            let _ = master.ensure_certificates(&routes);
             crate::acme::queue_routes(&master, &routes);
             tokio::time::sleep(period).await;
         }

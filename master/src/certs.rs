@@ -222,7 +222,8 @@ fn route_host(route: &str) -> &str {
 
 impl Master {
     /// Self-signed certificates for private route hosts without one (deploy step 7).
-    pub fn ensure_certificates(&self, routes: &[String]) {
+    /// Returns whether the certificate set changed (and was pushed to the workers).
+    pub fn ensure_certificates(&self, routes: &[String]) -> bool {
         let mut certs: BTreeMap<String, CertEntry> = self
             .certs_snapshot()
             .into_iter()
@@ -265,6 +266,7 @@ impl Master {
         if changed {
             self.push_certs(certs.into_values().collect());
         }
+        changed
     }
 
     /// One entry per route host, in route order (tls.md §7).

@@ -400,7 +400,13 @@ impl Master {
             tokio::spawn(async move { me.stop_instance(&app, id, true).await });
         }
         if let Some(req) = req {
-            self.ensure_certificates(&req.routes);
+            if self.ensure_certificates(&req.routes) {
+                // Answer once every worker serves the new certificates: workers apply messages
+                // in order, so acknowledging a later route table means the certificates are in.
+                let epoch = self.publish();
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                self.wait_until(deadline, |m| m.applied_epoch() >= epoch).await;
+            }
             crate::acme::queue_routes(self, &req.routes);
         }
 
