@@ -148,7 +148,9 @@ pub struct CacheStats {
 
 /// Upper bounds (seconds) of the request-duration histogram buckets
 /// (routing-and-proxy.md §7); a last, implicit bucket is +Inf.
-pub const DURATION_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// One worker's finished requests for one app (empty name: not routed), totals since the
 /// worker started.

@@ -407,7 +407,11 @@ fn spawn_certificate_check(master: Arc<Master>) {
             }
             let routes: Vec<String> = {
                 let reg = lock(&master.apps);
-                reg.apps.values().filter(|a| a.visible).flat_map(|a| a.config.routes.clone()).collect()
+                reg.apps
+                    .values()
+                    .filter(|a| a.visible)
+                    .flat_map(|a| a.config.routes.clone())
+                    .collect()
             };
             let _ = master.ensure_certificates(&routes);
             crate::acme::queue_routes(&master, &routes);

@@ -196,24 +196,46 @@ impl Master {
             "tako_worker_restarts_total{{reason=\"rolling\"}} {rolling}"
         );
         let http = lock(&self.workers).http_totals();
-        let _ = writeln!(out, "# HELP tako_http_requests_total Finished requests by app and status class.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_http_requests_total Finished requests by app and status class."
+        );
         let _ = writeln!(out, "# TYPE tako_http_requests_total counter");
         for a in &http {
             for (i, n) in a.classes.iter().enumerate() {
-                let _ = writeln!(out, "tako_http_requests_total{{app=\"{}\",class=\"{}xx\"}} {n}", a.app, i + 1);
+                let _ = writeln!(
+                    out,
+                    "tako_http_requests_total{{app=\"{}\",class=\"{}xx\"}} {n}",
+                    a.app,
+                    i + 1
+                );
             }
         }
-        let _ = writeln!(out, "# HELP tako_http_request_duration_seconds Request durations by app.");
+        let _ = writeln!(
+            out,
+            "# HELP tako_http_request_duration_seconds Request durations by app."
+        );
         let _ = writeln!(out, "# TYPE tako_http_request_duration_seconds histogram");
         for a in &http {
             let mut cumulative = 0u64;
             for (i, n) in a.buckets.iter().enumerate() {
                 cumulative += n;
-                let le = tako_ipc::DURATION_BUCKETS.get(i).map(|b| b.to_string()).unwrap_or_else(|| "+Inf".into());
+                let le = tako_ipc::DURATION_BUCKETS
+                    .get(i)
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "+Inf".into());
                 let _ = writeln!(out, "tako_http_request_duration_seconds_bucket{{app=\"{}\",le=\"{le}\"}} {cumulative}", a.app);
             }
-            let _ = writeln!(out, "tako_http_request_duration_seconds_sum{{app=\"{}\"}} {}", a.app, a.duration_sum_secs);
-            let _ = writeln!(out, "tako_http_request_duration_seconds_count{{app=\"{}\"}} {cumulative}", a.app);
+            let _ = writeln!(
+                out,
+                "tako_http_request_duration_seconds_sum{{app=\"{}\"}} {}",
+                a.app, a.duration_sum_secs
+            );
+            let _ = writeln!(
+                out,
+                "tako_http_request_duration_seconds_count{{app=\"{}\"}} {cumulative}",
+                a.app
+            );
         }
         let c = lock(&self.workers).cache_totals();
         let _ = writeln!(
@@ -242,11 +264,21 @@ impl Master {
         );
         let _ = writeln!(out, "# TYPE tako_cache_bytes gauge");
         let _ = writeln!(out, "tako_cache_bytes {}", c.bytes);
-        let _ = writeln!(out, "# HELP tako_certificate_expiry_timestamp_seconds notAfter of each certificate in use.");
-        let _ = writeln!(out, "# TYPE tako_certificate_expiry_timestamp_seconds gauge");
+        let _ = writeln!(
+            out,
+            "# HELP tako_certificate_expiry_timestamp_seconds notAfter of each certificate in use."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tako_certificate_expiry_timestamp_seconds gauge"
+        );
         for c in self.certs_snapshot().iter().filter(|c| c.name != "default") {
             if let Some(info) = crate::certs::leaf_info(&c.cert_chain_pem) {
-                let _ = writeln!(out, "tako_certificate_expiry_timestamp_seconds{{host=\"{}\"}} {}", c.name, info.not_after_unix_secs);
+                let _ = writeln!(
+                    out,
+                    "tako_certificate_expiry_timestamp_seconds{{host=\"{}\"}} {}",
+                    c.name, info.not_after_unix_secs
+                );
             }
         }
         let _ = writeln!(out, "# HELP tako_instances App instances by state.");

@@ -224,6 +224,15 @@ impl Control {
             }
             MasterToWorker::PurgeApp { app } => self.shared.cache.purge_app(&app),
             MasterToWorker::CacheInvalidate(inv) => self.shared.cache.invalidate(&inv),
+            MasterToWorker::AcmeTokens(tokens) => {
+                let count = tokens.len();
+                let table = tokens
+                    .into_iter()
+                    .map(|(token, key_auth)| (token, Bytes::from(key_auth)))
+                    .collect();
+                self.shared.acme_tokens.store(Arc::new(table));
+                tracing::debug!(count, "ACME tokens applied");
+            }
         }
         if self.certs && self.routed && !self.pending.is_empty() {
             self.serve_pending();

@@ -30,9 +30,15 @@ impl Counters {
             _ => return,
         };
         if let Ok(mut map) = self.http.lock() {
-            let e = map.entry(app.to_string()).or_insert_with(|| AppHttpStats { app: app.to_string(), ..Default::default() });
+            let e = map.entry(app.to_string()).or_insert_with(|| AppHttpStats {
+                app: app.to_string(),
+                ..Default::default()
+            });
             e.classes[class] += 1;
-            let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+            let bucket = DURATION_BUCKETS
+                .iter()
+                .position(|b| secs <= *b)
+                .unwrap_or(DURATION_BUCKETS.len());
             e.buckets[bucket] += 1;
             e.duration_sum_secs += secs;
             self.http_dirty.store(true, Ordering::Release);

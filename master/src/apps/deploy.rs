@@ -405,7 +405,8 @@ impl Master {
                 // in order, so acknowledging a later route table means the certificates are in.
                 let epoch = self.publish();
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                self.wait_until(deadline, |m| m.applied_epoch() >= epoch).await;
+                self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
+                    .await;
             }
             crate::acme::queue_routes(self, &req.routes);
         }

@@ -141,7 +141,10 @@ fn add_http(into: &mut Vec<tako_ipc::AppHttpStats>, from: &[tako_ipc::AppHttpSta
         let pos = match into.iter().position(|t| t.app == s.app) {
             Some(p) => p,
             None => {
-                into.push(tako_ipc::AppHttpStats { app: s.app.clone(), ..Default::default() });
+                into.push(tako_ipc::AppHttpStats {
+                    app: s.app.clone(),
+                    ..Default::default()
+                });
                 into.len() - 1
             }
         };
