@@ -164,6 +164,27 @@ pub struct AppHttpStats {
     pub duration_sum_secs: f64,
 }
 
+/// One worker's upstream failures for one app, totals since the worker started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppUpstreamErrors {
+    pub app: String,
+    /// The connection to the instance could not be made (refused, reset or connect timeout).
+    pub connect: u64,
+    /// No response headers within the upstream response timeout.
+    pub timeout: u64,
+    /// The connection was reset or the response was invalid after the request was sent.
+    pub failed: u64,
+}
+
+/// One worker's edge counters (TLS handshakes, upstream failures), totals since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeStats {
+    pub tls_handshakes_ok: u64,
+    /// Refused, broken off or timed out.
+    pub tls_handshakes_failed: u64,
+    pub upstream_errors: Vec<AppUpstreamErrors>,
+}
+
 /// Per-instance counters from one worker: totals since the worker started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceCounters {
@@ -196,6 +217,9 @@ pub enum WorkerToMaster {
     /// A successful unsafe request invalidated these targets here; fan them out to the other
     /// workers as [`MasterToWorker::CacheInvalidate`].
     CacheInvalidate(CacheInvalidation),
+    /// TLS handshake and upstream failure counts, at most once a second when they changed.
+    /// Added last so that existing variant indexes stay the same.
+    EdgeStats(EdgeStats),
 }
 
 impl WorkerToMaster {

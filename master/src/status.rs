@@ -237,6 +237,36 @@ impl Master {
                 a.app
             );
         }
+        let edge = lock(&self.workers).edge_totals();
+        let _ = writeln!(
+            out,
+            "# HELP tako_tls_handshakes_total TLS handshakes by result (failed includes timeouts)."
+        );
+        let _ = writeln!(out, "# TYPE tako_tls_handshakes_total counter");
+        for (result, n) in [
+            ("ok", edge.tls_handshakes_ok),
+            ("failed", edge.tls_handshakes_failed),
+        ] {
+            let _ = writeln!(out, "tako_tls_handshakes_total{{result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tako_upstream_errors_total Failed requests to app instances: connect (refused or connect timeout), timeout (no response headers in time), failed (reset or invalid response)."
+        );
+        let _ = writeln!(out, "# TYPE tako_upstream_errors_total counter");
+        for a in &edge.upstream_errors {
+            for (kind, n) in [
+                ("connect", a.connect),
+                ("timeout", a.timeout),
+                ("failed", a.failed),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tako_upstream_errors_total{{app=\"{}\",kind=\"{kind}\"}} {n}",
+                    a.app
+                );
+            }
+        }
         let c = lock(&self.workers).cache_totals();
         let _ = writeln!(
             out,

@@ -152,6 +152,9 @@ pub async fn run(ipc: UnixStream) -> i32 {
         if let Some(stats) = shared.counters.take_http_if_dirty() {
             shared.send(WorkerToMaster::HttpStats(stats));
         }
+        if let Some(stats) = shared.counters.take_edge_if_dirty() {
+            shared.send(WorkerToMaster::EdgeStats(stats));
+        }
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.flush()).await;
     }
     writer_task.abort();
@@ -300,6 +303,9 @@ async fn counters_loop(shared: Arc<Shared>) {
         }
         if let Some(stats) = shared.counters.take_http_if_dirty() {
             shared.send(WorkerToMaster::HttpStats(stats));
+        }
+        if let Some(stats) = shared.counters.take_edge_if_dirty() {
+            shared.send(WorkerToMaster::EdgeStats(stats));
         }
     }
 }

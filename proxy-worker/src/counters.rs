@@ -1,10 +1,10 @@
 //! Per-instance request counters, reported to the master at most once a second.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tako_ipc::{AppHttpStats, InstanceCounters, DURATION_BUCKETS};
+use tako_ipc::{AppHttpStats, AppUpstreamErrors, EdgeStats, InstanceCounters, DURATION_BUCKETS};
 
 #[derive(Default)]
 struct Entry {
@@ -20,6 +20,18 @@ pub struct Counters {
     dirty: AtomicBool,
     http: Mutex<HashMap<String, AppHttpStats>>,
     http_dirty: AtomicBool,
+    tls_ok: AtomicU64,
+    tls_failed: AtomicU64,
+    upstream_errors: Mutex<HashMap<String, AppUpstreamErrors>>,
+    edge_dirty: AtomicBool,
+}
+
+/// Why a request to an instance failed, as `/metrics` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Failed,
 }
 
 impl Counters {
@@ -52,6 +64,46 @@ impl Counters {
         }
         let map = self.http.lock().ok()?;
         Some(map.values().cloned().collect())
+    }
+
+    /// Records the outcome of one TLS handshake (a timeout is a failure).
+    pub fn record_handshake(&self, ok: bool) {
+        let c = if ok { &self.tls_ok } else { &self.tls_failed };
+        c.fetch_add(1, Ordering::Relaxed);
+        self.edge_dirty.store(true, Ordering::Release);
+    }
+
+    /// Records one failed attempt to get a response from an instance of `app`.
+    pub fn record_upstream_error(&self, app: &str, kind: UpstreamErrorKind) {
+        if let Ok(mut map) = self.upstream_errors.lock() {
+            let e = map
+                .entry(app.to_string())
+                .or_insert_with(|| AppUpstreamErrors {
+                    app: app.to_string(),
+                    ..Default::default()
+                });
+            match kind {
+                UpstreamErrorKind::Connect => e.connect += 1,
+                UpstreamErrorKind::Timeout => e.timeout += 1,
+                UpstreamErrorKind::Failed => e.failed += 1,
+            }
+            self.edge_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// The edge counters when anything changed since the last call.
+    pub fn take_edge_if_dirty(&self) -> Option<EdgeStats> {
+        if !self.edge_dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let map = self.upstream_errors.lock().ok()?;
+        let mut upstream_errors: Vec<AppUpstreamErrors> = map.values().cloned().collect();
+        upstream_errors.sort_by(|a, b| a.app.cmp(&b.app));
+        Some(EdgeStats {
+            tls_handshakes_ok: self.tls_ok.load(Ordering::Relaxed),
+            tls_handshakes_failed: self.tls_failed.load(Ordering::Relaxed),
+            upstream_errors,
+        })
     }
 
     fn update(&self, app: &str, instance_id: u32, f: impl FnOnce(&mut Entry)) {
@@ -165,5 +217,33 @@ mod http_stats_tests {
         assert_eq!(web.buckets[0], 1);
         assert_eq!(web.buckets[6], 1, "0.3 s falls in le=0.5");
         assert!(c.take_http_if_dirty().is_none());
+    }
+}
+
+#[cfg(test)]
+mod edge_stats_tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_and_upstream_errors_are_totals() {
+        let c = Counters::default();
+        assert!(c.take_edge_if_dirty().is_none());
+        c.record_handshake(true);
+        c.record_handshake(false);
+        c.record_handshake(true);
+        c.record_upstream_error("web", UpstreamErrorKind::Connect);
+        c.record_upstream_error("web", UpstreamErrorKind::Connect);
+        c.record_upstream_error("api", UpstreamErrorKind::Timeout);
+        let e = c.take_edge_if_dirty().unwrap();
+        assert_eq!((e.tls_handshakes_ok, e.tls_handshakes_failed), (2, 1));
+        assert_eq!(e.upstream_errors.len(), 2);
+        assert_eq!(e.upstream_errors[0].app, "api");
+        assert_eq!(e.upstream_errors[0].timeout, 1);
+        assert_eq!(e.upstream_errors[1].connect, 2);
+        assert!(c.take_edge_if_dirty().is_none());
+        c.record_upstream_error("web", UpstreamErrorKind::Failed);
+        let e = c.take_edge_if_dirty().unwrap();
+        assert_eq!(e.tls_handshakes_ok, 2, "totals, not deltas");
+        assert_eq!(e.upstream_errors[1].failed, 1);
     }
 }

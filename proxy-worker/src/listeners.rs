@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,6 +26,14 @@ pub const MAX_HEADER_FIELDS: usize = 128;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_H2_STREAMS: u32 = 256;
 const HYPER_BUF_MARGIN: usize = 16 * 1024;
+/// Open connections one worker serves at most (client connections and WebSocket tunnels).
+/// At 16384 a worker stays well inside a 64k descriptor limit even with an upstream socket
+/// per connection, while an ordinary site never gets near it.
+pub const MAX_CONNECTIONS: usize = 16 * 1024;
+/// How often a worker at the cap looks again whether a connection closed.
+const CAP_RECHECK: Duration = Duration::from_millis(20);
+/// At most one "connection cap reached" line per this period.
+const CAP_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// Counts open connections so shutdown knows when the last one is gone.
 #[derive(Default)]
@@ -65,6 +73,47 @@ impl ConnTracker {
             }
             notified.await;
         }
+    }
+}
+
+/// The per-worker connection cap. Over the cap the accept loop stops accepting instead of
+/// accepting and closing: all workers accept from the same inherited socket, so a connection
+/// this worker leaves in the backlog goes to a worker with room, and when every worker is full
+/// the kernel backlog makes clients wait (and retry SYNs) instead of failing at once.
+pub struct ConnCap {
+    limit: usize,
+    last_log: Option<Instant>,
+}
+
+/// What the accept loop does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Accept,
+    /// At the cap: wait, and log when `log` (at most once per [`CAP_LOG_PERIOD`]).
+    Pause {
+        log: bool,
+    },
+}
+
+impl ConnCap {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            last_log: None,
+        }
+    }
+
+    pub fn check(&mut self, active: usize, now: Instant) -> Admission {
+        if active < self.limit {
+            return Admission::Accept;
+        }
+        let log = self
+            .last_log
+            .is_none_or(|t| now.saturating_duration_since(t) >= CAP_LOG_PERIOD);
+        if log {
+            self.last_log = Some(now);
+        }
+        Admission::Pause { log }
     }
 }
 
@@ -131,7 +180,23 @@ pub fn spawn(
 
 async fn accept_loop(listener: TcpListener, kind: ListenerKind, server: Arc<Server>) {
     let mut shutdown = server.shutdown.clone();
+    let mut cap = ConnCap::new(MAX_CONNECTIONS);
     loop {
+        let active = server.tracker.active();
+        if let Admission::Pause { log } = cap.check(active, Instant::now()) {
+            if log {
+                tracing::warn!(
+                    ?kind,
+                    connections = active,
+                    limit = MAX_CONNECTIONS,
+                    "Connection cap reached; not accepting until a connection closes"
+                );
+            }
+            tokio::select! {
+                _ = stopped(&mut shutdown) => break,
+                _ = tokio::time::sleep(CAP_RECHECK) => continue,
+            }
+        }
         let accepted = tokio::select! {
             _ = stopped(&mut shutdown) => break,
             r = listener.accept() => r,
@@ -180,12 +245,17 @@ async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
         return;
     }
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, server.tls.accept(stream)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            server.shared.counters.record_handshake(true);
+            s
+        }
         Ok(Err(error)) => {
+            server.shared.counters.record_handshake(false);
             tracing::debug!(peer = %conn.peer, %error, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            server.shared.counters.record_handshake(false);
             tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
             return;
         }
@@ -264,5 +334,38 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>, conn: &ConnInfo) {
     if let Err(error) = result {
         tracing::debug!(peer = %conn.peer, %error, "Connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_pauses_at_the_limit_and_logs_once_a_second() {
+        let mut cap = ConnCap::new(3);
+        let t0 = Instant::now();
+        assert_eq!(cap.check(0, t0), Admission::Accept);
+        assert_eq!(cap.check(2, t0), Admission::Accept);
+        assert_eq!(cap.check(3, t0), Admission::Pause { log: true });
+        assert_eq!(cap.check(4, t0), Admission::Pause { log: false });
+        let later = t0 + Duration::from_millis(999);
+        assert_eq!(cap.check(3, later), Admission::Pause { log: false });
+        assert_eq!(cap.check(2, later), Admission::Accept, "room again");
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(cap.check(3, t1), Admission::Pause { log: true });
+        assert_eq!(cap.check(3, t1), Admission::Pause { log: false });
+    }
+
+    #[test]
+    fn tracker_counts_open_connections() {
+        let t = Arc::new(ConnTracker::default());
+        let a = t.enter();
+        let b = t.enter();
+        assert_eq!(t.active(), 2);
+        drop(a);
+        assert_eq!(t.active(), 1);
+        drop(b);
+        assert_eq!(t.active(), 0);
     }
 }

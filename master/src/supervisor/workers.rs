@@ -52,6 +52,7 @@ pub struct WorkerEntry {
     pub counters: Vec<InstanceCounters>,
     pub cache: tako_ipc::CacheStats,
     pub http: Vec<tako_ipc::AppHttpStats>,
+    pub edge: tako_ipc::EdgeStats,
     /// Set when a newer generation replaced this worker: its exit is not a crash.
     pub retired: Arc<AtomicBool>,
     ready_tx: Option<oneshot::Sender<()>>,
@@ -70,6 +71,7 @@ pub struct WorkerTable {
     /// Cache counters of workers that are gone (bytes and entries excluded: they are gone too).
     pub retired_cache: tako_ipc::CacheStats,
     pub retired_http: Vec<tako_ipc::AppHttpStats>,
+    pub retired_edge: tako_ipc::EdgeStats,
 }
 
 impl WorkerTable {
@@ -103,6 +105,16 @@ impl WorkerTable {
         out
     }
 
+    /// TLS handshakes and upstream errors summed over all workers, past ones included.
+    pub fn edge_totals(&self) -> tako_ipc::EdgeStats {
+        let mut t = self.retired_edge.clone();
+        for w in &self.entries {
+            add_edge(&mut t, &w.edge);
+        }
+        t.upstream_errors.sort_by(|a, b| a.app.cmp(&b.app));
+        t
+    }
+
     /// Cache counters summed over all workers, past ones included.
     pub fn cache_totals(&self) -> tako_ipc::CacheStats {
         let mut t = self.retired_cache.clone();
@@ -133,6 +145,27 @@ impl WorkerTable {
             }
         }
         out
+    }
+}
+
+fn add_edge(into: &mut tako_ipc::EdgeStats, from: &tako_ipc::EdgeStats) {
+    into.tls_handshakes_ok += from.tls_handshakes_ok;
+    into.tls_handshakes_failed += from.tls_handshakes_failed;
+    for s in &from.upstream_errors {
+        let pos = match into.upstream_errors.iter().position(|t| t.app == s.app) {
+            Some(p) => p,
+            None => {
+                into.upstream_errors.push(tako_ipc::AppUpstreamErrors {
+                    app: s.app.clone(),
+                    ..Default::default()
+                });
+                into.upstream_errors.len() - 1
+            }
+        };
+        let t = &mut into.upstream_errors[pos];
+        t.connect += s.connect;
+        t.timeout += s.timeout;
+        t.failed += s.failed;
     }
 }
 
@@ -322,6 +355,7 @@ async fn run_one(
             counters: Vec::new(),
             cache: tako_ipc::CacheStats::default(),
             http: Vec::new(),
+            edge: tako_ipc::EdgeStats::default(),
             retired: retired.clone(),
             ready_tx: ready,
         });
@@ -344,6 +378,9 @@ async fn run_one(
             let mut retired_http = std::mem::take(&mut table.retired_http);
             add_http(&mut retired_http, &entry.http);
             table.retired_http = retired_http;
+            let mut retired_edge = std::mem::take(&mut table.retired_edge);
+            add_edge(&mut retired_edge, &entry.edge);
+            table.retired_edge = retired_edge;
             let r = &mut table.retired_cache;
             r.hits += entry.cache.hits;
             r.misses += entry.cache.misses;
@@ -442,6 +479,12 @@ async fn read_loop(
                 let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
                     w.http = stats;
+                }
+            }
+            WorkerToMaster::EdgeStats(stats) => {
+                let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
+                    w.edge = stats;
                 }
             }
             WorkerToMaster::CacheStats(stats) => {
