@@ -64,6 +64,9 @@ pub struct ReplayBody {
     seen: u64,
     limit: u64,
     too_large: Arc<AtomicBool>,
+    /// Set when reading the client's body failed (bad chunking, cut off): the failure is the
+    /// client's, so the answer is a 400, not a 502 (routing-and-proxy.md §4).
+    client_failed: Option<Arc<AtomicBool>>,
 }
 
 impl ReplayBody {
@@ -74,7 +77,14 @@ impl ReplayBody {
             seen: 0,
             limit,
             too_large,
+            client_failed: None,
         }
+    }
+
+    /// `flag` is set when the client's body cannot be read.
+    pub fn flag_client_errors(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.client_failed = Some(flag);
+        self
     }
 
     fn with_inner<R>(&self, f: impl FnOnce(Option<&Incoming>) -> R) -> R {
@@ -114,7 +124,12 @@ impl HttpBody for ReplayBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(flag) = &this.client_failed {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

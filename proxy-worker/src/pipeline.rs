@@ -228,6 +228,7 @@ async fn proxy(
         .to_string();
     let slot = Arc::new(Mutex::new(Some(body)));
     let too_large = Arc::new(AtomicBool::new(false));
+    let client_failed = Arc::new(AtomicBool::new(false));
     let mut exclude = None;
     loop {
         let Some(backend) = app.pick(exclude) else {
@@ -243,11 +244,10 @@ async fn proxy(
             .method(parts.method.clone())
             .uri(format!("http://127.0.0.1:{}{}", backend.port, pq))
             .version(Version::HTTP_11)
-            .body(ReplayBody::new(
-                Arc::clone(&slot),
-                MAX_BODY_BYTES,
-                Arc::clone(&too_large),
-            ));
+            .body(
+                ReplayBody::new(Arc::clone(&slot), MAX_BODY_BYTES, Arc::clone(&too_large))
+                    .flag_client_errors(Arc::clone(&client_failed)),
+            );
         let mut upstream_req = match upstream_req {
             Ok(r) => r,
             Err(_) => return Canned::BadRequest.response(head),
@@ -301,6 +301,11 @@ async fn proxy(
                 in_flight.count();
                 if too_large.load(Ordering::Relaxed) {
                     return Canned::PayloadTooLarge.response(head);
+                }
+                if client_failed.load(Ordering::Relaxed) {
+                    // Malformed chunking or a body cut short: the client's fault (§4).
+                    tracing::debug!(app = %app.name, %error, "Request body unreadable");
+                    return Canned::BadRequest.response(head);
                 }
                 tracing::warn!(app = %app.name, instance = backend.instance_id, %error, "Upstream request failed");
                 return Canned::BadGateway.response(head);

@@ -17,6 +17,8 @@ use crate::core::Master;
 use crate::users::Users;
 
 const MAX_CONNECTIONS: usize = 64;
+/// How long an extra connection waits for a slot before it is refused.
+const SLOT_WAIT: Duration = Duration::from_millis(500);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +128,20 @@ pub fn serve(master: Arc<Master>, listener: UnixListener, shutdown: Arc<tokio::s
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // A slot may be held by a connection whose peer already left and whose task has
+            // not run yet (a burst of connect-and-close): wait a moment for it before
+            // refusing, so such a burst does not lock out a legitimate client. Meanwhile
+            // new connections wait in the listen backlog.
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => Ok(p),
+                Err(_) => {
+                    tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .map_err(|_| ())
+                        .and_then(|r| r.map_err(|_| ()))
+                }
+            };
+            let Ok(permit) = permit else {
                 let _ = stream
                     .write_all(protocol::error("Too many management connections").as_bytes())
                     .await;
