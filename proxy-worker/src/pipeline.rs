@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::header::UPGRADE;
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -15,16 +15,17 @@ use tako_ipc::cidr::{any_contains, canonical_ip};
 use crate::access::AccessLog;
 use crate::body::{Body, BoxError, Guarded, ReplayBody};
 use crate::cache;
+use crate::counters::UpstreamErrorKind;
 use crate::forwarded;
 use crate::hold::{self, HoldOutcome};
 use crate::host::{self, RequestHost};
 use crate::internal_host::{self, INTERNAL_HOST};
 use crate::redirect::{self, ACME_PREFIX};
 use crate::responses::Canned;
-use crate::static_files;
-use crate::tunnel;
 use crate::shared::Shared;
+use crate::static_files;
 use crate::table::AppEntry;
+use crate::tunnel;
 use crate::upstream::{strip_hop_by_hop, UpstreamError};
 
 /// Longest request-target (§13).
@@ -126,8 +127,13 @@ async fn route(
 
     // §8: a file from the live release's public/ never reaches an instance.
     if !app.stopped {
-        let file =
-            static_files::serve(req.method(), path, req.headers(), pattern, &app.release_path);
+        let file = static_files::serve(
+            req.method(),
+            path,
+            req.headers(),
+            pattern,
+            &app.release_path,
+        );
         if let Some(resp) = file.await {
             return resp;
         }
@@ -139,7 +145,14 @@ async fn route(
 
     // Cache stage (cache.md): before backend selection, so a hit wakes no instance.
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let lookup = shared.cache.lookup(req.method(), target, req.headers(), https, &host.received, &app.name);
+    let lookup = shared.cache.lookup(
+        req.method(),
+        target,
+        req.headers(),
+        https,
+        &host.received,
+        &app.name,
+    );
     let ticket = match lookup.await {
         cache::Lookup::Hit(resp) => {
             log.cache = "hit";
@@ -278,6 +291,9 @@ async fn proxy(
                 return ctx.ticket.complete(resp, sent_at);
             }
             Err(UpstreamError::Connect(error)) => {
+                shared
+                    .counters
+                    .record_upstream_error(&app.name, UpstreamErrorKind::Connect);
                 let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);
                 tracing::warn!(
                     app = %app.name,
@@ -294,6 +310,9 @@ async fn proxy(
             }
             Err(UpstreamError::Timeout) => {
                 in_flight.count();
+                shared
+                    .counters
+                    .record_upstream_error(&app.name, UpstreamErrorKind::Timeout);
                 tracing::warn!(app = %app.name, instance = backend.instance_id, "Upstream response timed out");
                 return Canned::GatewayTimeout.response(head);
             }
@@ -307,6 +326,9 @@ async fn proxy(
                     tracing::debug!(app = %app.name, %error, "Request body unreadable");
                     return Canned::BadRequest.response(head);
                 }
+                shared
+                    .counters
+                    .record_upstream_error(&app.name, UpstreamErrorKind::Failed);
                 tracing::warn!(app = %app.name, instance = backend.instance_id, %error, "Upstream request failed");
                 return Canned::BadGateway.response(head);
             }
