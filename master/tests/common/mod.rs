@@ -611,6 +611,14 @@ impl Server {
         self.wait_ready();
     }
 
+    /// After the master died (say of SIGKILL, reaped by [`Server::wait_exit`]): a new master
+    /// on the same data dir, socket and ports. Waits for the socket.
+    pub fn relaunch(&mut self) {
+        self.child = None;
+        self.launch();
+        self.wait_ready();
+    }
+
     /// Kills whatever is left of the tree: the master (SIGTERM first, then SIGKILL of its
     /// process group), every pid seen in the tree, and any process working in the data dir.
     fn kill_everything(&mut self) {
