@@ -279,17 +279,35 @@ pub async fn run_stand_in(settings: Settings, mut daemon: Daemon) -> i32 {
     0
 }
 
-fn stand_in_info(s: &Settings) -> Value {
+/// The `server_info` data (management-protocol.md §8.2): the stored settings plus what
+/// describes this process now.
+pub fn server_info(
+    s: &Settings,
+    mode: &str,
+    role: &str,
+    privilege_separation: bool,
+    owner: Option<String>,
+) -> Value {
     let mut v: Value = serde_json::from_str(&settings_json(s)).unwrap_or(json!({}));
     if let Some(o) = v.as_object_mut() {
         o.remove("acme_ca_root");
-        o.insert("mode".into(), json!("upgrading"));
-        o.insert("role".into(), json!("stand-in"));
-        o.insert("privilege_separation".into(), json!(false));
+        o.insert("mode".into(), json!(mode));
+        o.insert("role".into(), json!(role));
+        o.insert("privilege_separation".into(), json!(privilege_separation));
         o.insert("server_version".into(), json!(env!("CARGO_PKG_VERSION")));
-        o.insert("upgrade_owner".into(), json!(socket_owner(&s.socket)));
+        o.insert("upgrade_owner".into(), json!(owner));
     }
     v
+}
+
+fn stand_in_info(s: &Settings) -> Value {
+    server_info(
+        s,
+        "upgrading",
+        Role::StandIn.as_str(),
+        false,
+        socket_owner(&s.socket),
+    )
 }
 
 async fn stand_in_connection(stream: tokio::net::UnixStream, info: Arc<Value>) {

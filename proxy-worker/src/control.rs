@@ -143,18 +143,7 @@ pub async fn run(ipc: UnixStream) -> i32 {
     counters_task.abort();
     if ipc_open {
         // Final totals, so the master's sums include this worker's last requests.
-        if let Some(snapshot) = shared.counters.take_if_dirty() {
-            shared.send(WorkerToMaster::Counters(snapshot));
-        }
-        if let Some(stats) = shared.cache.take_stats_if_dirty() {
-            shared.send(WorkerToMaster::CacheStats(stats));
-        }
-        if let Some(stats) = shared.counters.take_http_if_dirty() {
-            shared.send(WorkerToMaster::HttpStats(stats));
-        }
-        if let Some(stats) = shared.counters.take_edge_if_dirty() {
-            shared.send(WorkerToMaster::EdgeStats(stats));
-        }
+        send_changed_stats(&shared);
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.flush()).await;
     }
     writer_task.abort();
@@ -290,22 +279,27 @@ async fn write_loop(
     }
 }
 
+/// Sends every counter set that changed since the last call.
+fn send_changed_stats(shared: &Shared) {
+    if let Some(snapshot) = shared.counters.take_if_dirty() {
+        shared.send(WorkerToMaster::Counters(snapshot));
+    }
+    if let Some(stats) = shared.cache.take_stats_if_dirty() {
+        shared.send(WorkerToMaster::CacheStats(stats));
+    }
+    if let Some(stats) = shared.counters.take_http_if_dirty() {
+        shared.send(WorkerToMaster::HttpStats(stats));
+    }
+    if let Some(stats) = shared.counters.take_edge_if_dirty() {
+        shared.send(WorkerToMaster::EdgeStats(stats));
+    }
+}
+
 async fn counters_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(COUNTERS_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Some(snapshot) = shared.counters.take_if_dirty() {
-            shared.send(WorkerToMaster::Counters(snapshot));
-        }
-        if let Some(stats) = shared.cache.take_stats_if_dirty() {
-            shared.send(WorkerToMaster::CacheStats(stats));
-        }
-        if let Some(stats) = shared.counters.take_http_if_dirty() {
-            shared.send(WorkerToMaster::HttpStats(stats));
-        }
-        if let Some(stats) = shared.counters.take_edge_if_dirty() {
-            shared.send(WorkerToMaster::EdgeStats(stats));
-        }
+        send_changed_stats(&shared);
     }
 }

@@ -175,7 +175,6 @@ pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String>
 }
 
 async fn server_info(master: &Master) -> Value {
-    let s = &master.settings;
     let mode = master
         .store
         .server_mode()
@@ -183,29 +182,13 @@ async fn server_info(master: &Master) -> Value {
         .map(|m| m.as_str())
         .unwrap_or("normal");
     let owner = master.store.upgrade_owner().await.ok().flatten();
-    json!({
-        "acme_directory": s.acme_directory,
-        "acme_email": s.acme_email,
-        "acme_staging": s.acme_staging,
-        "app_user": s.app_user,
-        "data_dir": s.data_dir.display().to_string(),
-        "deploy_user": s.deploy_user,
-        "http_port": s.http_port,
-        "https_port": s.https_port,
-        "instance_port_offset": s.instance_port_offset,
-        "listen": s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "mode": mode,
-        "no_acme": s.no_acme,
-        "privilege_separation": master.users.is_some(),
-        "proxy_user": s.proxy_user,
-        "renewal_interval_hours": s.renewal_interval_hours,
-        "role": master.role,
-        "server_version": env!("CARGO_PKG_VERSION"),
-        "socket": s.socket.display().to_string(),
-        "trusted_proxies": s.trusted_proxies.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        "upgrade_owner": owner,
-        "workers": s.workers,
-    })
+    crate::upgrade::server_info(
+        &master.settings,
+        mode,
+        master.role,
+        master.users.is_some(),
+        owner,
+    )
 }
 
 fn processes(master: &Master) -> Value {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::Master;
 use crate::role::Role;
+use crate::supervisor::next_frame;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
 
 #[derive(Debug, thiserror::Error)]
@@ -187,23 +188,16 @@ async fn read_loop(
 ) -> Option<String> {
     let mut greeted = false;
     loop {
-        let msg = match reader.recv().await {
-            Ok(Some((msg, fds))) => {
-                if !fds.is_empty() {
-                    return Some("the launcher may not send file descriptors".into());
-                }
-                msg
-            }
+        let msg = match next_frame(
+            reader.recv().await,
+            greeted,
+            LauncherToMaster::is_hello,
+            "launcher",
+        ) {
+            Ok(Some(msg)) => msg,
             Ok(None) => return None,
-            Err(e) => return Some(e.to_string()),
+            Err(e) => return Some(e),
         };
-        if greeted == msg.is_hello() {
-            return Some(if greeted {
-                "second hello".into()
-            } else {
-                "first frame was not hello".into()
-            });
-        }
         match msg {
             LauncherToMaster::Hello { version, .. } => {
                 if version != IPC_VERSION {

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::Master;
 use crate::role::Role;
+use crate::supervisor::next_frame;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
 
 /// How long a new worker has to report ready.
@@ -410,24 +411,16 @@ async fn read_loop(
 ) -> Option<String> {
     let mut greeted = false;
     loop {
-        let msg = match reader.recv().await {
-            Ok(Some((msg, fds))) => {
-                if !fds.is_empty() {
-                    return Some("a worker may not send file descriptors".into());
-                }
-                msg
-            }
+        let msg = match next_frame(
+            reader.recv().await,
+            greeted,
+            WorkerToMaster::is_hello,
+            "worker",
+        ) {
+            Ok(Some(msg)) => msg,
             Ok(None) => return None,
-            Err(e) => return Some(e.to_string()),
+            Err(e) => return Some(e),
         };
-        // The per-role allowlist: hello exactly once, first.
-        if greeted == msg.is_hello() {
-            return Some(if greeted {
-                "second hello".into()
-            } else {
-                "first frame was not hello".into()
-            });
-        }
         match msg {
             WorkerToMaster::Hello { version, .. } => {
                 if version != IPC_VERSION {
