@@ -516,14 +516,18 @@ impl Master {
     /// A worker asked for an on-demand app to be started.
     pub fn on_wake(self: &Arc<Self>, app: String) {
         let build = {
-            let reg = lock(&self.apps);
-            let Some(a) = reg.visible(&app) else { return };
+            // Check and claim under one lock: every worker may ask at once, and workers'
+            // messages are handled concurrently; only one cold start may win.
+            let mut reg = lock(&self.apps);
+            let Some(a) = reg.apps.get_mut(&app).filter(|a| a.visible) else { return };
             if !a.on_demand()
                 || a.config.stopped
+                || a.waking
                 || a.instances.values().any(|i| i.state <= InstState::Healthy)
             {
                 return;
             }
+            a.waking = true;
             a.config.build()
         };
         tracing::info!(app = %app, "cold start");
@@ -533,6 +537,9 @@ impl Master {
                 Ok((_, rx)) => rx.await.unwrap_or_else(|_| Err("instance lost".into())),
                 Err(e) => Err(e),
             };
+            if let Some(a) = lock(&me.apps).apps.get_mut(&app) {
+                a.waking = false;
+            }
             if let Err(e) = result {
                 {
                     let mut reg = lock(&me.apps);

@@ -102,6 +102,8 @@ pub struct App {
     pub rollout: bool,
     pub restoring: bool,
     pub cold_start_failed: bool,
+    /// A cold start is under way (at most one at a time).
+    pub waking: bool,
     pub consecutive_failures: u32,
     pub replacement_pending: bool,
 }
@@ -118,6 +120,7 @@ impl App {
             rollout: false,
             restoring: false,
             cold_start_failed: false,
+            waking: false,
             consecutive_failures: 0,
             replacement_pending: false,
         }
