@@ -621,16 +621,21 @@ impl Server {
 
     /// Kills whatever is left of the tree: the master (SIGTERM first, then SIGKILL of its
     /// process group), every pid seen in the tree, and any process working in the data dir.
-    fn kill_everything(&mut self) {
+    /// Stops the server (SIGTERM, then SIGKILL) and kills anything of its tree that is left.
+    /// Returns the leftovers of a graceful stop: processes still alive after the server
+    /// exited on SIGTERM (empty when the test had already stopped or killed it).
+    fn kill_everything(&mut self) -> Vec<i32> {
         let running = self
             .child
             .as_mut()
             .map(|c| matches!(c.try_wait(), Ok(None)))
             .unwrap_or(false);
+        let mut graceful = false;
         if running {
             self.remember_tree();
             kill(self.pid, libc::SIGTERM);
-            if self.wait_exit(Duration::from_secs(20)).is_none() {
+            graceful = self.wait_exit(Duration::from_secs(20)).is_some();
+            if !graceful {
                 kill(-self.pid, libc::SIGKILL);
                 kill(self.pid, libc::SIGKILL);
                 let _ = self.wait_exit(Duration::from_secs(5));
@@ -665,14 +670,34 @@ impl Server {
         if !left.is_empty() {
             eprintln!("harness: killed leftover processes {left:?}");
         }
+        if graceful {
+            left
+        } else {
+            Vec::new()
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        self.kill_everything();
-        if failed {
+        let leftovers = self.kill_everything();
+        // Hygiene after every test that did not fail already: a graceful stop leaves no
+        // process behind, and no role ever panicked.
+        let hygiene = if failed {
+            None
+        } else {
+            let text = self.stderr_text();
+            let panics: Vec<&str> = text.lines().filter(|l| l.contains("panicked at")).collect();
+            if !panics.is_empty() {
+                Some(format!("tako-server logged a panic:\n{}", panics.join("\n")))
+            } else if !leftovers.is_empty() {
+                Some(format!("processes outlived a graceful stop: {leftovers:?}"))
+            } else {
+                None
+            }
+        };
+        if failed || hygiene.is_some() {
             let text = self.stderr_text();
             let lines: Vec<&str> = text.lines().collect();
             let from = lines.len().saturating_sub(300);
@@ -689,6 +714,9 @@ impl Drop for Server {
                 eprintln!("{h}");
             }
             eprintln!("---- end of tako-server stderr ----");
+            if let Some(problem) = hygiene {
+                panic!("hygiene check failed: {problem}");
+            }
         } else {
             let _ = fs::remove_dir_all(&self.data_dir);
         }
