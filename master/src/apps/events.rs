@@ -519,7 +519,9 @@ impl Master {
             // Check and claim under one lock: every worker may ask at once, and workers'
             // messages are handled concurrently; only one cold start may win.
             let mut reg = lock(&self.apps);
-            let Some(a) = reg.apps.get_mut(&app).filter(|a| a.visible) else { return };
+            let Some(a) = reg.apps.get_mut(&app).filter(|a| a.visible) else {
+                return;
+            };
             if !a.on_demand()
                 || a.config.stopped
                 || a.waking

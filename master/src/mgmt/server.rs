@@ -134,12 +134,10 @@ pub fn serve(master: Arc<Master>, listener: UnixListener, shutdown: Arc<tokio::s
             // new connections wait in the listen backlog.
             let permit = match slots.clone().try_acquire_owned() {
                 Ok(p) => Ok(p),
-                Err(_) => {
-                    tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned())
-                        .await
-                        .map_err(|_| ())
-                        .and_then(|r| r.map_err(|_| ()))
-                }
+                Err(_) => tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| ())
+                    .and_then(|r| r.map_err(|_| ())),
             };
             let Ok(permit) = permit else {
                 let _ = stream

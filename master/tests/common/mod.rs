@@ -690,7 +690,10 @@ impl Drop for Server {
             let text = self.stderr_text();
             let panics: Vec<&str> = text.lines().filter(|l| l.contains("panicked at")).collect();
             if !panics.is_empty() {
-                Some(format!("tako-server logged a panic:\n{}", panics.join("\n")))
+                Some(format!(
+                    "tako-server logged a panic:\n{}",
+                    panics.join("\n")
+                ))
             } else if !leftovers.is_empty() {
                 Some(format!("processes outlived a graceful stop: {leftovers:?}"))
             } else {
