@@ -56,3 +56,11 @@ pub fn run(ipc: std::os::unix::net::UnixStream) -> i32 {
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
 }
+
+/// The HTTP/1 head check the connection guard runs before hyper sees a request (the parser
+/// that faces the internet), exposed for the fuzz target only. Returns whether the head
+/// was accepted.
+#[doc(hidden)]
+pub fn fuzz_check_head(head: &[u8]) -> bool {
+    conn_guard::check_head(head).is_ok()
+}
