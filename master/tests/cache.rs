@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::fixture::chown;
 use common::http::{http, Request, Response};
 use common::{poll, Server, ServerOpts};
 use serde_json::{json, Value};
@@ -131,23 +128,14 @@ fn start(args: &[&str]) -> Server {
 }
 
 fn write_release(server: &Server) -> PathBuf {
-    let app_dir = server.data_dir.join("apps").join("web");
-    let dir = app_dir.join("releases").join("v1");
-    fs::create_dir_all(&dir).expect("create the release directory");
-    fs::write(dir.join("server.py"), APP_PY).expect("write server.py");
-    fs::write(dir.join("app.json"), APP_JSON).expect("write app.json");
-    for p in [
-        app_dir.clone(),
-        app_dir.join("releases"),
-        dir.clone(),
-        dir.join("server.py"),
-        dir.join("app.json"),
-    ] {
-        let mode = if p.is_dir() { 0o755 } else { 0o644 };
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod release");
-        chown(&p, server.deploy_owner());
-    }
-    dir
+    common::fixture::write_release_with(
+        &server.data_dir,
+        "web",
+        "v1",
+        server.deploy_owner(),
+        APP_PY,
+        APP_JSON,
+    )
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

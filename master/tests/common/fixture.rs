@@ -100,11 +100,23 @@ pub const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["pyt
 /// Writes `<data-dir>/apps/<app>/releases/<version>/` with the fixture, owned by
 /// `owner` (uid, gid) the way the Tako CLI would upload it, and returns its path.
 pub fn write_release(data_dir: &Path, app: &str, version: &str, owner: (u32, u32)) -> PathBuf {
+    write_release_with(data_dir, app, version, owner, APP_PY, APP_JSON)
+}
+
+/// [`write_release`] with another `server.py` and `app.json`.
+pub fn write_release_with(
+    data_dir: &Path,
+    app: &str,
+    version: &str,
+    owner: (u32, u32),
+    app_py: &str,
+    app_json: &str,
+) -> PathBuf {
     let app_dir = data_dir.join("apps").join(app);
     let dir = app_dir.join("releases").join(version);
     fs::create_dir_all(&dir).expect("create the release directory");
-    fs::write(dir.join("server.py"), APP_PY).expect("write server.py");
-    fs::write(dir.join("app.json"), APP_JSON).expect("write app.json");
+    fs::write(dir.join("server.py"), app_py).expect("write server.py");
+    fs::write(dir.join("app.json"), app_json).expect("write app.json");
     for p in [
         app_dir.clone(),
         app_dir.join("releases"),
