@@ -16,7 +16,9 @@ struct Entry {
 /// durations per app for `/metrics`.
 #[derive(Default)]
 pub struct Counters {
-    map: Mutex<HashMap<(String, u32), Entry>>,
+    /// app → instance id → counters: keyed by app first so the hot path looks an app up by
+    /// `&str` and allocates only the first time it sees one.
+    map: Mutex<HashMap<String, HashMap<u32, Entry>>>,
     dirty: AtomicBool,
     http: Mutex<HashMap<String, AppHttpStats>>,
     http_dirty: AtomicBool,
@@ -42,10 +44,14 @@ impl Counters {
             _ => return,
         };
         if let Ok(mut map) = self.http.lock() {
-            let e = map.entry(app.to_string()).or_insert_with(|| AppHttpStats {
-                app: app.to_string(),
-                ..Default::default()
-            });
+            if !map.contains_key(app) {
+                let fresh = AppHttpStats {
+                    app: app.to_string(),
+                    ..Default::default()
+                };
+                map.insert(app.to_string(), fresh);
+            }
+            let Some(e) = map.get_mut(app) else { return };
             e.classes[class] += 1;
             let bucket = DURATION_BUCKETS
                 .iter()
@@ -108,8 +114,12 @@ impl Counters {
 
     fn update(&self, app: &str, instance_id: u32, f: impl FnOnce(&mut Entry)) {
         if let Ok(mut map) = self.map.lock() {
-            let e = map.entry((app.to_string(), instance_id)).or_default();
-            f(e);
+            if !map.contains_key(app) {
+                map.insert(app.to_string(), HashMap::new());
+            }
+            if let Some(per_app) = map.get_mut(app) {
+                f(per_app.entry(instance_id).or_default());
+            }
             self.dirty.store(true, Ordering::Release);
         }
     }
@@ -135,11 +145,13 @@ impl Counters {
         let map = self.map.lock().ok()?;
         let mut out: Vec<InstanceCounters> = map
             .iter()
-            .map(|((app, id), e)| InstanceCounters {
-                app: app.clone(),
-                instance_id: *id,
-                requests_total: e.requests_total,
-                in_flight: e.in_flight,
+            .flat_map(|(app, per_app)| {
+                per_app.iter().map(move |(id, e)| InstanceCounters {
+                    app: app.clone(),
+                    instance_id: *id,
+                    requests_total: e.requests_total,
+                    in_flight: e.in_flight,
+                })
             })
             .collect();
         out.sort_by(|a, b| (&a.app, a.instance_id).cmp(&(&b.app, b.instance_id)));
