@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use http::header::UPGRADE;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tako_ipc::cidr::{any_contains, canonical_ip};
 
 use crate::access::AccessLog;
-use crate::body::{Body, BoxError, Guarded, ReplayBody};
+use crate::body::{Body, Guarded, ReplayBody};
 use crate::cache;
 use crate::counters::UpstreamErrorKind;
 use crate::forwarded;
@@ -26,7 +26,7 @@ use crate::shared::Shared;
 use crate::static_files;
 use crate::table::AppEntry;
 use crate::tunnel;
-use crate::upstream::{strip_hop_by_hop, UpstreamError};
+use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
 
 /// Longest request-target (§13).
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
@@ -234,14 +234,11 @@ async fn proxy(
             Err(_) => return Canned::BadRequest.response(head),
         }
     }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_string();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let slot = Arc::new(Mutex::new(Some(body)));
     let too_large = Arc::new(AtomicBool::new(false));
     let client_failed = Arc::new(AtomicBool::new(false));
+    let mut client_upgrade = client_upgrade;
     let mut exclude = None;
     loop {
         let Some(backend) = app.pick(exclude) else {
@@ -253,29 +250,29 @@ async fn proxy(
         };
         log.instance = backend.instance_id.to_string();
         let mut in_flight = shared.counters.begin(&app.name, backend.instance_id);
-        let upstream_req = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("http://127.0.0.1:{}{}", backend.port, pq))
-            .version(Version::HTTP_11)
-            .body(
-                ReplayBody::new(Arc::clone(&slot), MAX_BODY_BYTES, Arc::clone(&too_large))
-                    .flag_client_errors(Arc::clone(&client_failed)),
-            );
-        let mut upstream_req = match upstream_req {
-            Ok(r) => r,
-            Err(_) => return Canned::BadRequest.response(head),
+        let outgoing = Outgoing {
+            method: &parts.method,
+            target,
+            headers: &headers,
+            body: ReplayBody::new(Arc::clone(&slot), MAX_BODY_BYTES, Arc::clone(&too_large))
+                .flag_client_errors(Arc::clone(&client_failed)),
         };
-        *upstream_req.headers_mut() = headers.clone();
         let sent_at = std::time::Instant::now();
-        match shared.upstream.send(upstream_req).await {
-            Ok(mut resp) => {
+        match shared.upstream.send(backend.port, outgoing).await {
+            Ok(resp) => {
                 in_flight.count();
-                if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
-                    (client_upgrade, resp.status())
-                {
-                    let upstream_side = hyper::upgrade::on(&mut resp);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // Only an upgrade the client asked for is joined; anything else is the
+                    // instance breaking HTTP.
+                    let Some(client) = client_upgrade.take() else {
+                        tracing::warn!(app = %app.name, instance = backend.instance_id, "Instance answered 101 to a request without Upgrade");
+                        return Canned::BadGateway.response(head);
+                    };
                     let proto = resp.headers().get(UPGRADE).cloned();
-                    let (mut rparts, _) = resp.into_parts();
+                    let (mut rparts, rbody) = resp.into_parts();
+                    let Some(upstream_side) = rbody.into_upgraded() else {
+                        return Canned::BadGateway.response(head);
+                    };
                     strip_hop_by_hop(&mut rparts.headers);
                     if let Some(proto) = proto {
                         tunnel::restore_headers(&mut rparts.headers, &proto);
@@ -286,8 +283,8 @@ async fn proxy(
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                let body = rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-                let resp = Response::from_parts(rparts, Guarded::wrap(body, in_flight));
+                let resp =
+                    Response::from_parts(rparts, Guarded::wrap(rbody.boxed_unsync(), in_flight));
                 return ctx.ticket.complete(resp, sent_at);
             }
             Err(UpstreamError::Connect(error)) => {

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::counters::InFlight;
 use crate::listeners::ConnGuard;
+use crate::upstream::Upgraded;
 
 /// The `Upgrade` value when this is an HTTP/1.1 upgrade request.
 pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -41,21 +42,16 @@ pub fn restore_headers(headers: &mut HeaderMap, proto: &HeaderValue) {
 }
 
 /// Joins the client and the instance until either closes.
-pub async fn run(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight, conn: ConnGuard) {
+pub async fn run(client: OnUpgrade, mut upstream: Upgraded, in_flight: InFlight, conn: ConnGuard) {
     let _held = (in_flight, conn);
-    let (client, upstream) = match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => (c, u),
-        (c, u) => {
-            tracing::debug!(
-                client = ?c.err().map(|e| e.to_string()),
-                upstream = ?u.err().map(|e| e.to_string()),
-                "Upgrade did not complete"
-            );
+    let client = match client.await {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::debug!(%error, "Client side of the upgrade did not complete");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(up, down, "Upgraded connection closed"),
         Err(error) => tracing::debug!(%error, "Upgraded connection ended with an error"),

@@ -1,0 +1,255 @@
+//! One request on one connection: write the head (and the body, while watching for an early
+//! response), read the response head, and hand the connection to the response body.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Body as HttpBody;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::body::UpstreamBody;
+use super::head::{self, RequestFraming, ResponseHead};
+use super::pool::Pool;
+use super::{Outgoing, UpstreamError, CONNECT_TIMEOUT};
+use crate::body::{BoxError, ReplayBody};
+
+/// First read size for a response head; most heads fit.
+const HEAD_READ: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("writing the request failed: {0}")]
+    Write(std::io::Error),
+    #[error("reading the response failed: {0}")]
+    Read(std::io::Error),
+    #[error("instance closed the connection before a response")]
+    Closed,
+    #[error(transparent)]
+    Head(#[from] head::HeadError),
+    #[error("reading the request body failed: {0}")]
+    ClientBody(BoxError),
+}
+
+struct ExchangeError {
+    failure: Failure,
+    /// Some response byte arrived: the request reached the instance.
+    received: bool,
+}
+
+impl ExchangeError {
+    fn new(failure: Failure, received: bool) -> Self {
+        Self { failure, received }
+    }
+}
+
+pub async fn send(
+    pool: &Arc<Pool>,
+    port: u16,
+    req: Outgoing<'_>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    let has_body = !req.body.is_end_stream();
+    let framing = RequestFraming::choose(req.method, req.headers, has_body);
+    let mut head_bytes = Vec::with_capacity(128 + req.target.len() + 48 * req.headers.len());
+    head::encode_request(
+        &mut head_bytes,
+        req.method,
+        req.target,
+        req.headers,
+        framing,
+    );
+    let was_head = *req.method == Method::HEAD;
+    let mut body = has_body.then_some(req.body);
+    let mut fresh_only = false;
+    loop {
+        let pooled = if fresh_only { None } else { pool.take(port) };
+        let reused = pooled.is_some();
+        let mut stream = match pooled {
+            Some(s) => s,
+            None => connect_or_handoff(pool, port, !fresh_only).await?,
+        };
+        let mut buf = BytesMut::with_capacity(HEAD_READ);
+        let chunked = framing == RequestFraming::Chunked;
+        match exchange(&mut stream, &head_bytes, body.take(), chunked, &mut buf).await {
+            Ok((resp_head, body_sent)) => {
+                return respond(resp_head, body_sent, was_head, stream, buf, pool, port)
+            }
+            // A kept-alive connection the instance closed as we picked it: nothing reached
+            // the app, and a bodiless request can go again on a new connection.
+            Err(e) if reused && !e.received && !has_body => {
+                tracing::debug!(port, error = %e.failure, "Pooled connection was stale; reconnecting");
+                fresh_only = true;
+            }
+            Err(e) => return Err(UpstreamError::Failed(e.failure.to_string())),
+        }
+    }
+}
+
+fn respond(
+    head: ResponseHead,
+    body_sent: bool,
+    was_head: bool,
+    stream: TcpStream,
+    buf: BytesMut,
+    pool: &Arc<Pool>,
+    port: u16,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        UpstreamBody::upgraded(stream, buf, Arc::clone(pool), port)
+    } else {
+        let (framing, reusable) = head::response_framing(was_head, &head)
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        // A body we stopped sending leaves the connection mid-request.
+        let reusable = reusable && body_sent;
+        UpstreamBody::new(stream, buf, framing, reusable, Arc::clone(pool), port)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
+}
+
+/// A new connection, or one another request hands back first, whichever comes sooner.
+async fn connect_or_handoff(
+    pool: &Arc<Pool>,
+    port: u16,
+    accept_handoff: bool,
+) -> Result<TcpStream, UpstreamError> {
+    let Some(mut handoff) = accept_handoff.then(|| pool.wait(port)).flatten() else {
+        return connect(port).await;
+    };
+    tokio::select! {
+        biased;
+        Ok(stream) = &mut handoff => Ok(stream),
+        connected = connect(port) => {
+            // A connection handed to us meanwhile goes back to the pool, not to waste.
+            handoff.close();
+            if let Ok(stream) = handoff.try_recv() {
+                pool.put(port, stream);
+            }
+            connected
+        }
+    }
+}
+
+async fn connect(port: u16) -> Result<TcpStream, UpstreamError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => Err(UpstreamError::Connect(format!(
+            "no answer from {addr} within {CONNECT_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) => Err(UpstreamError::Connect(format!("{addr}: {e}"))),
+        Ok(Ok(stream)) => {
+            // Heads and small bodies go out at once, not after the peer's delayed ACK.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+/// Writes the request and reads the response head. The second value says whether the whole
+/// request body was sent.
+async fn exchange(
+    stream: &mut TcpStream,
+    head_bytes: &[u8],
+    body: Option<ReplayBody>,
+    chunked: bool,
+    buf: &mut BytesMut,
+) -> Result<(ResponseHead, bool), ExchangeError> {
+    let Some(body) = body else {
+        stream
+            .write_all(head_bytes)
+            .await
+            .map_err(|e| ExchangeError::new(Failure::Write(e), false))?;
+        return Ok((read_head(stream, buf).await?, true));
+    };
+    let (mut rd, mut wr) = stream.split();
+    let write = async {
+        wr.write_all(head_bytes).await.map_err(Failure::Write)?;
+        pump(body, &mut wr, chunked).await
+    };
+    let read = read_head(&mut rd, buf);
+    tokio::pin!(write, read);
+    let mut sent = false;
+    let mut writing = true;
+    loop {
+        tokio::select! {
+            biased;
+            head = &mut read => return Ok((head?, sent)),
+            written = &mut write, if writing => {
+                writing = false;
+                match written {
+                    Ok(()) => sent = true,
+                    // The client's body is bad: no point waiting for the instance.
+                    Err(f @ Failure::ClientBody(_)) => return Err(ExchangeError::new(f, false)),
+                    // The instance may still answer (say, 413 and close): keep reading.
+                    Err(f) => tracing::debug!(error = %f, "Request body not fully sent"),
+                }
+            }
+        }
+    }
+}
+
+/// Copies the request body, chunk-encoded when its length is unknown.
+async fn pump<W: AsyncWrite + Unpin>(
+    mut body: ReplayBody,
+    wr: &mut W,
+    chunked: bool,
+) -> Result<(), Failure> {
+    let mut framed = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Failure::ClientBody)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            framed.clear();
+            framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            framed.extend_from_slice(&data);
+            framed.extend_from_slice(b"\r\n");
+            wr.write_all(&framed).await.map_err(Failure::Write)?;
+        } else {
+            wr.write_all(&data).await.map_err(Failure::Write)?;
+        }
+    }
+    if chunked {
+        wr.write_all(b"0\r\n\r\n").await.map_err(Failure::Write)?;
+    }
+    Ok(())
+}
+
+/// Reads until a final response head; interim 1xx responses other than 101 are skipped.
+async fn read_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Result<ResponseHead, ExchangeError> {
+    let mut received = false;
+    loop {
+        if !buf.is_empty() {
+            received = true;
+            match head::parse_response(buf) {
+                Ok(Some(h)) => {
+                    buf.advance(h.len);
+                    if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS {
+                        continue;
+                    }
+                    return Ok(h);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ExchangeError::new(e.into(), true)),
+            }
+        }
+        buf.reserve(HEAD_READ);
+        match rd.read_buf(buf).await {
+            Ok(0) => return Err(ExchangeError::new(Failure::Closed, received)),
+            Ok(_) => {}
+            Err(e) => return Err(ExchangeError::new(Failure::Read(e), received)),
+        }
+    }
+}

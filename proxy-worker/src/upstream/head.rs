@@ -1,0 +1,360 @@
+//! The bytes of an HTTP/1.1 exchange with an instance: the request head we write and the
+//! response head we read, and how the response body is delimited (RFC 9112 §6.3).
+
+use http::header::TRANSFER_ENCODING;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{Method, StatusCode};
+
+/// Largest response head accepted from an instance.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most response header lines.
+const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadError {
+    #[error("malformed response head: {0}")]
+    Malformed(String),
+    #[error("response head larger than {MAX_RESPONSE_HEAD} bytes")]
+    TooLarge,
+    #[error("response has an invalid or conflicting Content-Length")]
+    BadLength,
+}
+
+/// How the request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body, and no header says otherwise.
+    None,
+    /// The request's own Content-Length (kept among its headers).
+    Length,
+    /// A body of unknown length: `Transfer-Encoding: chunked` is added.
+    Chunked,
+    /// No body for a method that normally has one: `Content-Length: 0` is added.
+    Zero,
+}
+
+impl RequestFraming {
+    pub fn choose(method: &Method, headers: &HeaderMap, has_body: bool) -> Self {
+        if headers.contains_key(CONTENT_LENGTH) {
+            Self::Length
+        } else if has_body {
+            Self::Chunked
+        } else if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            Self::Zero
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// Writes `METHOD target HTTP/1.1`, every header, the framing header and the blank line.
+/// Header values cannot hold CR or LF (`HeaderValue` refuses them), so no line can be split.
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        RequestFraming::Zero => out.extend_from_slice(b"content-length: 0\r\n"),
+        RequestFraming::None | RequestFraming::Length => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A complete response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    pub status: StatusCode,
+    /// `HTTP/1.<minor>`.
+    pub minor: u8,
+    pub headers: HeaderMap,
+}
+
+/// Parses a response head from the start of `buf`; `None` while it is incomplete.
+pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+            return Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    if len > MAX_RESPONSE_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let code = resp.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(format!("status {code}")))?;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Malformed(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| HeadError::Malformed(format!("value of {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        minor: resp.version.unwrap_or(1),
+        headers,
+    }))
+}
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the instance closes the connection.
+    UntilClose,
+}
+
+/// RFC 9112 §6.3, in order. The second value says whether the connection may carry another
+/// request afterwards.
+pub fn response_framing(
+    request_was_head: bool,
+    head: &ResponseHead,
+) -> Result<(Framing, bool), HeadError> {
+    let mut reusable = keep_alive(head);
+    let status = head.status;
+    if request_was_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, reusable));
+    }
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        // With both, Transfer-Encoding wins and the connection is not trusted again.
+        if head.headers.contains_key(CONTENT_LENGTH) {
+            reusable = false;
+        }
+        let last_is_chunked = head
+            .headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if last_is_chunked {
+            (Framing::Chunked, reusable)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    match content_length(&head.headers)? {
+        Some(n) => Ok((Framing::Length(n), reusable)),
+        None => Ok((Framing::UntilClose, false)),
+    }
+}
+
+/// One value, or the same value repeated (in several lines or a list).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+    let mut found: Option<u64> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| HeadError::BadLength)?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::BadLength);
+            }
+            let n: u64 = part.parse().map_err(|_| HeadError::BadLength)?;
+            if found.is_some_and(|f| f != n) {
+                return Err(HeadError::BadLength);
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+fn keep_alive(head: &ResponseHead) -> bool {
+    let has_token = |token: &str| {
+        head.headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if head.minor >= 1 {
+        !has_token("close")
+    } else {
+        has_token("keep-alive")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> ResponseHead {
+        parse_response(text.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn encodes_the_request_line_headers_and_framing() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.com"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        encode_request(
+            &mut out,
+            &Method::POST,
+            "/p?q=1",
+            &h,
+            RequestFraming::Chunked,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\n\
+             transfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_of_a_request() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            RequestFraming::choose(&Method::GET, &h, false),
+            RequestFraming::None
+        );
+        assert_eq!(
+            RequestFraming::choose(&Method::POST, &h, false),
+            RequestFraming::Zero
+        );
+        assert_eq!(
+            RequestFraming::choose(&Method::POST, &h, true),
+            RequestFraming::Chunked
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert_eq!(
+            RequestFraming::choose(&Method::POST, &h, true),
+            RequestFraming::Length
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_fail() {
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-le")
+            .unwrap()
+            .is_none());
+        let mut big = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_RESPONSE_HEAD));
+        assert_eq!(parse_response(&big).unwrap_err(), HeadError::TooLarge);
+        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn body_delimiting_follows_rfc_9112() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                false,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+                false,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                false,
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                false,
+                Framing::UntilClose,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                false,
+                Framing::Chunked,
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", false, Framing::UntilClose, false),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                true,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                false,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                false,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+                false,
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                false,
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+                false,
+                Framing::Length(1),
+                true,
+            ),
+        ];
+        for (text, was_head, framing, reusable) in cases {
+            assert_eq!(
+                response_framing(was_head, &head(text)).unwrap(),
+                (framing, reusable),
+                "{text:?}"
+            );
+        }
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+        ] {
+            assert_eq!(
+                response_framing(false, &head(bad)).unwrap_err(),
+                HeadError::BadLength
+            );
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The upstream side (routing-and-proxy.md §10): HTTP/1.1 to `127.0.0.1:<port>` over pooled
+//! keep-alive connections, hop-by-hop header removal, and how failures map to responses.
+//!
+//! The client is our own rather than hyper's pooled one: the request's task writes the head
+//! and reads the response on the connection itself, so a proxied request costs no extra
+//! task, channel or wakeup, and the request head is written straight from the header map.
+
+mod body;
+mod chunked;
+mod exchange;
+mod head;
+mod pool;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{Method, Response};
+
+pub use body::{Upgraded, UpstreamBody};
+
+use crate::body::ReplayBody;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nothing was sent: refused, reset or timed out while connecting. Safe to retry.
+    #[error("connecting to the instance failed: {0}")]
+    Connect(String),
+    #[error("no response headers within {RESPONSE_HEADER_TIMEOUT:?}")]
+    Timeout,
+    #[error("upstream request failed: {0}")]
+    Failed(String),
+}
+
+/// What goes to an instance: the request line's parts and the headers to send as they are.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Origin-form target: path and query.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: ReplayBody,
+}
+
+/// The per-worker keep-alive pool to every instance.
+#[derive(Default)]
+pub struct Upstream {
+    pool: Arc<pool::Pool>,
+}
+
+impl Upstream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends the request to `127.0.0.1:port` and waits for the response head.
+    pub async fn send(
+        &self,
+        port: u16,
+        req: Outgoing<'_>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout(
+            RESPONSE_HEADER_TIMEOUT,
+            exchange::send(&self.pool, port, req),
+        )
+        .await
+        {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(result) => result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod hop_by_hop_tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_named_ones() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-keep", "yes"),
+            ("content-length", "3"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-keep", "content-length"]);
+    }
+}
