@@ -22,10 +22,6 @@ mod users;
 
 use clap::Parser;
 
-/// Every role is this binary, so this is the allocator of the proxy workers' request path too.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(role::ROLE_ARG) {

@@ -291,7 +291,9 @@ async fn serve_http<I>(
         // HTTP/1 only: the guard's timers pause while a request is being answered. Taken
         // here, not in the future, so that it counts even if hyper drops the future unpolled.
         let busy = state.as_ref().map(|s| s.begin());
-        async move {
+        // Boxed: hyper keeps the service future inline in every connection, so unboxed its
+        // several kilobytes would be held by each idle keep-alive connection too.
+        Box::pin(async move {
             let resp = pipeline::handle(req, conn, shared).await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(s) = &state {
@@ -299,7 +301,7 @@ async fn serve_http<I>(
                 }
             }
             Ok::<_, Infallible>(resp.map(|b| Guarded::wrap(b, busy)))
-        }
+        })
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(connection);
