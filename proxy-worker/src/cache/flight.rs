@@ -1,20 +1,32 @@
 //! Single-flight (cache.md §8): concurrent misses for one primary key in this worker wait
 //! for the first one's fetch instead of all going upstream.
+//!
+//! A key whose last answer could not be stored is remembered for a short while (Varnish's
+//! "hit-for-miss"): its misses go upstream side by side instead of queueing behind each other
+//! for an answer that will not be shared. Without that, every uncacheable URL under load costs
+//! each request a wait for another request's whole round trip (docs/spec-deviations.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 /// How long a follower waits for the leader's fetch.
 pub const FOLLOWER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a key stays known as uncacheable.
+pub const UNCACHEABLE_MEMORY: Duration = Duration::from_secs(10);
+/// Most keys remembered as uncacheable; past it, new ones are not remembered.
+const MAX_UNCACHEABLE: usize = 4096;
+
 #[derive(Default)]
 pub struct Flights {
     map: Mutex<HashMap<String, (u64, watch::Receiver<bool>)>>,
     next_id: AtomicU64,
+    /// Key → until when its misses do not collapse.
+    uncacheable: Mutex<HashMap<String, Instant>>,
 }
 
 pub enum Join {
@@ -37,7 +49,7 @@ impl Flights {
                 return Join::Follower(rx.clone());
             }
         }
-        if !may_lead {
+        if !may_lead || self.known_uncacheable(key) {
             return Join::Alone;
         }
         let (tx, rx) = watch::channel(false);
@@ -49,6 +61,44 @@ impl Flights {
             id,
             tx,
         })
+    }
+
+    fn known_uncacheable(&self, key: &str) -> bool {
+        let Ok(mut known) = self.uncacheable.lock() else {
+            return false;
+        };
+        match known.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                known.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The answer for `key` could not be stored.
+    pub fn mark_uncacheable(&self, key: &str) {
+        let Ok(mut known) = self.uncacheable.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if known.len() >= MAX_UNCACHEABLE && !known.contains_key(key) {
+            known.retain(|_, until| *until > now);
+            if known.len() >= MAX_UNCACHEABLE {
+                return;
+            }
+        }
+        known.insert(key.to_string(), now + UNCACHEABLE_MEMORY);
+    }
+
+    /// The answer for `key` is being stored: its misses collapse again.
+    pub fn clear_uncacheable(&self, key: &str) {
+        if let Ok(mut known) = self.uncacheable.lock() {
+            if !known.is_empty() {
+                known.remove(key);
+            }
+        }
     }
 
     #[cfg(test)]
@@ -109,6 +159,28 @@ mod tests {
         assert!(waiter.await.unwrap());
         assert_eq!(f.len(), 0);
         assert!(matches!(f.join("k", true), Join::Leader(_)));
+    }
+
+    #[test]
+    fn misses_of_a_key_known_uncacheable_do_not_collapse_until_it_is_stored() {
+        let f = Arc::new(Flights::default());
+        f.mark_uncacheable("k");
+        assert!(matches!(f.join("k", true), Join::Alone));
+        assert!(matches!(f.join("k", true), Join::Alone));
+        let Join::Leader(_guard) = f.join("other", true) else {
+            panic!("other keys still collapse")
+        };
+        f.clear_uncacheable("k");
+        assert!(matches!(f.join("k", true), Join::Leader(_)));
+    }
+
+    #[test]
+    fn the_uncacheable_memory_is_bounded() {
+        let f = Flights::default();
+        for i in 0..MAX_UNCACHEABLE + 100 {
+            f.mark_uncacheable(&format!("k{i}"));
+        }
+        assert_eq!(f.uncacheable.lock().unwrap().len(), MAX_UNCACHEABLE);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -389,6 +389,7 @@ impl Ticket {
                 match admitted {
                     Err(why) => {
                         tracing::debug!(%key, %why, "Response not stored");
+                        cache.flights.mark_uncacheable(&key);
                         drop(flight);
                         append_cache_status(&mut parts.headers, &format!("tako; {label}"));
                         Response::from_parts(parts, body)
@@ -411,6 +412,7 @@ impl Ticket {
                                 + now.saturating_duration_since(sent_at),
                             lifetime: fresh.lifetime,
                         };
+                        cache.flights.clear_uncacheable(&key);
                         append_cache_status(&mut parts.headers, &format!("tako; {label}; stored"));
                         let job = StoreJob {
                             cache,
