@@ -149,7 +149,9 @@ impl Cache {
                         Found::VaryMiss => "fwd=vary-miss",
                         Found::Stale => "fwd=stale",
                     };
-                    let may_store = method == Method::GET;
+                    // A key known uncacheable is not offered for storing until that memory
+                    // expires: no copy of the request headers per miss (flight.rs).
+                    let may_store = method == Method::GET && !self.flights.known_uncacheable(&key);
                     // Only a plain GET leads: its answer is the one most likely stored.
                     let may_lead = may_store
                         && !waited

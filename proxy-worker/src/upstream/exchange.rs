@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
@@ -235,7 +235,6 @@ async fn read_head<R: AsyncRead + Unpin>(
             received = true;
             match head::parse_response(buf) {
                 Ok(Some(h)) => {
-                    buf.advance(h.len);
                     if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS {
                         continue;
                     }

@@ -1,6 +1,7 @@
 //! The bytes of an HTTP/1.1 exchange with an instance: the request head we write and the
 //! response head we read, and how the response body is delimited (RFC 9112 §6.3).
 
+use bytes::BytesMut;
 use http::header::TRANSFER_ENCODING;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::{Method, StatusCode};
@@ -77,44 +78,66 @@ pub fn encode_request(
 /// A complete response head.
 #[derive(Debug)]
 pub struct ResponseHead {
-    /// Bytes of the head, blank line included.
-    pub len: usize,
     pub status: StatusCode,
     /// `HTTP/1.<minor>`.
     pub minor: u8,
     pub headers: HeaderMap,
 }
 
-/// Parses a response head from the start of `buf`; `None` while it is incomplete.
-pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
-            return Err(HeadError::TooLarge)
+/// Parses a response head from the start of `buf` and takes it out of the buffer; `None`
+/// (and nothing taken) while it is incomplete. Header values share the head's bytes instead
+/// of each being copied.
+pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
+    // (name offset, name length, value offset, value length) of each header in `buf`.
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+                return Err(HeadError::TooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        };
+        let base = buf.as_ptr() as usize;
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            *span = (
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            );
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            resp.headers.len(),
+        )
     };
     if len > MAX_RESPONSE_HEAD {
         return Err(HeadError::TooLarge);
     }
-    let code = resp.code.unwrap_or(0);
     let status =
         StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(format!("status {code}")))?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len]).map_err(|_| {
+            HeadError::Malformed(format!(
+                "header name {:?}",
+                String::from_utf8_lossy(&head[name_at..name_at + name_len])
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| HeadError::Malformed(format!("value of {name}")))?;
         headers.append(name, value);
     }
     Ok(Some(ResponseHead {
-        len,
         status,
-        minor: resp.version.unwrap_or(1),
+        minor,
         headers,
     }))
 }
@@ -209,8 +232,12 @@ fn keep_alive(head: &ResponseHead) -> bool {
 mod tests {
     use super::*;
 
+    fn parse(bytes: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
+        parse_response(&mut BytesMut::from(bytes))
+    }
+
     fn head(text: &str) -> ResponseHead {
-        parse_response(text.as_bytes()).unwrap().unwrap()
+        parse(text.as_bytes()).unwrap().unwrap()
     }
 
     #[test]
@@ -258,14 +285,16 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_and_oversized_ones_fail() {
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-le")
-            .unwrap()
-            .is_none());
+        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
         let mut big = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', MAX_RESPONSE_HEAD));
-        assert_eq!(parse_response(&big).unwrap_err(), HeadError::TooLarge);
-        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+        assert_eq!(parse(&big).unwrap_err(), HeadError::TooLarge);
+        assert!(parse(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert!(parse(b"garbage\r\n\r\n").is_err());
+        let mut two = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nBODY"[..]);
+        let h = parse_response(&mut two).unwrap().unwrap();
+        assert_eq!(h.headers["x-a"], "1");
+        assert_eq!(&two[..], b"BODY", "the head is taken out of the buffer");
     }
 
     #[test]
