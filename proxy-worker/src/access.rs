@@ -7,14 +7,15 @@ use std::time::Instant;
 pub struct AccessLog {
     start: Instant,
     peer: SocketAddr,
-    method: String,
+    method: http::Method,
     path: String,
     pub host: String,
     /// 0 until a response exists.
     pub status: u16,
     pub https: bool,
     pub app: String,
-    pub instance: String,
+    /// The instance that answered, if one did.
+    pub instance: Option<u32>,
     pub cache: &'static str,
     /// Where the request is counted for `/metrics` when it finishes.
     pub stats: Option<std::sync::Arc<crate::counters::Counters>>,
@@ -25,13 +26,13 @@ impl AccessLog {
         Self {
             start: Instant::now(),
             peer,
-            method: method.as_str().to_string(),
+            method: method.clone(),
             path: path.to_string(),
             host: String::new(),
             status: 0,
             https: tls,
             app: String::new(),
-            instance: String::new(),
+            instance: None,
             cache: "-",
             stats: None,
         }
@@ -53,11 +54,23 @@ impl Drop for AccessLog {
             status = self.status,
             https = self.https,
             app = %self.app,
-            instance = %self.instance,
+            instance = %Blank(self.instance),
             cache = self.cache,
             duration_ms,
             peer = %tako_ipc::cidr::canonical_ip(self.peer.ip()),
             "Request completed"
         );
+    }
+}
+
+/// Shows nothing for `None`: the access log's `instance` is empty when no instance answered.
+struct Blank(Option<u32>);
+
+impl std::fmt::Display for Blank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => Ok(()),
+        }
     }
 }

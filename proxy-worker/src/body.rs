@@ -55,12 +55,55 @@ impl<G: Unpin> HttpBody for Guarded<G> {
 #[error("request body exceeds {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// A request body as the pipeline sees it, from whichever connection handler read it.
+pub enum RequestBody {
+    Empty,
+    /// HTTP/2, through hyper.
+    Hyper(Incoming),
+    /// HTTP/1, through our own connection loop (h1/).
+    Own(crate::h1::OwnBody),
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            RequestBody::Own(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The downstream request body, sent upstream. It stays in a shared slot until the upstream
 /// connection first polls it, so after a failed connect the caller can take it back and try
 /// another instance: no byte of it was sent.
 pub struct ReplayBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    body: Option<Incoming>,
+    slot: Arc<Mutex<Option<RequestBody>>>,
+    body: Option<RequestBody>,
     seen: u64,
     limit: u64,
     too_large: Arc<AtomicBool>,
@@ -70,7 +113,11 @@ pub struct ReplayBody {
 }
 
 impl ReplayBody {
-    pub fn new(slot: Arc<Mutex<Option<Incoming>>>, limit: u64, too_large: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        slot: Arc<Mutex<Option<RequestBody>>>,
+        limit: u64,
+        too_large: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             slot,
             body: None,
@@ -87,7 +134,7 @@ impl ReplayBody {
         self
     }
 
-    fn with_inner<R>(&self, f: impl FnOnce(Option<&Incoming>) -> R) -> R {
+    fn with_inner<R>(&self, f: impl FnOnce(Option<&RequestBody>) -> R) -> R {
         match &self.body {
             Some(b) => f(Some(b)),
             None => match self.slot.lock() {
@@ -128,7 +175,7 @@ impl HttpBody for ReplayBody {
                 if let Some(flag) = &this.client_failed {
                     flag.store(true, Ordering::Relaxed);
                 }
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

@@ -370,6 +370,38 @@ impl<I> HeadGuard<I> {
 
     /// Sorts freshly read bytes into checked output, the pending head, or a refusal.
     fn feed(&mut self, input: &[u8]) {
+        // The common case: a whole, valid head arrives in one read with nothing pending. It
+        // goes to the output without being collected first; anything else takes the long way.
+        if self.mode == Mode::Head && self.head.is_empty() && self.refusal.is_none() {
+            if let Some(end) = head_end(input).filter(|&end| end <= MAX_HEADER_BYTES) {
+                if let Ok(framing) = check_head(&input[..end]) {
+                    self.out.extend_from_slice(&input[..end]);
+                    self.release(framing);
+                    if end < input.len() {
+                        self.feed_slow(&input[end..]);
+                    }
+                    return;
+                }
+            }
+        }
+        self.feed_slow(input);
+    }
+
+    /// A checked head went to the output: follow its body.
+    fn release(&mut self, framing: Framing) {
+        self.first = false;
+        self.released += 1;
+        self.head_started = None;
+        self.last_body_byte = Instant::now();
+        self.mode = match framing {
+            Framing::None => Mode::Head,
+            Framing::Length(n) => Mode::Length(n),
+            Framing::Chunked => Mode::Chunked(Chunk::Size),
+            Framing::Upgrade => Mode::AwaitUpgrade,
+        };
+    }
+
+    fn feed_slow(&mut self, input: &[u8]) {
         let mut buf = input.to_vec();
         let mut pos = 0;
         while pos < buf.len() && self.refusal.is_none() {
@@ -413,16 +445,7 @@ impl<I> HeadGuard<I> {
                         }
                         Ok(framing) => {
                             self.out.append(&mut self.head);
-                            self.first = false;
-                            self.released += 1;
-                            self.head_started = None;
-                            self.last_body_byte = Instant::now();
-                            self.mode = match framing {
-                                Framing::None => Mode::Head,
-                                Framing::Length(n) => Mode::Length(n),
-                                Framing::Chunked => Mode::Chunked(Chunk::Size),
-                                Framing::Upgrade => Mode::AwaitUpgrade,
-                            };
+                            self.release(framing);
                         }
                     }
                     // Bytes read past the head are sorted again under the new mode.

@@ -102,11 +102,8 @@ pub fn apply(
         _ => peer_ip,
     };
     set(headers, &X_FORWARDED_FOR, &xff);
-    set(
-        headers,
-        &X_FORWARDED_PROTO,
-        if https { "https" } else { "http" },
-    );
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
     let keep_xfh = trusted && headers.contains_key(&X_FORWARDED_HOST);
     if !keep_xfh {
         set(headers, &X_FORWARDED_HOST, request_host);

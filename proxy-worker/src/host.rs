@@ -14,11 +14,12 @@ pub struct RequestHost {
 
 /// Finds the request host. `None` is a 400: missing, duplicated, empty or unreadable.
 pub fn request_host<B>(req: &Request<B>) -> Option<RequestHost> {
-    let hosts: Vec<_> = req.headers().get_all(HOST).iter().collect();
-    if hosts.len() > 1 {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
         return None;
     }
-    let header = match hosts.first() {
+    let header = match first {
         Some(v) => Some(v.to_str().ok()?),
         None => None,
     };

@@ -10,6 +10,7 @@ mod conn_guard;
 mod control;
 mod counters;
 mod forwarded;
+mod h1;
 mod hold;
 mod host;
 mod httpdate;

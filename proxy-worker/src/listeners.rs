@@ -15,8 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::Guarded;
+use crate::body::RequestBody;
 use crate::conn_guard::{ConnState, HeadGuard};
+use crate::h1;
 use crate::pipeline::{self, ConnInfo};
 use crate::shared::Shared;
 
@@ -25,7 +26,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_FIELDS: usize = 128;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_H2_STREAMS: u32 = 256;
-const HYPER_BUF_MARGIN: usize = 16 * 1024;
+
 /// Open connections one worker serves at most (client connections and WebSocket tunnels).
 /// At 16384 a worker stays well inside a 64k descriptor limit even with an upstream socket
 /// per connection, while an ordinary site never gets near it.
@@ -123,7 +124,6 @@ pub struct Server {
     pub tls: TlsAcceptor,
     pub shutdown: watch::Receiver<bool>,
     pub tracker: Arc<ConnTracker>,
-    http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
 }
 
@@ -134,19 +134,6 @@ impl Server {
         shutdown: watch::Receiver<bool>,
         tracker: Arc<ConnTracker>,
     ) -> Self {
-        let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
-        http1
-            .http1()
-            .timer(TokioTimer::new())
-            // The header timeout, the 408 and the keep-alive idle limit are the connection
-            // guard's (conn_guard.rs): hyper's would close idle keep-alive after 10 s and
-            // never answer 408.
-            .header_read_timeout(None)
-            .max_headers(MAX_HEADER_FIELDS)
-            // The guard enforces the 64 KiB head limit with the §14 text; hyper's buffer
-            // gets room above it so that its own silent 431 never fires first.
-            .max_buf_size(MAX_HEADER_BYTES + HYPER_BUF_MARGIN)
-            .keep_alive(true);
         let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
         http2
             .http2()
@@ -158,7 +145,6 @@ impl Server {
             tls,
             shutdown,
             tracker,
-            http1,
             http2,
         }
     }
@@ -239,9 +225,7 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
     if !conn.tls {
-        let state = Arc::new(ConnState::default());
-        let io = HeadGuard::new(stream, Arc::clone(&state));
-        serve_http(io, conn, &server.http1, Some(state), server).await;
+        serve_h1(stream, conn, server).await;
         return;
     }
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, server.tls.accept(stream)).await {
@@ -261,46 +245,50 @@ async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
         }
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve_http(tls, conn, &server.http2, None, server).await;
+        serve_h2(tls, conn, server).await;
     } else {
-        let state = Arc::new(ConnState::default());
-        let io = HeadGuard::new(tls, Arc::clone(&state));
-        serve_http(io, conn, &server.http1, Some(state), server).await;
+        serve_h1(tls, conn, server).await;
     }
 }
 
-async fn serve_http<I>(
-    io: I,
-    conn: ConnInfo,
-    builder: &auto::Builder<TokioExecutor>,
-    state: Option<Arc<ConnState>>,
-    server: &Server,
-) where
+/// HTTP/1 goes through our own connection loop (h1/), behind the connection guard.
+async fn serve_h1<I>(io: I, conn: ConnInfo, server: &Server)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let state = Arc::new(ConnState::default());
+    let io = HeadGuard::new(io, Arc::clone(&state));
+    h1::serve(
+        io,
+        conn,
+        Arc::clone(&server.shared),
+        state,
+        server.shutdown.clone(),
+        FIRST_REQUEST_GRACE,
+    )
+    .await;
+}
+
+/// HTTP/2 stays with hyper.
+async fn serve_h2<I>(io: I, conn: ConnInfo, server: &Server)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = &server.http2;
     let shared = Arc::clone(&server.shared);
     let first_request = Arc::new(tokio::sync::Notify::new());
     let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (first_tx, seen_tx) = (Arc::clone(&first_request), Arc::clone(&seen));
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let shared = Arc::clone(&shared);
         if !seen_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
             first_tx.notify_one();
         }
-        let state = state.clone();
-        // HTTP/1 only: the guard's timers pause while a request is being answered. Taken
-        // here, not in the future, so that it counts even if hyper drops the future unpolled.
-        let busy = state.as_ref().map(|s| s.begin());
-        // Boxed: hyper keeps the service future inline in every connection, so unboxed its
-        // several kilobytes would be held by each idle keep-alive connection too.
+        // Boxed: hyper keeps a service future per stream; unboxed it would be as large as
+        // the whole pipeline.
         Box::pin(async move {
-            let resp = pipeline::handle(req, conn, shared).await;
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(s) = &state {
-                    s.mark_upgraded();
-                }
-            }
-            Ok::<_, Infallible>(resp.map(|b| Guarded::wrap(b, busy)))
+            let resp = pipeline::handle(req.map(RequestBody::Hyper), conn, shared).await;
+            Ok::<_, Infallible>(resp)
         })
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

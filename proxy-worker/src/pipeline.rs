@@ -9,11 +9,10 @@ use http::header::UPGRADE;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tako_ipc::cidr::{any_contains, canonical_ip};
 
 use crate::access::AccessLog;
-use crate::body::{Body, Guarded, ReplayBody};
+use crate::body::{Body, Guarded, ReplayBody, RequestBody};
 use crate::cache;
 use crate::counters::UpstreamErrorKind;
 use crate::forwarded;
@@ -41,7 +40,11 @@ pub struct ConnInfo {
 }
 
 /// Serves one request. Never fails: every problem is a response.
-pub async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> Response<Body> {
+pub async fn handle(
+    req: Request<RequestBody>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+) -> Response<Body> {
     let mut log = AccessLog::start(req.method(), req.uri().path(), conn.peer, conn.tls);
     log.stats = Some(Arc::clone(&shared.counters));
     let resp = route(req, conn, &shared, &mut log).await;
@@ -49,7 +52,7 @@ pub async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>)
     resp.map(|b| Guarded::wrap(b, log))
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length(req: &Request<RequestBody>) -> Option<u64> {
     req.headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -57,7 +60,7 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 }
 
 async fn route(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: ConnInfo,
     shared: &Shared,
     log: &mut AccessLog,
@@ -126,7 +129,9 @@ async fn route(
     log.app = app.name.clone();
 
     // §8: a file from the live release's public/ never reaches an instance.
-    if !app.stopped {
+    // Boxed, like the hold below: a rare path's future would otherwise make every request's
+    // future (allocated per request) as large as its own.
+    if !app.stopped && static_files::is_candidate(req.method(), path) {
         let file = static_files::serve(
             req.method(),
             path,
@@ -134,7 +139,7 @@ async fn route(
             pattern,
             &app.release_path,
         );
-        if let Some(resp) = file.await {
+        if let Some(resp) = Box::pin(file).await {
             return resp;
         }
     }
@@ -167,7 +172,7 @@ async fn route(
     } else if !app.backends.is_empty() {
         app
     } else if app.starting || app.on_demand {
-        match hold::hold(shared, &app.name).await {
+        match Box::pin(hold::hold(shared, &app.name)).await {
             HoldOutcome::Ready(entry) => entry,
             HoldOutcome::Failed => return Canned::AppFailedToStart.response(head),
             HoldOutcome::TimedOut => return Canned::StartupTimedOut.response(head),
@@ -201,7 +206,7 @@ struct ProxyCtx<'a> {
 /// Sends the request to an instance of `app`, retrying once on another instance when the
 /// connection could not be made.
 async fn proxy(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     app: &AppEntry,
     ctx: ProxyCtx<'_>,
     shared: &Shared,
@@ -211,7 +216,7 @@ async fn proxy(
     let mut req = req;
     // §11: an upgrade keeps `Connection: upgrade` and `Upgrade`; on 101 the bytes are copied.
     let upgrade = tunnel::requested(&req);
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.is_some().then(|| tunnel::ClientSide::of(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
@@ -248,7 +253,7 @@ async fn proxy(
                 Canned::NoHealthyBackend.response(head)
             };
         };
-        log.instance = backend.instance_id.to_string();
+        log.instance = Some(backend.instance_id);
         let mut in_flight = shared.counters.begin(&app.name, backend.instance_id);
         let outgoing = Outgoing {
             method: &parts.method,

@@ -11,28 +11,44 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::counters::InFlight;
+use crate::h1::UpgradeSlot;
 use crate::listeners::ConnGuard;
 use crate::upstream::Upgraded;
 
 /// The `Upgrade` value when this is an HTTP/1.1 upgrade request.
 pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+    if !wants_upgrade(req.version(), req.headers()) {
         return None;
     }
-    let wants = req
-        .headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !wants {
-        return None;
+    req.headers().get(UPGRADE).cloned()
+}
+
+/// An HTTP/1.1 request with `Connection: upgrade` and a non-empty `Upgrade`.
+pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.get(UPGRADE).is_some_and(|v| !v.is_empty())
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Where the client's side of an upgrade comes from.
+pub enum ClientSide {
+    /// HTTP/1 through our connection loop.
+    Own(UpgradeSlot),
+    Hyper(OnUpgrade),
+}
+
+impl ClientSide {
+    pub fn of<B>(req: &mut Request<B>) -> Self {
+        match req.extensions_mut().remove::<UpgradeSlot>() {
+            Some(slot) => ClientSide::Own(slot),
+            None => ClientSide::Hyper(hyper::upgrade::on(req)),
+        }
     }
-    req.headers()
-        .get(UPGRADE)
-        .filter(|v| !v.is_empty())
-        .cloned()
 }
 
 /// Puts back the two headers that hop-by-hop removal took.
@@ -42,17 +58,28 @@ pub fn restore_headers(headers: &mut HeaderMap, proto: &HeaderValue) {
 }
 
 /// Joins the client and the instance until either closes.
-pub async fn run(client: OnUpgrade, mut upstream: Upgraded, in_flight: InFlight, conn: ConnGuard) {
+pub async fn run(client: ClientSide, mut upstream: Upgraded, in_flight: InFlight, conn: ConnGuard) {
     let _held = (in_flight, conn);
-    let client = match client.await {
-        Ok(c) => c,
-        Err(error) => {
-            tracing::debug!(%error, "Client side of the upgrade did not complete");
-            return;
-        }
+    let result = match client {
+        ClientSide::Own(slot) => match slot.take().await {
+            Some(mut client) => tokio::io::copy_bidirectional(&mut client, &mut upstream).await,
+            None => {
+                tracing::debug!("Client side of the upgrade did not complete");
+                return;
+            }
+        },
+        ClientSide::Hyper(on) => match on.await {
+            Ok(client) => {
+                let mut client = TokioIo::new(client);
+                tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Client side of the upgrade did not complete");
+                return;
+            }
+        },
     };
-    let mut client = TokioIo::new(client);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    match result {
         Ok((up, down)) => tracing::debug!(up, down, "Upgraded connection closed"),
         Err(error) => tracing::debug!(%error, "Upgraded connection ended with an error"),
     }

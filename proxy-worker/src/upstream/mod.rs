@@ -6,7 +6,7 @@
 //! task, channel or wakeup, and the request head is written straight from the header map.
 
 mod body;
-mod chunked;
+pub(crate) mod chunked;
 mod exchange;
 mod head;
 mod pool;
