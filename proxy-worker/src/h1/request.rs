@@ -36,22 +36,24 @@ pub enum HeadError {
 /// The connection guard (conn_guard.rs) has already refused every head it considers
 /// malformed, oversized or ambiguous, so an error here is a last line of defence.
 pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADER_FIELDS];
+    // Offsets into the head, not slices: the head is split off the buffer before use.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADER_FIELDS];
     let (len, method, target, minor, count) = {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
-        let mut req = httparse::Request::new(&mut slots);
-        let len = match req.parse(buf) {
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADER_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(HeadError::Malformed("unparsable head")),
         };
         let base = buf.as_ptr() as usize;
         for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+            // Heads are at most 64 KiB (the connection guard), so offsets fit in u32.
             *span = (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
+                (h.name.as_ptr() as usize - base) as u32,
+                h.name.len() as u32,
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
             );
         }
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
@@ -71,6 +73,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         .map_err(|_| HeadError::Malformed("request target"))?;
     let mut headers = HeaderMap::with_capacity(count);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let (name_at, name_len) = (name_at as usize, name_len as usize);
+        let (value_at, value_len) = (value_at as usize, value_len as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| HeadError::Malformed("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
@@ -17,8 +17,8 @@ use super::pool::Pool;
 use super::{Outgoing, UpstreamError, CONNECT_TIMEOUT};
 use crate::body::{BoxError, ReplayBody};
 
-/// First read size for a response head; most heads fit.
-const HEAD_READ: usize = 8 * 1024;
+/// Bytes asked from the instance per read of a response head.
+const HEAD_READ: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum Failure {
@@ -69,9 +69,11 @@ pub async fn send(
         let reused = pooled.is_some();
         let mut stream = match pooled {
             Some(s) => s,
-            None => connect_or_handoff(pool, port, !fresh_only).await?,
+            // Boxed (as is the exchange with a body): rarer paths whose futures would
+            // otherwise enlarge every request's future, which is allocated per request.
+            None => Box::pin(connect_or_handoff(pool, port, !fresh_only)).await?,
         };
-        let mut buf = BytesMut::with_capacity(HEAD_READ);
+        let mut buf = BytesMut::new();
         let chunked = framing == RequestFraming::Chunked;
         match exchange(&mut stream, &head_bytes, body.take(), chunked, &mut buf).await {
             Ok((resp_head, body_sent)) => {
@@ -166,6 +168,17 @@ async fn exchange(
             .map_err(|e| ExchangeError::new(Failure::Write(e), false))?;
         return Ok((read_head(stream, buf).await?, true));
     };
+    Box::pin(exchange_with_body(stream, head_bytes, body, chunked, buf)).await
+}
+
+/// Writes the body while watching for an early answer.
+async fn exchange_with_body(
+    stream: &mut TcpStream,
+    head_bytes: &[u8],
+    body: ReplayBody,
+    chunked: bool,
+    buf: &mut BytesMut,
+) -> Result<(ResponseHead, bool), ExchangeError> {
     let (mut rd, mut wr) = stream.split();
     let write = async {
         wr.write_all(head_bytes).await.map_err(Failure::Write)?;
@@ -244,11 +257,26 @@ async fn read_head<R: AsyncRead + Unpin>(
                 Err(e) => return Err(ExchangeError::new(e.into(), true)),
             }
         }
-        buf.reserve(HEAD_READ);
-        match rd.read_buf(buf).await {
+        match read_exact_size(rd, buf).await {
             Ok(0) => return Err(ExchangeError::new(Failure::Closed, received)),
             Ok(_) => {}
             Err(e) => return Err(ExchangeError::new(Failure::Read(e), received)),
         }
     }
+}
+
+/// Reads once through a stack buffer and appends exactly what arrived: a small response
+/// costs a small allocation instead of a fresh 16 KiB buffer per request.
+async fn read_exact_size<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_READ];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut tmp);
+        std::task::ready!(std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb))?;
+        buf.extend_from_slice(rb.filled());
+        std::task::Poll::Ready(Ok(rb.filled().len()))
+    })
+    .await
 }
