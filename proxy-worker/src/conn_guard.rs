@@ -329,6 +329,8 @@ pub struct HeadGuard<I> {
     opened: Instant,
     last_body_byte: Instant,
     sleep: Pin<Box<Sleep>>,
+    /// When `sleep` is set to fire; it may be earlier than the current deadline.
+    armed: Option<Instant>,
     /// The refusal being written, and how much of it went out.
     refusal: Option<(Vec<u8>, usize)>,
     /// hyper wrote bytes it has not flushed yet.
@@ -353,6 +355,7 @@ impl<I> HeadGuard<I> {
             opened: now,
             last_body_byte: now,
             sleep: Box::pin(tokio::time::sleep_until(now + HEADER_READ_TIMEOUT)),
+            armed: Some(now + HEADER_READ_TIMEOUT),
             refusal: None,
             unflushed: false,
             done: false,
@@ -659,8 +662,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<I> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     if let Some(at) = this.deadline() {
-                        this.sleep.as_mut().reset(at);
+                        // Deadlines mostly move later (each request pushes the idle limit
+                        // out), so the timer is moved only when it must fire sooner or has
+                        // fired; one that fires early is re-checked above and re-armed.
+                        let early_enough = this.armed.is_some_and(|armed| armed <= at);
+                        if !early_enough || this.sleep.is_elapsed() {
+                            this.sleep.as_mut().reset(at);
+                            this.armed = Some(at);
+                        }
                         if this.sleep.as_mut().poll(cx).is_ready() {
+                            this.armed = None;
                             continue;
                         }
                     }
