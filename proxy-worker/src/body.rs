@@ -98,46 +98,63 @@ impl HttpBody for RequestBody {
     }
 }
 
-/// The downstream request body, sent upstream. It stays in a shared slot until the upstream
-/// connection first polls it, so after a failed connect the caller can take it back and try
-/// another instance: no byte of it was sent.
+/// What a request's upstream attempts share: the body until an attempt takes it, and what
+/// went wrong with it. One allocation per proxied request.
+pub struct ReplayState {
+    slot: Mutex<Option<RequestBody>>,
+    too_large: AtomicBool,
+    /// Reading the client's body failed (bad chunking, cut off): the failure is the
+    /// client's, so the answer is a 400, not a 502 (routing-and-proxy.md §4).
+    client_failed: AtomicBool,
+}
+
+impl ReplayState {
+    pub fn new(body: Option<RequestBody>) -> Arc<Self> {
+        Arc::new(Self {
+            slot: Mutex::new(body),
+            too_large: AtomicBool::new(false),
+            client_failed: AtomicBool::new(false),
+        })
+    }
+
+    /// No attempt has taken the body yet: nothing of it was sent.
+    pub fn untouched(&self) -> bool {
+        self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
+    }
+
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The downstream request body, sent upstream. It stays in the shared slot until the upstream
+/// connection first polls it, so after a failed connect the caller can try another instance:
+/// no byte of it was sent.
 pub struct ReplayBody {
-    slot: Arc<Mutex<Option<RequestBody>>>,
+    state: Arc<ReplayState>,
     body: Option<RequestBody>,
     seen: u64,
     limit: u64,
-    too_large: Arc<AtomicBool>,
-    /// Set when reading the client's body failed (bad chunking, cut off): the failure is the
-    /// client's, so the answer is a 400, not a 502 (routing-and-proxy.md §4).
-    client_failed: Option<Arc<AtomicBool>>,
 }
 
 impl ReplayBody {
-    pub fn new(
-        slot: Arc<Mutex<Option<RequestBody>>>,
-        limit: u64,
-        too_large: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(state: Arc<ReplayState>, limit: u64) -> Self {
         Self {
-            slot,
+            state,
             body: None,
             seen: 0,
             limit,
-            too_large,
-            client_failed: None,
         }
-    }
-
-    /// `flag` is set when the client's body cannot be read.
-    pub fn flag_client_errors(mut self, flag: Arc<AtomicBool>) -> Self {
-        self.client_failed = Some(flag);
-        self
     }
 
     fn with_inner<R>(&self, f: impl FnOnce(Option<&RequestBody>) -> R) -> R {
         match &self.body {
             Some(b) => f(Some(b)),
-            None => match self.slot.lock() {
+            None => match self.state.slot.lock() {
                 Ok(guard) => f(guard.as_ref()),
                 Err(_) => f(None),
             },
@@ -155,7 +172,7 @@ impl HttpBody for ReplayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.body.is_none() {
-            this.body = this.slot.lock().ok().and_then(|mut s| s.take());
+            this.body = this.state.slot.lock().ok().and_then(|mut s| s.take());
         }
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
@@ -165,16 +182,14 @@ impl HttpBody for ReplayBody {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        this.too_large.store(true, Ordering::Relaxed);
+                        this.state.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(flag) = &this.client_failed {
-                    flag.store(true, Ordering::Relaxed);
-                }
+                this.state.client_failed.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),

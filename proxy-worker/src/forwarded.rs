@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED};
+use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -106,7 +106,17 @@ pub fn apply(
     headers.insert(X_FORWARDED_PROTO.clone(), proto);
     let keep_xfh = trusted && headers.contains_key(&X_FORWARDED_HOST);
     if !keep_xfh {
-        set(headers, &X_FORWARDED_HOST, request_host);
+        // Usually the Host header itself: its value is shared, not copied.
+        match headers
+            .get(HOST)
+            .filter(|v| v.as_bytes() == request_host.as_bytes())
+        {
+            Some(host) => {
+                let host = host.clone();
+                headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+            None => set(headers, &X_FORWARDED_HOST, request_host),
+        }
     }
     if !trusted {
         headers.remove(&FORWARDED);

@@ -2,8 +2,7 @@
 //! redirect, route match, backend selection (with holds), proxy.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::header::UPGRADE;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -12,7 +11,7 @@ use http_body_util::BodyExt;
 use tako_ipc::cidr::{any_contains, canonical_ip};
 
 use crate::access::AccessLog;
-use crate::body::{Body, Guarded, ReplayBody, RequestBody};
+use crate::body::{Body, Guarded, ReplayBody, ReplayState, RequestBody};
 use crate::cache;
 use crate::counters::UpstreamErrorKind;
 use crate::forwarded;
@@ -240,9 +239,7 @@ async fn proxy(
         }
     }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let slot = Arc::new(Mutex::new(Some(body)));
-    let too_large = Arc::new(AtomicBool::new(false));
-    let client_failed = Arc::new(AtomicBool::new(false));
+    let replay = ReplayState::new(Some(body));
     let mut client_upgrade = client_upgrade;
     let mut exclude = None;
     loop {
@@ -259,8 +256,7 @@ async fn proxy(
             method: &parts.method,
             target,
             headers: &headers,
-            body: ReplayBody::new(Arc::clone(&slot), MAX_BODY_BYTES, Arc::clone(&too_large))
-                .flag_client_errors(Arc::clone(&client_failed)),
+            body: ReplayBody::new(Arc::clone(&replay), MAX_BODY_BYTES),
         };
         let sent_at = std::time::Instant::now();
         match shared.upstream.send(backend.port, outgoing).await {
@@ -296,7 +292,7 @@ async fn proxy(
                 shared
                     .counters
                     .record_upstream_error(&app.name, UpstreamErrorKind::Connect);
-                let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);
+                let untouched = replay.untouched();
                 tracing::warn!(
                     app = %app.name,
                     instance = backend.instance_id,
@@ -320,10 +316,10 @@ async fn proxy(
             }
             Err(error @ UpstreamError::Failed(_)) => {
                 in_flight.count();
-                if too_large.load(Ordering::Relaxed) {
+                if replay.too_large() {
                     return Canned::PayloadTooLarge.response(head);
                 }
-                if client_failed.load(Ordering::Relaxed) {
+                if replay.client_failed() {
                     // Malformed chunking or a body cut short: the client's fault (§4).
                     tracing::debug!(app = %app.name, %error, "Request body unreadable");
                     return Canned::BadRequest.response(head);

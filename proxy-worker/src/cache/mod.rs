@@ -27,7 +27,7 @@ use crate::body::Body;
 use admission::{admit, content_length, request_eligibility, Eligibility};
 use flight::{FlightGuard, Flights, Join};
 use key::{normalize_host, primary_key, vary_spec, VaryRecord, VarySpec};
-use serve::append_cache_status;
+use serve::append_forward_status;
 use store::{Entry, Found, Store, Stored};
 use tee::{StoreJob, TeeBody};
 
@@ -337,7 +337,7 @@ impl Ticket {
         let (mut parts, body) = resp.into_parts();
         match mode {
             Mode::Bypass => {
-                append_cache_status(&mut parts.headers, &format!("tako; {label}"));
+                append_forward_status(&mut parts.headers, label, false);
                 Response::from_parts(parts, body)
             }
             Mode::Method { invalidate } => {
@@ -349,7 +349,7 @@ impl Ticket {
                     tracing::debug!(host = %inv.host, targets = ?inv.targets, "Cache invalidated by an unsafe request");
                     (cache.sink)(WorkerToMaster::CacheInvalidate(inv));
                 }
-                append_cache_status(&mut parts.headers, &format!("tako; {label}"));
+                append_forward_status(&mut parts.headers, label, false);
                 Response::from_parts(parts, body)
             }
             Mode::Miss {
@@ -360,7 +360,7 @@ impl Ticket {
             } => {
                 drop(flight);
                 tracing::trace!(%key, "HEAD miss forwarded");
-                append_cache_status(&mut parts.headers, &format!("tako; {label}"));
+                append_forward_status(&mut parts.headers, label, false);
                 Response::from_parts(parts, body)
             }
             Mode::Miss {
@@ -393,7 +393,7 @@ impl Ticket {
                         tracing::debug!(%key, %why, "Response not stored");
                         cache.flights.mark_uncacheable(&key);
                         drop(flight);
-                        append_cache_status(&mut parts.headers, &format!("tako; {label}"));
+                        append_forward_status(&mut parts.headers, label, false);
                         Response::from_parts(parts, body)
                     }
                     Ok(fresh) => {
@@ -415,7 +415,7 @@ impl Ticket {
                             lifetime: fresh.lifetime,
                         };
                         cache.flights.clear_uncacheable(&key);
-                        append_cache_status(&mut parts.headers, &format!("tako; {label}; stored"));
+                        append_forward_status(&mut parts.headers, label, true);
                         let job = StoreJob {
                             cache,
                             key,

@@ -21,6 +21,12 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// Appends our member after any `Cache-Status` the app sent, as one field line so that
 /// readers that take the first line still see the whole list.
 pub fn append_cache_status(headers: &mut HeaderMap, ours: &str) {
+    if !headers.contains_key(&CACHE_STATUS) {
+        if let Ok(v) = HeaderValue::from_str(ours) {
+            headers.insert(&CACHE_STATUS, v);
+        }
+        return;
+    }
     let mut parts: Vec<String> = headers
         .get_all(&CACHE_STATUS)
         .iter()
@@ -30,6 +36,25 @@ pub fn append_cache_status(headers: &mut HeaderMap, ours: &str) {
     parts.push(ours.to_string());
     if let Ok(v) = HeaderValue::from_str(&parts.join(", ")) {
         headers.insert(&CACHE_STATUS, v);
+    }
+}
+
+/// Appends our member for a forwarded request; the common values need no allocation.
+pub fn append_forward_status(headers: &mut HeaderMap, label: &'static str, stored: bool) {
+    let fixed = match (label, stored) {
+        ("fwd=uri-miss", false) => Some("tako; fwd=uri-miss"),
+        ("fwd=uri-miss", true) => Some("tako; fwd=uri-miss; stored"),
+        ("fwd=method", false) => Some("tako; fwd=method"),
+        ("fwd=bypass", false) => Some("tako; fwd=bypass"),
+        _ => None,
+    };
+    match fixed {
+        Some(value) if !headers.contains_key(&CACHE_STATUS) => {
+            headers.insert(&CACHE_STATUS, HeaderValue::from_static(value));
+        }
+        Some(value) => append_cache_status(headers, value),
+        None if stored => append_cache_status(headers, &format!("tako; {label}; stored")),
+        None => append_cache_status(headers, &format!("tako; {label}")),
     }
 }
 

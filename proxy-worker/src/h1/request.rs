@@ -71,7 +71,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Malformed("request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the forwarded headers the pipeline adds, so they do not regrow the map.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);

@@ -126,7 +126,8 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
     let status =
         StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(format!("status {code}")))?;
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for `Cache-Status` and `Date`, so adding them does not regrow the map.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);

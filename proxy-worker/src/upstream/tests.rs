@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{Outgoing, Upstream, UpstreamError};
-use crate::body::ReplayBody;
+use crate::body::{ReplayBody, ReplayState};
 
 /// One scripted answer: the bytes, and whether the instance closes afterwards.
 type Answer = (&'static [u8], bool);
@@ -56,11 +56,7 @@ async fn instance(answers: Vec<Answer>) -> Instance {
 }
 
 fn empty_body() -> ReplayBody {
-    ReplayBody::new(
-        Arc::new(Mutex::new(None)),
-        1024,
-        Arc::new(Default::default()),
-    )
+    ReplayBody::new(ReplayState::new(None), 1024)
 }
 
 async fn get(up: &Upstream, port: u16, method: Method) -> Result<(StatusCode, Vec<u8>), String> {
