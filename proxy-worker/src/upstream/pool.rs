@@ -5,7 +5,7 @@
 //! back: with an app that accepts slowly (a small listen backlog), requests then share the
 //! connections that exist instead of each waiting for its own connect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
@@ -35,7 +35,7 @@ struct Idle {
 struct PortIdle {
     idle: Vec<Idle>,
     /// Requests connecting right now that would take a connection someone else frees first.
-    waiters: Vec<oneshot::Sender<TcpStream>>,
+    waiters: VecDeque<oneshot::Sender<TcpStream>>,
 }
 
 #[derive(Default)]
@@ -68,7 +68,7 @@ impl Pool {
         let mut idle = self.idle.lock().ok()?;
         let waiters = &mut idle.entry(port).or_default().waiters;
         waiters.retain(|w| !w.is_closed());
-        waiters.push(tx);
+        waiters.push_back(tx);
         Some(rx)
     }
 
@@ -80,8 +80,8 @@ impl Pool {
         let entry = idle.entry(port).or_default();
         let mut stream = stream;
         // Oldest waiter first; one that gave up hands the connection back.
-        while !entry.waiters.is_empty() {
-            match entry.waiters.remove(0).send(stream) {
+        while let Some(waiter) = entry.waiters.pop_front() {
+            match waiter.send(stream) {
                 Ok(()) => return,
                 Err(back) => stream = back,
             }
