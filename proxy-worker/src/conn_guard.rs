@@ -1,6 +1,8 @@
-//! A thin IO wrapper in front of hyper on HTTP/1 connections. It reads each request's header
-//! section itself, before hyper sees a byte of it, and answers what hyper would answer badly
-//! or not at all (routing-and-proxy.md §4, §13, §14):
+//! A thin IO wrapper in front of the HTTP/1 connection loop (h1/). It reads each request's
+//! header section itself, before the loop sees a byte of it, and answers what an HTTP/1 server
+//! would answer badly or not at all (routing-and-proxy.md §4, §13, §14). It was written for
+//! hyper's server, which the loop replaced; the reasons below are why it exists at all, and it
+//! still means the loop only ever parses heads that were already checked:
 //!
 //! - hyper's automatic answers to parse errors and header limits (400, 414, 431) have no body,
 //!   no `Content-Type` and no `Cache-Control`; hyper offers no hook to change them. Here every
@@ -314,17 +316,17 @@ pub struct HeadGuard<I> {
     inner: I,
     state: Arc<ConnState>,
     mode: Mode,
-    /// The head being collected (not yet given to hyper).
+    /// The head being collected (not yet given to the connection loop).
     head: Vec<u8>,
     head_started: Option<Instant>,
     /// Chunk-size or trailer line being followed.
     line: Vec<u8>,
-    /// Checked bytes waiting for hyper.
+    /// Checked bytes waiting for the connection loop.
     out: Vec<u8>,
     out_pos: usize,
     /// No request head was completed yet on this connection.
     first: bool,
-    /// Heads given to hyper so far.
+    /// Heads given to the connection loop so far.
     released: u64,
     opened: Instant,
     last_body_byte: Instant,
@@ -333,7 +335,7 @@ pub struct HeadGuard<I> {
     armed: Option<Instant>,
     /// The refusal being written, and how much of it went out.
     refusal: Option<(Vec<u8>, usize)>,
-    /// hyper wrote bytes it has not flushed yet.
+    /// The connection loop wrote bytes it has not flushed yet.
     unflushed: bool,
     done: bool,
 }
@@ -535,7 +537,7 @@ impl<I> HeadGuard<I> {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> HeadGuard<I> {
-    /// Writes the refusal once hyper is quiet, then shuts the write side; after that the
+    /// Writes the refusal once the connection loop is quiet, then shuts the write side; after that the
     /// connection reads as closed.
     fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.state.busy(self.released) || self.unflushed {

@@ -58,7 +58,7 @@ pub fn run(ipc: std::os::unix::net::UnixStream) -> i32 {
     code
 }
 
-/// The HTTP/1 head check the connection guard runs before hyper sees a request (the parser
+/// The HTTP/1 head check the connection guard runs before the connection loop sees a request (the parser
 /// that faces the internet), exposed for the fuzz target only. Returns whether the head
 /// was accepted.
 #[doc(hidden)]
