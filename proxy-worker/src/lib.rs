@@ -65,3 +65,18 @@ pub fn run(ipc: std::os::unix::net::UnixStream) -> i32 {
 pub fn fuzz_check_head(head: &[u8]) -> bool {
     conn_guard::check_head(head).is_ok()
 }
+
+/// An instance's answer as the upstream client reads it: response head, body framing and,
+/// when chunked, the chunk decoder. Exposed for the fuzz target only; returns whether a head
+/// was accepted.
+#[doc(hidden)]
+pub fn fuzz_upstream_response(data: &[u8]) -> bool {
+    upstream::fuzz_response(data)
+}
+
+/// A request head as the HTTP/1 connection loop parses it. Exposed for the fuzz target only;
+/// returns whether a complete head was accepted.
+#[doc(hidden)]
+pub fn fuzz_h1_request(data: &[u8]) -> bool {
+    h1::fuzz_request(data)
+}

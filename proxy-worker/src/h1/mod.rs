@@ -75,6 +75,11 @@ impl UpgradeSlot {
     }
 }
 
+/// See [`crate::fuzz_h1_request`].
+pub fn fuzz_request(data: &[u8]) -> bool {
+    matches!(request::parse(&mut BytesMut::from(data)), Ok(Some(_)))
+}
+
 /// How the connection loop ends a wait for the next request.
 enum Wait {
     Data,

@@ -105,6 +105,19 @@ impl Upstream {
     }
 }
 
+/// See [`crate::fuzz_upstream_response`].
+pub fn fuzz_response(data: &[u8]) -> bool {
+    let mut buf = bytes::BytesMut::from(data);
+    let Ok(Some(head)) = head::parse_response(&mut buf) else {
+        return false;
+    };
+    if let Ok((head::Framing::Chunked, _)) = head::response_framing(false, &head) {
+        let mut decoder = chunked::ChunkedDecoder::new();
+        while let Ok(chunked::Step::Data(_)) = decoder.step(&mut buf) {}
+    }
+    true
+}
+
 #[cfg(test)]
 mod hop_by_hop_tests {
     use super::*;
