@@ -19,6 +19,7 @@ mod listeners;
 mod pipeline;
 mod redirect;
 mod responses;
+mod rewind;
 mod shared;
 mod static_files;
 mod table;

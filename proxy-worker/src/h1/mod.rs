@@ -14,17 +14,16 @@ mod request;
 mod response;
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
 pub use body::OwnBody;
@@ -35,11 +34,10 @@ use crate::body::{Body, BoxError, RequestBody};
 use crate::conn_guard::ConnState;
 use crate::pipeline::{self, ConnInfo};
 use crate::responses::Canned;
+use crate::rewind::{read_append, Rewind};
 use crate::shared::Shared;
 use crate::upstream::chunked::{ChunkedDecoder, Step};
 
-/// Bytes asked from the connection per read.
-const READ_SIZE: usize = 16 * 1024;
 /// Body frames up to this size are copied next to the head (or chunk line) to go out in one
 /// write; larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
@@ -58,10 +56,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// The client side of a connection after a `101`: the bytes already read past the request
 /// head, then the connection itself.
-pub struct ClientUpgraded {
-    prefix: Bytes,
-    io: Box<dyn Io>,
-}
+pub type ClientUpgraded = Rewind<Box<dyn Io>>;
 
 /// Put in the extensions of an upgrade request; the tunnel takes the connection from it.
 #[derive(Clone)]
@@ -216,10 +211,7 @@ pub async fn serve<I: Io>(
         match written {
             Ok(_) if upgraded => {
                 if let Some(tx) = upgrade_tx {
-                    let _ = tx.send(ClientUpgraded {
-                        prefix: rbuf.freeze(),
-                        io: Box::new(io),
-                    });
+                    let _ = tx.send(Rewind::new(rbuf.freeze(), Box::new(io) as Box<dyn Io>));
                 }
                 return;
             }
@@ -269,22 +261,12 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Reads once into `rbuf`, through a stack buffer so that no buffer is held while waiting.
+/// Reads once into `rbuf`; no buffer is held while waiting.
 async fn read_some<I: Io>(io: &mut I, rbuf: &mut BytesMut) -> Wait {
-    std::future::poll_fn(|cx| {
-        let mut tmp = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-        let mut rb = ReadBuf::uninit(&mut tmp);
-        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(_)) => Poll::Ready(Wait::Closed),
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Wait::Closed),
-            Poll::Ready(Ok(())) => {
-                rbuf.extend_from_slice(rb.filled());
-                Poll::Ready(Wait::Data)
-            }
-        }
-    })
-    .await
+    match read_append(io, rbuf).await {
+        Ok(n) if n > 0 => Wait::Data,
+        _ => Wait::Closed,
+    }
 }
 
 enum PumpStep {
@@ -520,38 +502,4 @@ async fn linger_close<I: Io>(io: &mut I) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-impl AsyncRead for ClientUpgraded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ClientUpgraded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }

@@ -7,18 +7,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::chunked::{ChunkedDecoder, Step};
 use super::head::Framing;
 use super::pool::Pool;
 use crate::body::BoxError;
-
-/// Bytes asked from the kernel per read of a body.
-const READ_CHUNK: usize = 16 * 1024;
+use crate::rewind::{poll_read_append, Rewind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -92,10 +89,7 @@ impl UpstreamBody {
     /// sent past its response head.
     pub fn into_upgraded(mut self) -> Option<Upgraded> {
         let stream = self.stream.take()?;
-        Some(Upgraded {
-            prefix: std::mem::take(&mut self.buf).freeze(),
-            stream,
-        })
+        Some(Rewind::new(std::mem::take(&mut self.buf).freeze(), stream))
     }
 
     /// The body ended: the connection is pooled when nothing is left over on it.
@@ -113,25 +107,9 @@ impl UpstreamBody {
         let Some(stream) = self.stream.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        self.buf.reserve(READ_CHUNK);
-        let n = ready!(poll_read_into(stream, cx, &mut self.buf))?;
+        let n = ready!(poll_read_append(stream, cx, &mut self.buf))?;
         Poll::Ready(Ok(n))
     }
-}
-
-/// Reads into the spare capacity of `buf` without zeroing it first.
-fn poll_read_into(
-    stream: &mut TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    let spare = buf.spare_capacity_mut();
-    let mut rb = ReadBuf::uninit(spare);
-    ready!(Pin::new(stream).poll_read(cx, &mut rb))?;
-    let n = rb.filled().len();
-    // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    Poll::Ready(Ok(n))
 }
 
 impl HttpBody for UpstreamBody {
@@ -206,42 +184,6 @@ fn fail(body: &mut UpstreamBody, e: BodyError) -> Poll<Option<Result<Frame<Bytes
     Poll::Ready(Some(Err(Box::new(e))))
 }
 
-/// An instance's side of an upgraded connection (WebSocket and the like).
-pub struct Upgraded {
-    prefix: Bytes,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
+/// An instance's side of an upgraded connection (WebSocket and the like), with the bytes it
+/// sent past its response head.
+pub type Upgraded = Rewind<TcpStream>;

@@ -16,9 +16,7 @@ use super::head::{self, RequestFraming, ResponseHead};
 use super::pool::Pool;
 use super::{Outgoing, UpstreamError, CONNECT_TIMEOUT};
 use crate::body::{BoxError, ReplayBody};
-
-/// Bytes asked from the instance per read of a response head.
-const HEAD_READ: usize = 16 * 1024;
+use crate::rewind::read_append;
 
 #[derive(Debug, thiserror::Error)]
 enum Failure {
@@ -269,26 +267,10 @@ async fn read_head<R: AsyncRead + Unpin>(
                 Err(e) => return Err(ExchangeError::new(e.into(), true)),
             }
         }
-        match read_exact_size(rd, buf).await {
+        match read_append(rd, buf).await {
             Ok(0) => return Err(ExchangeError::new(Failure::Closed, received)),
             Ok(_) => {}
             Err(e) => return Err(ExchangeError::new(Failure::Read(e), received)),
         }
     }
-}
-
-/// Reads once through a stack buffer and appends exactly what arrived: a small response
-/// costs a small allocation instead of a fresh 16 KiB buffer per request.
-async fn read_exact_size<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_READ];
-        let mut rb = tokio::io::ReadBuf::uninit(&mut tmp);
-        std::task::ready!(std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb))?;
-        buf.extend_from_slice(rb.filled());
-        std::task::Poll::Ready(Ok(rb.filled().len()))
-    })
-    .await
 }
