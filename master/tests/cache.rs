@@ -522,6 +522,49 @@ fn cache_size_zero_turns_the_cache_off() {
     assert_eq!(upstream_count(&server, &t), 2);
 }
 
+/// A URL whose answer was not storable stops collapsing (hit-for-miss, docs/spec-deviations.md):
+/// concurrent misses then all reach the app while the first of them is still being answered,
+/// instead of waiting for it.
+#[test]
+fn misses_of_an_uncacheable_url_go_upstream_side_by_side() {
+    let server = Arc::new(start(&[]));
+    let t = target("/uncacheable", &[("delay_ms", "1500")]);
+    let first = get(&server, &t);
+    assert_eq!(cache_status(&first), "tako; fwd=uri-miss");
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(6));
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (server, barrier, t) = (Arc::clone(&server), Arc::clone(&barrier), t.clone());
+            let answered = Arc::clone(&answered);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let r = get(&server, &t);
+                answered.store(true, std::sync::atomic::Ordering::SeqCst);
+                r
+            })
+        })
+        .collect();
+    // All six arrive at the app before any of them is answered; collapsed, five would only
+    // be sent after the first answer.
+    let arrived = poll(Duration::from_secs(10), Duration::from_millis(20), || {
+        (upstream_count(&server, &t) == 7).then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "the six misses never all reached the app"
+    );
+    assert!(
+        !answered.load(std::sync::atomic::Ordering::SeqCst),
+        "a miss was answered before all six reached the app: they queued"
+    );
+    for h in handles {
+        let r = h.join().expect("request thread");
+        assert_eq!(r.status, 200);
+        assert_eq!(cache_status(&r), "tako; fwd=uri-miss");
+    }
+}
+
 #[test]
 fn single_flight_twenty_concurrent_misses_one_upstream_request() {
     let server = Arc::new(start(&[]));

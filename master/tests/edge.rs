@@ -594,6 +594,13 @@ fn smuggling_patterns_and_header_limits_get_spec_answers() {
     let a = raw(p, long.as_bytes());
     assert_error(&a, "HTTP/1.1 414 URI Too Long", "URI Too Long");
 
+    // `Expect: 100-continue` gets the interim answer before the final one.
+    let a = raw(p, b"POST /status HTTP/1.1\r\nHost: tako.internal\r\nContent-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nok");
+    assert!(
+        a.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{a}"
+    );
+
     // Pipelined requests with a chunked body are followed correctly: a body that looks like
     // a request is a body.
     let a = raw(p, b"POST /status HTTP/1.1\r\nHost: tako.internal\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nGET \r\n0\r\n\r\nGET /status HTTP/1.1\r\nHost: tako.internal\r\nConnection: close\r\n\r\n");
