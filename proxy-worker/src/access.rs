@@ -2,36 +2,46 @@
 //! record drops, i.e. after the last body byte or when the client went away.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
+use http::{Request, Uri};
+
+use crate::host::RequestHost;
+
+/// Everything here is shared with the request or copied without a heap allocation: one is
+/// made per request.
 pub struct AccessLog {
     start: Instant,
     peer: SocketAddr,
     method: http::Method,
-    path: String,
-    pub host: String,
+    /// The request's target, shared with it.
+    uri: Uri,
+    /// `None` until the request host is known.
+    pub host: Option<RequestHost>,
     /// 0 until a response exists.
     pub status: u16,
     pub https: bool,
-    pub app: String,
+    /// `None` until a route matched.
+    pub app: Option<Arc<str>>,
     /// The instance that answered, if one did.
     pub instance: Option<u32>,
     pub cache: &'static str,
     /// Where the request is counted for `/metrics` when it finishes.
-    pub stats: Option<std::sync::Arc<crate::counters::Counters>>,
+    pub stats: Option<Arc<crate::counters::Counters>>,
 }
 
 impl AccessLog {
-    pub fn start(method: &http::Method, path: &str, peer: SocketAddr, tls: bool) -> Self {
+    pub fn start<B>(req: &Request<B>, peer: SocketAddr, tls: bool) -> Self {
         Self {
             start: Instant::now(),
             peer,
-            method: method.clone(),
-            path: path.to_string(),
-            host: String::new(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            host: None,
             status: 0,
             https: tls,
-            app: String::new(),
+            app: None,
             instance: None,
             cache: "-",
             stats: None,
@@ -42,18 +52,19 @@ impl AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
+        let app = self.app.as_deref().unwrap_or("");
         if let Some(stats) = &self.stats {
-            stats.record_request(&self.app, self.status, elapsed.as_secs_f64());
+            stats.record_request(app, self.status, elapsed.as_secs_f64());
         }
         let duration_ms = elapsed.as_millis() as u64;
         tracing::info!(
             target: "tako::access",
-            host = %self.host,
+            host = %self.host.as_ref().map_or("", |h| h.hostname.as_str()),
             method = %self.method,
-            path = %self.path,
+            path = %self.uri.path(),
             status = self.status,
             https = self.https,
-            app = %self.app,
+            app = %app,
             instance = %Blank(self.instance),
             cache = self.cache,
             duration_ms,

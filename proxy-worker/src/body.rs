@@ -17,13 +17,17 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body that holds `G` until it is dropped: after the last byte was written, or when the
 /// client went away.
-pub struct Guarded<G> {
-    inner: Body,
+pub struct Guarded<B, G> {
+    inner: B,
     _guard: G,
 }
 
-impl<G: Send + Unpin + 'static> Guarded<G> {
-    pub fn wrap(inner: Body, guard: G) -> Body {
+impl<G: Send + Unpin + 'static> Guarded<Body, G> {
+    /// Wraps `inner` and boxes the pair: one allocation, the inner body not boxed again.
+    pub fn wrap<B>(inner: B, guard: G) -> Body
+    where
+        B: HttpBody<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+    {
         UnsyncBoxBody::new(Guarded {
             inner,
             _guard: guard,
@@ -31,7 +35,11 @@ impl<G: Send + Unpin + 'static> Guarded<G> {
     }
 }
 
-impl<G: Unpin> HttpBody for Guarded<G> {
+impl<B, G> HttpBody for Guarded<B, G>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+    G: Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 

@@ -397,7 +397,10 @@ impl<I> HeadGuard<I> {
         self.first = false;
         self.released += 1;
         self.head_started = None;
-        self.last_body_byte = Instant::now();
+        if matches!(framing, Framing::Length(_) | Framing::Chunked) {
+            // Only a body has an idle limit: no clock read for a bodiless request.
+            self.last_body_byte = Instant::now();
+        }
         self.mode = match framing {
             Framing::None => Mode::Head,
             Framing::Length(n) => Mode::Length(n),

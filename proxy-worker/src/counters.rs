@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::fast_hash::FastMap;
 use tako_ipc::{AppHttpStats, AppUpstreamErrors, EdgeStats, InstanceCounters, DURATION_BUCKETS};
 
 #[derive(Default)]
@@ -18,9 +19,9 @@ struct Entry {
 pub struct Counters {
     /// app → instance id → counters: keyed by app first so the hot path looks an app up by
     /// `&str` and allocates only the first time it sees one.
-    map: Mutex<HashMap<String, HashMap<u32, Entry>>>,
+    map: Mutex<FastMap<String, FastMap<u32, Entry>>>,
     dirty: AtomicBool,
-    http: Mutex<HashMap<String, AppHttpStats>>,
+    http: Mutex<FastMap<String, AppHttpStats>>,
     http_dirty: AtomicBool,
     tls_ok: AtomicU64,
     tls_failed: AtomicU64,
@@ -115,7 +116,7 @@ impl Counters {
     fn update(&self, app: &str, instance_id: u32, f: impl FnOnce(&mut Entry)) {
         if let Ok(mut map) = self.map.lock() {
             if !map.contains_key(app) {
-                map.insert(app.to_string(), HashMap::new());
+                map.insert(app.to_string(), FastMap::default());
             }
             if let Some(per_app) = map.get_mut(app) {
                 f(per_app.entry(instance_id).or_default());
@@ -125,13 +126,13 @@ impl Counters {
     }
 
     /// Marks one request in flight to an instance until the guard drops.
-    pub fn begin(self: &Arc<Self>, app: &str, instance_id: u32) -> InFlight {
+    pub fn begin(self: &Arc<Self>, app: &Arc<str>, instance_id: u32) -> InFlight {
         self.update(app, instance_id, |e| {
             e.in_flight = e.in_flight.saturating_add(1)
         });
         InFlight {
             counters: Arc::clone(self),
-            app: app.to_string(),
+            app: Arc::clone(app),
             instance_id,
             counted: false,
         }
@@ -162,7 +163,7 @@ impl Counters {
 /// One request in flight to one instance.
 pub struct InFlight {
     counters: Arc<Counters>,
-    app: String,
+    app: Arc<str>,
     instance_id: u32,
     counted: bool,
 }
@@ -194,7 +195,7 @@ mod tests {
     fn in_flight_and_totals() {
         let c = Arc::new(Counters::default());
         assert!(c.take_if_dirty().is_none());
-        let mut a = c.begin("web", 1);
+        let mut a = c.begin(&Arc::from("web"), 1);
         let snap = c.take_if_dirty().unwrap();
         assert_eq!(snap[0].in_flight, 1);
         assert_eq!(snap[0].requests_total, 0);

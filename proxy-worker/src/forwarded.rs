@@ -1,8 +1,8 @@
 //! Effective scheme and the forwarded headers sent upstream (routing-and-proxy.md §5).
 
-use std::net::IpAddr;
-
 use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
+
+use crate::pipeline::ConnInfo;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -14,35 +14,58 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// visible ASCII.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut out: Option<String> = None;
-    for v in headers.get_all(name) {
-        let s = v.to_str().ok()?;
+    for v in values(headers, name)? {
         match &mut out {
             Some(o) => {
                 o.push_str(", ");
-                o.push_str(s);
+                o.push_str(v);
             }
-            None => out = Some(s.to_string()),
+            None => out = Some(v.to_string()),
         }
     }
     out
 }
 
+/// The values of one header, as `joined` would see them, without joining them: `None` when
+/// absent or when any value is not visible ASCII.
+fn values<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Option<impl Iterator<Item = &'a str> + 'a> {
+    let mut present = false;
+    for v in headers.get_all(name) {
+        v.to_str().ok()?;
+        present = true;
+    }
+    present.then(|| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+    })
+}
+
+/// Whether the joined list would be more than blanks: two values join with a comma.
+fn not_blank(headers: &HeaderMap, name: &HeaderName) -> bool {
+    values(headers, name).is_some_and(|mut vs| {
+        let first = vs.next().unwrap_or("");
+        vs.next().is_some() || !first.trim().is_empty()
+    })
+}
+
 fn first_xfp_is_https(headers: &HeaderMap) -> bool {
-    joined(headers, &X_FORWARDED_PROTO)
-        .and_then(|v| {
-            v.split(',')
-                .next()
-                .map(|s| s.trim().eq_ignore_ascii_case("https"))
-        })
-        .unwrap_or(false)
+    values(headers, &X_FORWARDED_PROTO)
+        .and_then(|mut vs| vs.next())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("https"))
 }
 
 /// The `proto` parameter of one `Forwarded` element, quotes stripped.
-fn forwarded_proto(element: &str) -> Option<String> {
+fn forwarded_proto(element: &str) -> Option<&str> {
     element.split(';').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         if k.trim().eq_ignore_ascii_case("proto") {
-            Some(v.trim().trim_matches('"').to_string())
+            Some(v.trim().trim_matches('"'))
         } else {
             None
         }
@@ -50,15 +73,16 @@ fn forwarded_proto(element: &str) -> Option<String> {
 }
 
 fn first_forwarded_is_https(headers: &HeaderMap) -> bool {
-    joined(headers, &FORWARDED)
+    values(headers, &FORWARDED)
+        .and_then(|mut vs| vs.next())
         .and_then(|v| v.split(',').next().and_then(forwarded_proto))
         .is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
 fn has_proto_info(headers: &HeaderMap) -> bool {
-    let xfp = joined(headers, &X_FORWARDED_PROTO).is_some_and(|v| !v.trim().is_empty());
-    let fwd = joined(headers, &FORWARDED)
-        .is_some_and(|v| v.split(',').any(|e| forwarded_proto(e).is_some()));
+    let xfp = not_blank(headers, &X_FORWARDED_PROTO);
+    let fwd = values(headers, &FORWARDED)
+        .is_some_and(|mut vs| vs.any(|v| v.split(',').any(|e| forwarded_proto(e).is_some())));
     xfp || fwd
 }
 
@@ -83,7 +107,7 @@ pub fn effective_https(headers: &HeaderMap, tls: bool, trusted: bool, hostname: 
     if first_xfp_is_https(headers) || first_forwarded_is_https(headers) {
         return true;
     }
-    let xff_present = joined(headers, &X_FORWARDED_FOR).is_some_and(|v| !v.trim().is_empty());
+    let xff_present = not_blank(headers, &X_FORWARDED_FOR);
     is_private_host(hostname) && xff_present && !has_proto_info(headers)
 }
 
@@ -91,17 +115,26 @@ pub fn effective_https(headers: &HeaderMap, tls: bool, trusted: bool, hostname: 
 /// `request_host` is the host as received (port kept).
 pub fn apply(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    conn: &ConnInfo,
     trusted: bool,
     https: bool,
     request_host: &str,
 ) {
-    let peer_ip = tako_ipc::cidr::canonical_ip(peer).to_string();
-    let xff = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
-        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
+    let prev = if trusted {
+        joined(headers, &X_FORWARDED_FOR).filter(|prev| !prev.trim().is_empty())
+    } else {
+        None
     };
-    set(headers, &X_FORWARDED_FOR, &xff);
+    match prev {
+        Some(prev) => {
+            let peer = conn.peer_value.to_str().unwrap_or("");
+            set(headers, &X_FORWARDED_FOR, &format!("{prev}, {peer}"));
+        }
+        // The common case: the value formatted once for the connection.
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), conn.peer_value.clone());
+        }
+    }
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     headers.insert(X_FORWARDED_PROTO.clone(), proto);
     let keep_xfh = trusted && headers.contains_key(&X_FORWARDED_HOST);
@@ -141,6 +174,10 @@ fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conn(ip: &str) -> ConnInfo {
+        ConnInfo::new(std::net::SocketAddr::new(ip.parse().unwrap(), 40000), false)
+    }
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -253,7 +290,7 @@ mod tests {
         ]);
         apply(
             &mut m,
-            "203.0.113.5".parse().unwrap(),
+            &conn("203.0.113.5"),
             false,
             false,
             "Example.com:8080",
@@ -276,13 +313,7 @@ mod tests {
             ("x-real-ip", "1.1.1.1"),
             ("x-forwarded-port", "443"),
         ]);
-        apply(
-            &mut m,
-            "::ffff:127.0.0.1".parse().unwrap(),
-            true,
-            true,
-            "e.com",
-        );
+        apply(&mut m, &conn("::ffff:127.0.0.1"), true, true, "e.com");
         assert_eq!(m["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(m.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(m["x-forwarded-proto"], "https");
@@ -291,7 +322,7 @@ mod tests {
         assert_eq!(m["x-real-ip"], "1.1.1.1");
         assert_eq!(m["x-forwarded-port"], "443");
         let mut m = HeaderMap::new();
-        apply(&mut m, "::1".parse().unwrap(), true, false, "e.com");
+        apply(&mut m, &conn("::1"), true, false, "e.com");
         assert_eq!(m["x-forwarded-for"], "::1");
         assert_eq!(m["x-forwarded-host"], "e.com");
         assert_eq!(m["x-forwarded-proto"], "http");

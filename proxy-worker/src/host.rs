@@ -1,15 +1,106 @@
 //! The request host (routing-and-proxy.md §3): which header or authority names it, and the
 //! normalized hostname used for routing.
 
+use std::fmt;
+use std::ops::Deref;
+
 use http::header::HOST;
 use http::{Request, Version};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHost {
     /// As received, port kept: for `X-Forwarded-Host`.
-    pub received: String,
+    pub received: HostText,
     /// Lower-cased, port and trailing dot removed, IPv6 brackets kept.
-    pub hostname: String,
+    pub hostname: HostText,
+}
+
+/// Bytes kept inline: nearly every host name fits, and the access log keeps a copy.
+const INLINE: usize = 62;
+
+/// A host name or authority as text, without a heap allocation when it is short: every
+/// request computes two and the access log keeps them.
+#[derive(Clone)]
+pub struct HostText(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl HostText {
+    pub fn new(s: &str) -> Self {
+        Self::from_bytes_with(s.as_bytes(), |_| {}).unwrap_or_else(|| Self(Repr::Heap(s.into())))
+    }
+
+    /// `s` lower-cased.
+    fn lowercase(s: &str) -> Self {
+        Self::from_bytes_with(s.as_bytes(), |b| b.make_ascii_lowercase())
+            .unwrap_or_else(|| Self(Repr::Heap(s.to_ascii_lowercase().into())))
+    }
+
+    fn from_bytes_with(bytes: &[u8], edit: impl FnOnce(&mut [u8])) -> Option<Self> {
+        if bytes.len() > INLINE {
+            return None;
+        }
+        let mut buf = [0u8; INLINE];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        edit(&mut buf[..bytes.len()]);
+        Some(Self(Repr::Inline {
+            len: bytes.len() as u8,
+            buf,
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Built from a `&str` and changed only by ASCII case mapping: always UTF-8.
+            Repr::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or("")
+            }
+            Repr::Heap(s) => s,
+        }
+    }
+}
+
+impl Deref for HostText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for HostText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HostText {}
+
+impl PartialEq<str> for HostText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HostText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for HostText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for HostText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Finds the request host. `None` is a 400: missing, duplicated, empty or unreadable.
@@ -33,15 +124,21 @@ pub fn request_host<B>(req: &Request<B>) -> Option<RequestHost> {
     };
     // Userinfo is not part of a host.
     let received = received.rsplit_once('@').map_or(received, |(_, h)| h);
-    let hostname = hostname(received)?;
+    let hostname = HostText::lowercase(hostname_of(received)?);
     Some(RequestHost {
-        received: received.to_string(),
+        received: HostText::new(received),
         hostname,
     })
 }
 
 /// Normalizes a host as received; `None` when it is empty or malformed.
-pub fn hostname(received: &str) -> Option<String> {
+#[cfg(test)]
+fn hostname(received: &str) -> Option<String> {
+    hostname_of(received).map(str::to_ascii_lowercase)
+}
+
+/// The part of a received host that names it, not yet lower-cased.
+fn hostname_of(received: &str) -> Option<&str> {
     let name = if received.starts_with('[') {
         let end = received.find(']')?;
         let rest = &received[end + 1..];
@@ -56,7 +153,7 @@ pub fn hostname(received: &str) -> Option<String> {
     if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b'/' || b >= 0x7f) {
         return None;
     }
-    Some(name.to_ascii_lowercase())
+    Some(name)
 }
 
 #[cfg(test)]
@@ -81,6 +178,21 @@ mod tests {
         assert_eq!(hostname(""), None);
         assert_eq!(hostname(":80"), None);
         assert_eq!(hostname("a b"), None);
+    }
+
+    #[test]
+    fn long_hosts_keep_every_byte() {
+        let long = format!("{}.Example.com:8443", "A".repeat(80));
+        let h = request_host(&req(Version::HTTP_11, "/", &[&long])).unwrap();
+        assert_eq!(h.received, long.as_str());
+        assert_eq!(
+            h.hostname,
+            format!("{}.example.com", "a".repeat(80)).as_str()
+        );
+        let edge = "b".repeat(INLINE);
+        let h = request_host(&req(Version::HTTP_11, "/", &[&edge])).unwrap();
+        assert_eq!(h.hostname, edge.as_str());
+        assert_eq!(HostText::new("Ab").to_string(), "Ab");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cache;
 mod conn_guard;
 mod control;
 mod counters;
+mod fast_hash;
 mod forwarded;
 mod h1;
 mod hold;

@@ -194,10 +194,7 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, server: Arc<Serv
                 let server = Arc::clone(&server);
                 tokio::spawn(async move {
                     let _guard = guard;
-                    let conn = ConnInfo {
-                        peer,
-                        tls: kind == ListenerKind::Https,
-                    };
+                    let conn = ConnInfo::new(peer, kind == ListenerKind::Https);
                     serve_stream(stream, conn, &server).await;
                 });
             }
@@ -279,8 +276,10 @@ where
     let first_request = Arc::new(tokio::sync::Notify::new());
     let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (first_tx, seen_tx) = (Arc::clone(&first_request), Arc::clone(&seen));
+    let stream_conn = conn.clone();
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let shared = Arc::clone(&shared);
+        let conn = stream_conn.clone();
         if !seen_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
             first_tx.notify_one();
         }

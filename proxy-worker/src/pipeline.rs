@@ -1,13 +1,13 @@
 //! One request through the pipeline of routing-and-proxy.md §4: limits, ACME, internal host,
 //! redirect, route match, backend selection (with holds), proxy.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::UPGRADE;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use tako_ipc::cidr::{any_contains, canonical_ip};
 
 use crate::access::AccessLog;
@@ -32,23 +32,61 @@ pub const MAX_TARGET_LEN: usize = 8 * 1024;
 pub const MAX_BODY_BYTES: u64 = 128 * 1024 * 1024;
 
 /// What the pipeline knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's address as `X-Forwarded-For` names it: formatted once per connection.
+    pub peer_value: HeaderValue,
 }
 
-/// Serves one request. Never fails: every problem is a response.
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let mut buf = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cursor, "{}", canonical_ip(peer.ip()));
+        let len = cursor.position() as usize;
+        // An IP address always makes a valid header value.
+        let peer_value = HeaderValue::from_bytes(&buf[..len])
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            peer,
+            tls,
+            peer_value,
+        }
+    }
+}
+
+/// Serves one request. Never fails: every problem is a response. The access log record stays
+/// alive with the body, so its line is written when the last byte went out.
 pub async fn handle(
     req: Request<RequestBody>,
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Response<Body> {
-    let mut log = AccessLog::start(req.method(), req.uri().path(), conn.peer, conn.tls);
-    log.stats = Some(Arc::clone(&shared.counters));
-    let resp = route(req, conn, &shared, &mut log).await;
-    log.status = resp.status().as_u16();
+    let (resp, log) = answer(req, &conn, &shared).await;
     resp.map(|b| Guarded::wrap(b, log))
+}
+
+/// Serves one request and hands back its access log record: the caller keeps it until the
+/// response is written (the HTTP/1 loop does, without wrapping the body).
+///
+/// Not an `async fn`: those store every argument twice in their future, and this future is
+/// part of every connection's. The request is held here once and lent to each stage.
+#[allow(clippy::manual_async_fn)]
+pub fn answer<'a>(
+    req: Request<RequestBody>,
+    conn: &'a ConnInfo,
+    shared: &'a Shared,
+) -> impl std::future::Future<Output = (Response<Body>, AccessLog)> + 'a {
+    async move {
+        let mut req = req;
+        let mut log = AccessLog::start(&req, conn.peer, conn.tls);
+        log.stats = Some(Arc::clone(&shared.counters));
+        let resp = route(&mut req, conn, shared, &mut log).await;
+        log.status = resp.status().as_u16();
+        (resp, log)
+    }
 }
 
 fn content_length(req: &Request<RequestBody>) -> Option<u64> {
@@ -59,8 +97,8 @@ fn content_length(req: &Request<RequestBody>) -> Option<u64> {
 }
 
 async fn route(
-    req: Request<RequestBody>,
-    conn: ConnInfo,
+    req: &mut Request<RequestBody>,
+    conn: &ConnInfo,
     shared: &Shared,
     log: &mut AccessLog,
 ) -> Response<Body> {
@@ -74,10 +112,10 @@ async fn route(
     if req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING) {
         return Canned::BadRequest.response(head);
     }
-    let Some(host) = host::request_host(&req) else {
+    let Some(host) = host::request_host(req) else {
         return Canned::BadRequest.response(head);
     };
-    log.host = host.hostname.clone();
+    log.host = Some(host.clone());
 
     let path = req.uri().path();
     let acme = path.starts_with(ACME_PREFIX);
@@ -125,7 +163,7 @@ async fn route(
         return Canned::NotFound.response(head);
     };
     let app = Arc::clone(app);
-    log.app = app.name.clone();
+    log.app = Some(Arc::clone(&app.name));
 
     // §8: a file from the live release's public/ never reaches an instance.
     // Boxed, like the hold below: a rare path's future would otherwise make every request's
@@ -143,7 +181,7 @@ async fn route(
         }
     }
 
-    if content_length(&req).is_some_and(|n| n > MAX_BODY_BYTES) {
+    if content_length(req).is_some_and(|n| n > MAX_BODY_BYTES) {
         return Canned::PayloadTooLarge.response(head);
     }
 
@@ -188,43 +226,51 @@ async fn route(
         trusted,
         https,
         host: &host,
-        ticket,
     };
-    proxy(req, &app, ctx, shared, log).await
+    match proxy(req, &app, &ctx, shared, log).await {
+        Proxied::Answer(resp, sent_at) => ticket.complete(resp, sent_at),
+        Proxied::Own(resp) => resp,
+    }
 }
 
 struct ProxyCtx<'a> {
-    conn: ConnInfo,
+    conn: &'a ConnInfo,
     trusted: bool,
     https: bool,
     host: &'a RequestHost,
-    /// Hands the upstream response to the cache.
-    ticket: cache::Ticket,
+}
+
+/// What the proxy stage ends with.
+enum Proxied {
+    /// The instance's answer, for the cache to see, and when the request went out.
+    Answer(Response<Body>, std::time::Instant),
+    /// An answer of our own (an error, or a joined upgrade): never cached.
+    Own(Response<Body>),
 }
 
 /// Sends the request to an instance of `app`, retrying once on another instance when the
 /// connection could not be made.
 async fn proxy(
-    req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     app: &AppEntry,
-    ctx: ProxyCtx<'_>,
+    ctx: &ProxyCtx<'_>,
     shared: &Shared,
     log: &mut AccessLog,
-) -> Response<Body> {
+) -> Proxied {
     let head = req.method() == Method::HEAD;
-    let mut req = req;
     // §11: an upgrade keeps `Connection: upgrade` and `Upgrade`; on 101 the bytes are copied.
-    let upgrade = tunnel::requested(&req);
-    let client_upgrade = upgrade.is_some().then(|| tunnel::ClientSide::of(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut headers = parts.headers;
+    let upgrade = tunnel::requested(req);
+    let mut client_upgrade = upgrade.is_some().then(|| tunnel::ClientSide::of(req));
+    // Taken, not moved out with the rest of the request: it stays where it is, lent.
+    let mut headers = std::mem::take(req.headers_mut());
+    let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
     strip_hop_by_hop(&mut headers);
     if let Some(proto) = &upgrade {
         tunnel::restore_headers(&mut headers, proto);
     }
     forwarded::apply(
         &mut headers,
-        ctx.conn.peer.ip(),
+        ctx.conn,
         ctx.trusted,
         ctx.https,
         &ctx.host.received,
@@ -235,25 +281,24 @@ async fn proxy(
             Ok(v) => {
                 headers.insert(HOST, v);
             }
-            Err(_) => return Canned::BadRequest.response(head),
+            Err(_) => return Proxied::Own(Canned::BadRequest.response(head)),
         }
     }
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let replay = ReplayState::new(Some(body));
-    let mut client_upgrade = client_upgrade;
     let mut exclude = None;
     loop {
         let Some(backend) = app.pick(exclude) else {
-            return if exclude.is_some() {
+            return Proxied::Own(if exclude.is_some() {
                 Canned::BadGateway.response(head)
             } else {
                 Canned::NoHealthyBackend.response(head)
-            };
+            });
         };
         log.instance = Some(backend.instance_id);
         let mut in_flight = shared.counters.begin(&app.name, backend.instance_id);
         let outgoing = Outgoing {
-            method: &parts.method,
+            method: req.method(),
             target,
             headers: &headers,
             body: ReplayBody::new(Arc::clone(&replay), MAX_BODY_BYTES),
@@ -267,12 +312,12 @@ async fn proxy(
                     // instance breaking HTTP.
                     let Some(client) = client_upgrade.take() else {
                         tracing::warn!(app = %app.name, instance = backend.instance_id, "Instance answered 101 to a request without Upgrade");
-                        return Canned::BadGateway.response(head);
+                        return Proxied::Own(Canned::BadGateway.response(head));
                     };
                     let proto = resp.headers().get(UPGRADE).cloned();
                     let (mut rparts, rbody) = resp.into_parts();
                     let Some(upstream_side) = rbody.into_upgraded() else {
-                        return Canned::BadGateway.response(head);
+                        return Proxied::Own(Canned::BadGateway.response(head));
                     };
                     strip_hop_by_hop(&mut rparts.headers);
                     if let Some(proto) = proto {
@@ -280,13 +325,12 @@ async fn proxy(
                     }
                     let conn = shared.conns.enter();
                     tokio::spawn(tunnel::run(client, upstream_side, in_flight, conn));
-                    return Response::from_parts(rparts, crate::responses::empty());
+                    return Proxied::Own(Response::from_parts(rparts, crate::responses::empty()));
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                let resp =
-                    Response::from_parts(rparts, Guarded::wrap(rbody.boxed_unsync(), in_flight));
-                return ctx.ticket.complete(resp, sent_at);
+                let resp = Response::from_parts(rparts, Guarded::wrap(rbody, in_flight));
+                return Proxied::Answer(resp, sent_at);
             }
             Err(UpstreamError::Connect(error)) => {
                 shared
@@ -304,7 +348,7 @@ async fn proxy(
                     exclude = Some(backend.instance_id);
                     continue;
                 }
-                return Canned::BadGateway.response(head);
+                return Proxied::Own(Canned::BadGateway.response(head));
             }
             Err(UpstreamError::Timeout) => {
                 in_flight.count();
@@ -312,23 +356,23 @@ async fn proxy(
                     .counters
                     .record_upstream_error(&app.name, UpstreamErrorKind::Timeout);
                 tracing::warn!(app = %app.name, instance = backend.instance_id, "Upstream response timed out");
-                return Canned::GatewayTimeout.response(head);
+                return Proxied::Own(Canned::GatewayTimeout.response(head));
             }
             Err(error @ UpstreamError::Failed(_)) => {
                 in_flight.count();
                 if replay.too_large() {
-                    return Canned::PayloadTooLarge.response(head);
+                    return Proxied::Own(Canned::PayloadTooLarge.response(head));
                 }
                 if replay.client_failed() {
                     // Malformed chunking or a body cut short: the client's fault (§4).
                     tracing::debug!(app = %app.name, %error, "Request body unreadable");
-                    return Canned::BadRequest.response(head);
+                    return Proxied::Own(Canned::BadRequest.response(head));
                 }
                 shared
                     .counters
                     .record_upstream_error(&app.name, UpstreamErrorKind::Failed);
                 tracing::warn!(app = %app.name, instance = backend.instance_id, %error, "Upstream request failed");
-                return Canned::BadGateway.response(head);
+                return Proxied::Own(Canned::BadGateway.response(head));
             }
         }
     }

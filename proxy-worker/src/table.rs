@@ -9,7 +9,8 @@ use tako_ipc::{Backend, RouteTable};
 
 /// One app as this table sees it.
 pub struct AppEntry {
-    pub name: String,
+    /// Shared with the access log and the counters of every request the app serves.
+    pub name: Arc<str>,
     pub stopped: bool,
     pub on_demand: bool,
     pub starting: bool,
@@ -61,7 +62,7 @@ impl Table {
         for app in &src.apps {
             let rr = rotation.entry(app.name.clone()).or_default().clone();
             let entry = Arc::new(AppEntry {
-                name: app.name.clone(),
+                name: Arc::from(app.name.as_str()),
                 stopped: app.stopped,
                 on_demand: app.on_demand,
                 starting: app.starting,

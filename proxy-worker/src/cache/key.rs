@@ -1,10 +1,13 @@
 //! The primary key (scheme, host as received, request-target) and `Vary` variants
 //! (cache.md §3).
 
+use std::borrow::Cow;
+
 use http::header::{HeaderMap, HeaderName, VARY};
 
-/// The host as received, lower-cased, trailing dot of the name removed, port kept.
-pub fn normalize_host(received: &str) -> String {
+/// The host as received, lower-cased, trailing dot of the name removed, port kept; borrowed
+/// when it is already that (the usual case: no copy per request).
+pub fn normalize_host(received: &str) -> Cow<'_, str> {
     let (name, port) = if received.starts_with('[') {
         match received.find(']') {
             Some(end) => received.split_at(end + 1),
@@ -16,10 +19,14 @@ pub fn normalize_host(received: &str) -> String {
             None => (received, ""),
         }
     };
-    let name = name.strip_suffix('.').unwrap_or(name);
+    let dotless = name.strip_suffix('.');
+    if dotless.is_none() && !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Cow::Borrowed(received);
+    }
+    let name = dotless.unwrap_or(name);
     let mut out = name.to_ascii_lowercase();
     out.push_str(port);
-    out
+    Cow::Owned(out)
 }
 
 /// `scheme://host/target`: host already normalized, target the origin-form bytes received.

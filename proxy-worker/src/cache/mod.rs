@@ -117,7 +117,8 @@ impl Cache {
         let mode = match request_eligibility(method, headers) {
             Eligibility::Method => {
                 self.count(&self.bypasses, 1);
-                let invalidate = admission::invalidates(method).then(|| (host, target.to_string()));
+                let invalidate =
+                    admission::invalidates(method).then(|| (host.into_owned(), target.to_string()));
                 return Lookup::Forward(Ticket::new(
                     self,
                     "fwd=method",

@@ -41,6 +41,9 @@ use crate::upstream::chunked::{ChunkedDecoder, Step};
 /// Body frames up to this size are copied next to the head (or chunk line) to go out in one
 /// write; larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
+/// A connection keeps its write buffer between requests only while it is this small: a
+/// head and a small body fit, and an idle connection holds next to nothing.
+const KEEP_WRITE_BUFFER: usize = 1024;
 /// After a response that closes the connection, unread client bytes are drained this long
 /// (so closing does not reset the connection under the response).
 const LINGER: Duration = Duration::from_secs(1);
@@ -92,6 +95,7 @@ pub async fn serve<I: Io>(
 ) {
     let mut io = io;
     let mut rbuf = BytesMut::new();
+    let mut wbuf = Vec::new();
     let mut served = false;
     loop {
         let head = loop {
@@ -173,19 +177,18 @@ pub async fn serve<I: Io>(
         }
 
         let busy = state.begin();
-        let mut answer = Box::pin(pipeline::handle(
-            Request::from_parts(parts, body),
-            conn,
-            Arc::clone(&shared),
-        ));
+        // Pinned here, not boxed: the pipeline's future lives in the connection's, so a
+        // request costs no allocation for it.
+        let answer = pipeline::answer(Request::from_parts(parts, body), &conn, &shared);
+        tokio::pin!(answer);
         let mut body_read = pump.is_none();
-        let resp = loop {
+        let (resp, log) = loop {
             let Some(p) = pump.as_mut() else {
-                break answer.await;
+                break answer.as_mut().await;
             };
             tokio::select! {
                 biased;
-                resp = &mut answer => break resp,
+                resp = answer.as_mut() => break resp,
                 step = p.step(&mut io, &mut rbuf) => {
                     match step {
                         PumpStep::More => {}
@@ -206,8 +209,15 @@ pub async fn serve<I: Io>(
             state.mark_upgraded();
         }
         let keep_alive = keep_alive && !*shutdown.borrow();
-        let written = write_response(&mut io, resp, version, head_request, keep_alive).await;
+        let written =
+            write_response(&mut io, &mut wbuf, resp, version, head_request, keep_alive).await;
+        // The access log line is written once the last byte went out, or the client left.
+        drop(log);
         drop(busy);
+        wbuf.clear();
+        if wbuf.capacity() > KEEP_WRITE_BUFFER {
+            wbuf = Vec::new();
+        }
         match written {
             Ok(_) if upgraded => {
                 if let Some(tx) = upgrade_tx {
@@ -388,6 +398,7 @@ impl Pump {
 /// Writes the response; `Ok(true)` when the connection may carry another request.
 async fn write_response<I: Io>(
     io: &mut I,
+    out: &mut Vec<u8>,
     resp: Response<Body>,
     version: http::Version,
     head_request: bool,
@@ -399,9 +410,8 @@ async fn write_response<I: Io>(
     } else {
         body.size_hint().exact()
     };
-    let mut out = Vec::with_capacity(256);
     let plan = response::encode(
-        &mut out,
+        out,
         version,
         head_request,
         parts.status,
@@ -411,7 +421,7 @@ async fn write_response<I: Io>(
     );
     if plan.framing == Framing::NoBody {
         drop(body);
-        io.write_all(&out).await?;
+        io.write_all(out).await?;
         io.flush().await?;
         return Ok(plan.keep_alive);
     }
@@ -430,7 +440,7 @@ async fn write_response<I: Io>(
     let mut pending = match first {
         Some(frame) => frame,
         None => {
-            io.write_all(&out).await?;
+            io.write_all(out).await?;
             io.flush().await?;
             out.clear();
             body.frame().await
@@ -447,12 +457,12 @@ async fn write_response<I: Io>(
                     *left -= data.len() as u64;
                 }
                 if chunked {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    chunk_size_line(out, data.len());
                 }
                 if data.len() <= COALESCE {
                     out.extend_from_slice(&data);
                 } else {
-                    io.write_all(&out).await?;
+                    io.write_all(out).await?;
                     out.clear();
                     io.write_all(&data).await?;
                 }
@@ -466,7 +476,7 @@ async fn write_response<I: Io>(
         }
         // Streamed bodies (SSE and the like) go out frame by frame.
         if !out.is_empty() {
-            io.write_all(&out).await?;
+            io.write_all(out).await?;
             out.clear();
         }
         io.flush().await?;
@@ -479,7 +489,7 @@ async fn write_response<I: Io>(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        io.write_all(&out).await?;
+        io.write_all(out).await?;
     }
     io.flush().await?;
     Ok(plan.keep_alive && plan.framing != Framing::UntilClose)
@@ -502,4 +512,22 @@ async fn linger_close<I: Io>(io: &mut I) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Appends `{len:x}\r\n` without formatting machinery.
+fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
 }

@@ -6,6 +6,7 @@ use http::header::TRANSFER_ENCODING;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
 use http::{Method, Request, Uri, Version};
 
+use crate::forwarded;
 use crate::listeners::MAX_HEADER_FIELDS;
 
 /// How the request body is delimited.
@@ -29,6 +30,28 @@ pub struct Head {
 pub enum HeadError {
     #[error("malformed request head: {0}")]
     Malformed(&'static str),
+}
+
+/// Names that `http` does not know but proxied requests carry all the time: looked up here,
+/// each would otherwise be a heap copy per request.
+static FREQUENT_NAMES: [&HeaderName; 4] = [
+    &forwarded::X_FORWARDED_FOR,
+    &forwarded::X_FORWARDED_PROTO,
+    &forwarded::X_FORWARDED_HOST,
+    &forwarded::X_REAL_IP,
+];
+
+/// A header name as `HeaderName::from_bytes` reads it, shared when it is a frequent one.
+fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    if raw.len() > 8 && raw[..2].eq_ignore_ascii_case(b"x-") {
+        if let Some(known) = FREQUENT_NAMES
+            .iter()
+            .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(raw))
+        {
+            return Ok((*known).clone());
+        }
+    }
+    HeaderName::from_bytes(raw)
 }
 
 /// Parses and takes a complete head from the front of `buf`; `None` while incomplete.
@@ -76,7 +99,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+        let name = header_name(&head[name_at..name_at + name_len])
             .map_err(|_| HeadError::Malformed("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| HeadError::Malformed("header value"))?;
@@ -157,6 +180,21 @@ pub fn has_token(headers: &HeaderMap, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frequent_names_are_shared_and_others_parsed() {
+        assert_eq!(
+            header_name(b"X-Forwarded-Proto").unwrap(),
+            forwarded::X_FORWARDED_PROTO
+        );
+        assert_eq!(header_name(b"x-real-ip").unwrap(), forwarded::X_REAL_IP);
+        assert_eq!(
+            header_name(b"X-Custom-Thing").unwrap().as_str(),
+            "x-custom-thing"
+        );
+        assert_eq!(header_name(b"Host").unwrap(), http::header::HOST);
+        assert!(header_name(b"x-bad name").is_err());
+    }
 
     fn parse_str(s: &str) -> Result<Option<Head>, HeadError> {
         parse(&mut BytesMut::from(s.as_bytes()))

@@ -5,7 +5,8 @@
 //! back: with an app that accepts slowly (a small listen backlog), requests then share the
 //! connections that exist instead of each waiting for its own connect.
 
-use std::collections::{HashMap, VecDeque};
+use crate::fast_hash::FastMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
@@ -40,7 +41,7 @@ struct PortIdle {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<u16, PortIdle>>,
+    idle: Mutex<FastMap<u16, PortIdle>>,
     reaper_running: AtomicBool,
 }
 
