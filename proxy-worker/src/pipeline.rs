@@ -304,7 +304,7 @@ async fn proxy(
             body: ReplayBody::new(Arc::clone(&replay), MAX_BODY_BYTES),
         };
         let sent_at = std::time::Instant::now();
-        match shared.upstream.send(backend.port, outgoing).await {
+        match shared.upstream.send(backend.port, outgoing, sent_at).await {
             Ok(resp) => {
                 in_flight.count();
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

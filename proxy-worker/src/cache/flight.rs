@@ -63,12 +63,13 @@ impl Flights {
         })
     }
 
-    pub fn known_uncacheable(&self, key: &str) -> bool {
+    /// Whether `key`'s last answer could not be stored, as of `now`.
+    pub fn known_uncacheable(&self, key: &str, now: Instant) -> bool {
         let Ok(mut known) = self.uncacheable.lock() else {
             return false;
         };
         match known.get(key) {
-            Some(until) if *until > Instant::now() => true,
+            Some(until) if *until > now => true,
             Some(_) => {
                 known.remove(key);
                 false
@@ -165,10 +166,10 @@ mod tests {
     fn misses_of_a_key_known_uncacheable_do_not_collapse_until_it_is_stored() {
         let f = Arc::new(Flights::default());
         f.mark_uncacheable("k");
-        assert!(f.known_uncacheable("k"));
-        assert!(!f.known_uncacheable("other"));
+        assert!(f.known_uncacheable("k", Instant::now()));
+        assert!(!f.known_uncacheable("other", Instant::now()));
         f.clear_uncacheable("k");
-        assert!(!f.known_uncacheable("k"));
+        assert!(!f.known_uncacheable("k", Instant::now()));
     }
 
     #[test]

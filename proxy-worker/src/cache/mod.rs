@@ -134,17 +134,12 @@ impl Cache {
                 let head = method == Method::HEAD;
                 let mut waited = false;
                 loop {
-                    let found = self.store().lookup(&key, headers, Instant::now());
+                    let now = Instant::now();
+                    let found = self.store().lookup(&key, headers, now);
                     let label = match found {
                         Found::Hit(entry) => {
                             self.count(&self.hits, 1);
-                            return Lookup::Hit(serve::hit(
-                                &entry,
-                                headers,
-                                head,
-                                waited,
-                                Instant::now(),
-                            ));
+                            return Lookup::Hit(serve::hit(&entry, headers, head, waited, now));
                         }
                         Found::Miss => "fwd=uri-miss",
                         Found::VaryMiss => "fwd=vary-miss",
@@ -152,7 +147,8 @@ impl Cache {
                     };
                     // A key known uncacheable is not offered for storing until that memory
                     // expires: no copy of the request headers per miss (flight.rs).
-                    let may_store = method == Method::GET && !self.flights.known_uncacheable(&key);
+                    let may_store =
+                        method == Method::GET && !self.flights.known_uncacheable(&key, now);
                     // Only a plain GET leads: its answer is the one most likely stored.
                     let may_lead = may_store
                         && !waited

@@ -90,13 +90,18 @@ pub async fn serve<I: Io>(
     conn: ConnInfo,
     shared: Arc<Shared>,
     state: Arc<ConnState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     first_request_grace: Duration,
 ) {
     let mut io = io;
     let mut rbuf = BytesMut::new();
     let mut wbuf = Vec::new();
     let mut served = false;
+    // One wait for the drain per connection, not one registration per idle wait.
+    let mut stop_rx = shutdown.clone();
+    let stop = async move { stopped(&mut stop_rx).await };
+    tokio::pin!(stop);
+    let mut stopping = false;
     loop {
         let head = loop {
             match request::parse(&mut rbuf) {
@@ -118,7 +123,8 @@ pub async fn serve<I: Io>(
                 wait_for_request(
                     &mut io,
                     &mut rbuf,
-                    &mut shutdown,
+                    stop.as_mut(),
+                    &mut stopping,
                     served,
                     first_request_grace,
                 )
@@ -246,25 +252,28 @@ pub async fn serve<I: Io>(
 }
 
 /// Waits for the first bytes of the next request; a drain closes an idle connection, except
-/// that a fresh one gets a moment for its first request (it may be on its way).
+/// that a fresh one gets a moment for its first request (it may be on its way). `stop`
+/// resolves at the drain and is not polled again once `stopping` is set.
 async fn wait_for_request<I: Io>(
     io: &mut I,
     rbuf: &mut BytesMut,
-    shutdown: &mut watch::Receiver<bool>,
+    stop: Pin<&mut impl std::future::Future<Output = ()>>,
+    stopping: &mut bool,
     served: bool,
     first_request_grace: Duration,
 ) -> Wait {
-    tokio::select! {
-        wait = read_some(io, rbuf) => wait,
-        _ = stopped(shutdown) => {
-            if served {
-                return Wait::Closed;
-            }
-            tokio::time::timeout(first_request_grace, read_some(io, rbuf))
-                .await
-                .unwrap_or(Wait::Closed)
+    if !*stopping {
+        tokio::select! {
+            wait = read_some(io, rbuf) => return wait,
+            () = stop => *stopping = true,
         }
     }
+    if served {
+        return Wait::Closed;
+    }
+    tokio::time::timeout(first_request_grace, read_some(io, rbuf))
+        .await
+        .unwrap_or(Wait::Closed)
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {

@@ -31,6 +31,19 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let hop_by_hop = [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ];
+    // Usually there is none: one pass over the names instead of a lookup for each.
+    if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -43,15 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
+    for name in hop_by_hop {
         headers.remove(name);
     }
 }
@@ -87,18 +92,16 @@ impl Upstream {
         Self::default()
     }
 
-    /// Sends the request to `127.0.0.1:port` and waits for the response head.
+    /// Sends the request to `127.0.0.1:port` and waits for the response head, for
+    /// [`RESPONSE_HEADER_TIMEOUT`] from `sent_at` (the caller's clock reading, reused).
     pub async fn send(
         &self,
         port: u16,
         req: Outgoing<'_>,
+        sent_at: std::time::Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match tokio::time::timeout(
-            RESPONSE_HEADER_TIMEOUT,
-            exchange::send(&self.pool, port, req),
-        )
-        .await
-        {
+        let deadline = tokio::time::Instant::from_std(sent_at) + RESPONSE_HEADER_TIMEOUT;
+        match tokio::time::timeout_at(deadline, exchange::send(&self.pool, port, req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(result) => result,
         }

@@ -70,6 +70,7 @@ async fn get(up: &Upstream, port: u16, method: Method) -> Result<(StatusCode, Ve
                 headers: &headers,
                 body: empty_body(),
             },
+            std::time::Instant::now(),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -212,6 +213,7 @@ async fn refused_connections_are_connect_errors() {
                 headers: &headers,
                 body: empty_body(),
             },
+            std::time::Instant::now(),
         )
         .await;
     assert!(
@@ -239,6 +241,7 @@ async fn switching_protocols_hands_over_the_connection_with_early_bytes() {
                 headers: &headers,
                 body: empty_body(),
             },
+            std::time::Instant::now(),
         )
         .await
         .unwrap();
