@@ -216,11 +216,14 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
     let head = skip_empty_lines(head);
     let mut it = lines(head);
     let request_line = it.next().unwrap_or_default();
-    let parts: Vec<&[u8]> = request_line.split(|c| *c == b' ').collect();
-    let is_head = parts.first() == Some(&&b"HEAD"[..]);
+    let mut parts = request_line.split(|c| *c == b' ');
+    let first = parts.next();
+    let is_head = first == Some(&b"HEAD"[..]);
     let bad = Refusal(Canned::BadRequest, is_head);
     // HTTP/0.9 (`GET /`) and anything that is not `method SP target SP version`.
-    let [method, target, version] = parts.as_slice() else {
+    let (Some(method), Some(target), Some(version), None) =
+        (first, parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad);
     };
     if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) {
@@ -232,7 +235,7 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
     if target.is_empty() || target.iter().any(|b| *b < 0x21 || *b == 0x7f) {
         return Err(bad);
     }
-    let http10 = match *version {
+    let http10 = match version {
         b"HTTP/1.1" => false,
         b"HTTP/1.0" => true,
         _ => return Err(bad),
@@ -262,6 +265,18 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
             .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
         {
             return Err(bad);
+        }
+        // Only the four fields looked at below need their value as text.
+        let interesting = [
+            &b"content-length"[..],
+            b"transfer-encoding",
+            b"upgrade",
+            b"connection",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n));
+        if !interesting {
+            continue;
         }
         let value = String::from_utf8_lossy(value);
         let value = value.trim();

@@ -24,7 +24,7 @@ use crate::shared::Shared;
 use crate::static_files;
 use crate::table::AppEntry;
 use crate::tunnel;
-use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
+use crate::upstream::{strip_hop_by_hop, HeadTimer, Outgoing, UpstreamError};
 
 /// Longest request-target (§13).
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
@@ -64,7 +64,8 @@ pub async fn handle(
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Response<Body> {
-    let (resp, log) = answer(req, &conn, &shared).await;
+    let mut timer = HeadTimer::new();
+    let (resp, log) = answer(req, &conn, &shared, &mut timer).await;
     resp.map(|b| Guarded::wrap(b, log))
 }
 
@@ -78,12 +79,13 @@ pub fn answer<'a>(
     req: Request<RequestBody>,
     conn: &'a ConnInfo,
     shared: &'a Shared,
+    timer: &'a mut HeadTimer,
 ) -> impl std::future::Future<Output = (Response<Body>, AccessLog)> + 'a {
     async move {
         let mut req = req;
         let mut log = AccessLog::start(&req, conn.peer, conn.tls);
         log.stats = Some(Arc::clone(&shared.counters));
-        let resp = route(&mut req, conn, shared, &mut log).await;
+        let resp = route(&mut req, conn, shared, &mut log, timer).await;
         log.status = resp.status().as_u16();
         (resp, log)
     }
@@ -101,6 +103,7 @@ async fn route(
     conn: &ConnInfo,
     shared: &Shared,
     log: &mut AccessLog,
+    timer: &mut HeadTimer,
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -158,22 +161,27 @@ async fn route(
             .unwrap_or_else(|| Canned::BadRequest.response(head));
     }
 
-    let table = shared.table.load_full();
-    let Some((pattern, app)) = table.find(&host.hostname, path) else {
-        return Canned::NotFound.response(head);
+    // The table is only borrowed for the match: no reference count taken on it, and the
+    // route pattern copied only for the rare request that may be a static file.
+    let (app, static_pattern) = {
+        let table = shared.table.load();
+        let Some((pattern, app)) = table.find(&host.hostname, path) else {
+            return Canned::NotFound.response(head);
+        };
+        let candidate = !app.stopped && static_files::is_candidate(req.method(), path);
+        (Arc::clone(app), candidate.then(|| pattern.clone()))
     };
-    let app = Arc::clone(app);
     log.app = Some(Arc::clone(&app.name));
 
     // §8: a file from the live release's public/ never reaches an instance.
     // Boxed, like the hold below: a rare path's future would otherwise make every request's
-    // future (allocated per request) as large as its own.
-    if !app.stopped && static_files::is_candidate(req.method(), path) {
+    // future as large as its own.
+    if let Some(pattern) = static_pattern {
         let file = static_files::serve(
             req.method(),
             path,
             req.headers(),
-            pattern,
+            &pattern,
             &app.release_path,
         );
         if let Some(resp) = Box::pin(file).await {
@@ -227,7 +235,7 @@ async fn route(
         https,
         host: &host,
     };
-    match proxy(req, &app, &ctx, shared, log).await {
+    match proxy(req, &app, &ctx, shared, log, timer).await {
         Proxied::Answer(resp, sent_at) => ticket.complete(resp, sent_at),
         Proxied::Own(resp) => resp,
     }
@@ -256,6 +264,7 @@ async fn proxy(
     ctx: &ProxyCtx<'_>,
     shared: &Shared,
     log: &mut AccessLog,
+    timer: &mut HeadTimer,
 ) -> Proxied {
     let head = req.method() == Method::HEAD;
     // §11: an upgrade keeps `Connection: upgrade` and `Upgrade`; on 101 the bytes are copied.
@@ -304,7 +313,11 @@ async fn proxy(
             body: ReplayBody::new(Arc::clone(&replay), MAX_BODY_BYTES),
         };
         let sent_at = std::time::Instant::now();
-        match shared.upstream.send(backend.port, outgoing, sent_at).await {
+        match shared
+            .upstream
+            .send(backend.port, outgoing, sent_at, timer)
+            .await
+        {
             Ok(resp) => {
                 in_flight.count();
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

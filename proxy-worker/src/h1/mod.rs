@@ -37,6 +37,7 @@ use crate::responses::Canned;
 use crate::rewind::{read_append, Rewind};
 use crate::shared::Shared;
 use crate::upstream::chunked::{ChunkedDecoder, Step};
+use crate::upstream::HeadTimer;
 
 /// Body frames up to this size are copied next to the head (or chunk line) to go out in one
 /// write; larger ones are written on their own.
@@ -96,6 +97,7 @@ pub async fn serve<I: Io>(
     let mut io = io;
     let mut rbuf = BytesMut::new();
     let mut wbuf = Vec::new();
+    let mut head_timer = HeadTimer::new();
     let mut served = false;
     // One wait for the drain per connection, not one registration per idle wait.
     let mut stop_rx = shutdown.clone();
@@ -185,7 +187,12 @@ pub async fn serve<I: Io>(
         let busy = state.begin();
         // Pinned here, not boxed: the pipeline's future lives in the connection's, so a
         // request costs no allocation for it.
-        let answer = pipeline::answer(Request::from_parts(parts, body), &conn, &shared);
+        let answer = pipeline::answer(
+            Request::from_parts(parts, body),
+            &conn,
+            &shared,
+            &mut head_timer,
+        );
         tokio::pin!(answer);
         let mut body_read = pump.is_none();
         let (resp, log) = loop {

@@ -9,17 +9,21 @@ mod body;
 pub(crate) mod chunked;
 mod exchange;
 mod head;
+mod head_timer;
 mod pool;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Response};
 
 pub use body::{Upgraded, UpstreamBody};
+pub use head_timer::HeadTimer;
 
 use crate::body::ReplayBody;
 
@@ -93,18 +97,27 @@ impl Upstream {
     }
 
     /// Sends the request to `127.0.0.1:port` and waits for the response head, for
-    /// [`RESPONSE_HEADER_TIMEOUT`] from `sent_at` (the caller's clock reading, reused).
+    /// [`RESPONSE_HEADER_TIMEOUT`] from `sent_at` (the caller's clock reading, reused),
+    /// timed by the connection's `timer`.
     pub async fn send(
         &self,
         port: u16,
         req: Outgoing<'_>,
         sent_at: std::time::Instant,
+        timer: &mut HeadTimer,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let deadline = tokio::time::Instant::from_std(sent_at) + RESPONSE_HEADER_TIMEOUT;
-        match tokio::time::timeout_at(deadline, exchange::send(&self.pool, port, req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(result) => result,
-        }
+        let exchange = exchange::send(&self.pool, port, req);
+        tokio::pin!(exchange);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            timer
+                .poll_expired(cx, deadline)
+                .map(|()| Err(UpstreamError::Timeout))
+        })
+        .await
     }
 }
 

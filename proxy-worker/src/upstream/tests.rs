@@ -1,5 +1,6 @@
 //! The client against a scripted instance on a real loopback socket.
 
+use crate::upstream::HeadTimer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -71,6 +72,7 @@ async fn get(up: &Upstream, port: u16, method: Method) -> Result<(StatusCode, Ve
                 body: empty_body(),
             },
             std::time::Instant::now(),
+            &mut HeadTimer::new(),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -214,6 +216,7 @@ async fn refused_connections_are_connect_errors() {
                 body: empty_body(),
             },
             std::time::Instant::now(),
+            &mut HeadTimer::new(),
         )
         .await;
     assert!(
@@ -242,6 +245,7 @@ async fn switching_protocols_hands_over_the_connection_with_early_bytes() {
                 body: empty_body(),
             },
             std::time::Instant::now(),
+            &mut HeadTimer::new(),
         )
         .await
         .unwrap();
