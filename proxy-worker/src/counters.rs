@@ -1,16 +1,18 @@
 //! Per-instance request counters, reported to the master at most once a second.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::fast_hash::FastMap;
 use tako_ipc::{AppHttpStats, AppUpstreamErrors, EdgeStats, InstanceCounters, DURATION_BUCKETS};
 
+/// One instance's counts: atomics, so a request in flight updates them without the map's
+/// lock (it takes the lock once, to find them).
 #[derive(Default)]
 struct Entry {
-    requests_total: u64,
-    in_flight: u32,
+    requests_total: AtomicU64,
+    in_flight: AtomicU32,
 }
 
 /// Totals since this worker started, keyed by (app, instance id), plus request counts and
@@ -19,7 +21,7 @@ struct Entry {
 pub struct Counters {
     /// app → instance id → counters: keyed by app first so the hot path looks an app up by
     /// `&str` and allocates only the first time it sees one.
-    map: Mutex<FastMap<String, FastMap<u32, Entry>>>,
+    map: Mutex<FastMap<String, FastMap<u32, Arc<Entry>>>>,
     dirty: AtomicBool,
     http: Mutex<FastMap<String, AppHttpStats>>,
     http_dirty: AtomicBool,
@@ -113,27 +115,29 @@ impl Counters {
         })
     }
 
-    fn update(&self, app: &str, instance_id: u32, f: impl FnOnce(&mut Entry)) {
-        if let Ok(mut map) = self.map.lock() {
-            if !map.contains_key(app) {
-                map.insert(app.to_string(), FastMap::default());
-            }
-            if let Some(per_app) = map.get_mut(app) {
-                f(per_app.entry(instance_id).or_default());
-            }
-            self.dirty.store(true, Ordering::Release);
+    fn entry(&self, app: &str, instance_id: u32) -> Arc<Entry> {
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !map.contains_key(app) {
+            map.insert(app.to_string(), FastMap::default());
+        }
+        match map.get_mut(app) {
+            Some(per_app) => Arc::clone(per_app.entry(instance_id).or_default()),
+            // Inserted just above; a detached entry keeps the request going regardless.
+            None => Arc::default(),
         }
     }
 
     /// Marks one request in flight to an instance until the guard drops.
     pub fn begin(self: &Arc<Self>, app: &Arc<str>, instance_id: u32) -> InFlight {
-        self.update(app, instance_id, |e| {
-            e.in_flight = e.in_flight.saturating_add(1)
-        });
+        let entry = self.entry(app, instance_id);
+        entry.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Release);
         InFlight {
             counters: Arc::clone(self),
-            app: Arc::clone(app),
-            instance_id,
+            entry,
             counted: false,
         }
     }
@@ -150,8 +154,8 @@ impl Counters {
                 per_app.iter().map(move |(id, e)| InstanceCounters {
                     app: app.clone(),
                     instance_id: *id,
-                    requests_total: e.requests_total,
-                    in_flight: e.in_flight,
+                    requests_total: e.requests_total.load(Ordering::Relaxed),
+                    in_flight: e.in_flight.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -163,8 +167,7 @@ impl Counters {
 /// One request in flight to one instance.
 pub struct InFlight {
     counters: Arc<Counters>,
-    app: Arc<str>,
-    instance_id: u32,
+    entry: Arc<Entry>,
     counted: bool,
 }
 
@@ -173,17 +176,20 @@ impl InFlight {
     pub fn count(&mut self) {
         if !self.counted {
             self.counted = true;
-            self.counters
-                .update(&self.app, self.instance_id, |e| e.requests_total += 1);
+            self.entry.requests_total.fetch_add(1, Ordering::Relaxed);
+            self.counters.dirty.store(true, Ordering::Release);
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.counters.update(&self.app, self.instance_id, |e| {
-            e.in_flight = e.in_flight.saturating_sub(1)
-        });
+        // Never below zero, as before: a count of requests, not a balance.
+        let _ = self
+            .entry
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.counters.dirty.store(true, Ordering::Release);
     }
 }
 
