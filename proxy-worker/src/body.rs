@@ -143,14 +143,15 @@ impl ReplayState {
 /// connection first polls it, so after a failed connect the caller can try another instance:
 /// no byte of it was sent.
 pub struct ReplayBody {
-    state: Arc<ReplayState>,
+    /// `None` for a request without a body: nothing to hand over, lock or allocate.
+    state: Option<Arc<ReplayState>>,
     body: Option<RequestBody>,
     seen: u64,
     limit: u64,
 }
 
 impl ReplayBody {
-    pub fn new(state: Arc<ReplayState>, limit: u64) -> Self {
+    pub fn new(state: Option<Arc<ReplayState>>, limit: u64) -> Self {
         Self {
             state,
             body: None,
@@ -160,9 +161,10 @@ impl ReplayBody {
     }
 
     fn with_inner<R>(&self, f: impl FnOnce(Option<&RequestBody>) -> R) -> R {
-        match &self.body {
-            Some(b) => f(Some(b)),
-            None => match self.state.slot.lock() {
+        match (&self.body, &self.state) {
+            (Some(b), _) => f(Some(b)),
+            (None, None) => f(None),
+            (None, Some(state)) => match state.slot.lock() {
                 Ok(guard) => f(guard.as_ref()),
                 Err(_) => f(None),
             },
@@ -179,8 +181,11 @@ impl HttpBody for ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let Some(state) = this.state.as_ref() else {
+            return Poll::Ready(None);
+        };
         if this.body.is_none() {
-            this.body = this.state.slot.lock().ok().and_then(|mut s| s.take());
+            this.body = state.slot.lock().ok().and_then(|mut s| s.take());
         }
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
@@ -190,14 +195,14 @@ impl HttpBody for ReplayBody {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        this.state.too_large.store(true, Ordering::Relaxed);
+                        state.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.state.client_failed.store(true, Ordering::Relaxed);
+                state.client_failed.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),

@@ -644,7 +644,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<I> {
             if let Some(at) = this.deadline() {
                 // A timer armed at or before `at` that has not fired yet will wake this read
                 // in time: the clock is read only when it cannot be relied on.
-                let covered = this.armed.is_some_and(|armed| armed <= at) && !this.sleep.is_elapsed();
+                let covered =
+                    this.armed.is_some_and(|armed| armed <= at) && !this.sleep.is_elapsed();
                 if !covered && Instant::now() >= at {
                     if this.mode == Mode::Head && !this.head.is_empty() {
                         let head = this.head.starts_with(b"HEAD ");

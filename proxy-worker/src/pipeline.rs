@@ -294,7 +294,11 @@ async fn proxy(
         }
     }
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let replay = ReplayState::new(Some(body));
+    // Only a body needs the hand-over state; most requests have none.
+    let replay = match body {
+        RequestBody::Empty => None,
+        body => Some(ReplayState::new(Some(body))),
+    };
     let mut exclude = None;
     loop {
         let Some(backend) = app.pick(exclude) else {
@@ -310,7 +314,7 @@ async fn proxy(
             method: req.method(),
             target,
             headers: &headers,
-            body: ReplayBody::new(Arc::clone(&replay), MAX_BODY_BYTES),
+            body: ReplayBody::new(replay.clone(), MAX_BODY_BYTES),
         };
         let sent_at = std::time::Instant::now();
         match shared
@@ -349,7 +353,7 @@ async fn proxy(
                 shared
                     .counters
                     .record_upstream_error(&app.name, UpstreamErrorKind::Connect);
-                let untouched = replay.untouched();
+                let untouched = replay.as_ref().is_none_or(|r| r.untouched());
                 tracing::warn!(
                     app = %app.name,
                     instance = backend.instance_id,
@@ -373,10 +377,10 @@ async fn proxy(
             }
             Err(error @ UpstreamError::Failed(_)) => {
                 in_flight.count();
-                if replay.too_large() {
+                if replay.as_ref().is_some_and(|r| r.too_large()) {
                     return Proxied::Own(Canned::PayloadTooLarge.response(head));
                 }
-                if replay.client_failed() {
+                if replay.as_ref().is_some_and(|r| r.client_failed()) {
                     // Malformed chunking or a body cut short: the client's fault (§4).
                     tracing::debug!(app = %app.name, %error, "Request body unreadable");
                     return Proxied::Own(Canned::BadRequest.response(head));

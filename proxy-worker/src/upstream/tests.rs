@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{Outgoing, Upstream, UpstreamError};
-use crate::body::{ReplayBody, ReplayState};
+use crate::body::ReplayBody;
 
 /// One scripted answer: the bytes, and whether the instance closes afterwards.
 type Answer = (&'static [u8], bool);
@@ -57,7 +57,7 @@ async fn instance(answers: Vec<Answer>) -> Instance {
 }
 
 fn empty_body() -> ReplayBody {
-    ReplayBody::new(ReplayState::new(None), 1024)
+    ReplayBody::new(None, 1024)
 }
 
 async fn get(up: &Upstream, port: u16, method: Method) -> Result<(StatusCode, Vec<u8>), String> {
