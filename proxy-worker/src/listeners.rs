@@ -249,7 +249,9 @@ async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
 }
 
 /// HTTP/1 goes through our own connection loop (h1/), behind the connection guard.
-async fn serve_h1<I>(io: I, conn: ConnInfo, server: &Server)
+/// A plain function handing back the loop's future: an `async` wrapper would hold a second
+/// copy of the stream for the whole connection.
+fn serve_h1<I>(io: I, conn: ConnInfo, server: &Server) -> impl std::future::Future<Output = ()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -263,7 +265,6 @@ where
         server.shutdown.clone(),
         FIRST_REQUEST_GRACE,
     )
-    .await;
 }
 
 /// HTTP/2 stays with hyper.

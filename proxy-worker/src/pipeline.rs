@@ -76,13 +76,12 @@ pub async fn handle(
 /// part of every connection's. The request is held here once and lent to each stage.
 #[allow(clippy::manual_async_fn)]
 pub fn answer<'a>(
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     conn: &'a ConnInfo,
     shared: &'a Shared,
     timer: &'a mut HeadTimer,
 ) -> impl std::future::Future<Output = (Response<Body>, AccessLog)> + 'a {
     async move {
-        let mut req = req;
         let mut log = AccessLog::start(&req, conn.peer, conn.tls);
         log.stats = Some(Arc::clone(&shared.counters));
         let resp = route(&mut req, conn, shared, &mut log, timer).await;

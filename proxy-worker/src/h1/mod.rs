@@ -86,173 +86,178 @@ enum Wait {
 }
 
 /// Serves HTTP/1 requests on `io` until the client or a drain closes the connection.
-pub async fn serve<I: Io>(
-    io: I,
+///
+/// Not an `async fn`: those keep every argument twice in their future, and `io` (a TLS
+/// stream is 1.4 KB) is in every connection's.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<I: Io>(
+    mut io: I,
     conn: ConnInfo,
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     shutdown: watch::Receiver<bool>,
     first_request_grace: Duration,
-) {
-    let mut io = io;
-    let mut rbuf = BytesMut::new();
-    let mut wbuf = Vec::new();
-    let mut head_timer = HeadTimer::new();
-    let mut served = false;
-    // One wait for the drain per connection, not one registration per idle wait.
-    let mut stop_rx = shutdown.clone();
-    let stop = async move { stopped(&mut stop_rx).await };
-    tokio::pin!(stop);
-    let mut stopping = false;
-    loop {
-        let head = loop {
-            match request::parse(&mut rbuf) {
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::debug!(peer = %conn.peer, %error, "Request head refused");
-                    let _ = io.write_all(&Canned::BadRequest.raw_close(false)).await;
-                    let _ = io.flush().await;
-                    return;
-                }
-            }
-            let idle = rbuf.is_empty();
-            if idle {
-                // Between requests the connection holds no buffer.
-                rbuf = BytesMut::new();
-            }
-            let wait = if idle {
-                wait_for_request(
-                    &mut io,
-                    &mut rbuf,
-                    stop.as_mut(),
-                    &mut stopping,
-                    served,
-                    first_request_grace,
-                )
-                .await
-            } else {
-                read_some(&mut io, &mut rbuf).await
-            };
-            match wait {
-                Wait::Data => {}
-                Wait::Closed => return,
-            }
-        };
-        served = true;
-        if rbuf.is_empty() {
-            // The head's bytes are now owned by the request; nothing of them stays here.
-            rbuf = BytesMut::new();
-        }
-
-        let request::Head {
-            request,
-            framing,
-            keep_alive,
-            expects_continue,
-        } = head;
-        let (mut parts, ()) = request.into_parts();
-        let version = parts.version;
-        let head_request = parts.method == Method::HEAD;
-        let upgrade_tx = if crate::tunnel::wants_upgrade(version, &parts.headers) {
-            let (tx, rx) = oneshot::channel();
-            parts
-                .extensions
-                .insert(UpgradeSlot(Arc::new(Mutex::new(Some(rx)))));
-            Some(tx)
-        } else {
-            None
-        };
-        let (body, mut pump) = match framing {
-            BodyFraming::None => (RequestBody::Empty, None),
-            BodyFraming::Length(n) => {
-                let (tx, body) = OwnBody::channel(Some(n));
-                (RequestBody::Own(body), Some(Pump::new(tx, framing)))
-            }
-            BodyFraming::Chunked => {
-                let (tx, body) = OwnBody::channel(None);
-                (RequestBody::Own(body), Some(Pump::new(tx, framing)))
-            }
-        };
-        if expects_continue
-            && (io
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-                || io.flush().await.is_err())
-        {
-            return;
-        }
-
-        let busy = state.begin();
-        // Pinned here, not boxed: the pipeline's future lives in the connection's, so a
-        // request costs no allocation for it.
-        let answer = pipeline::answer(
-            Request::from_parts(parts, body),
-            &conn,
-            &shared,
-            &mut head_timer,
-        );
-        tokio::pin!(answer);
-        let mut body_read = pump.is_none();
-        let (resp, log) = loop {
-            let Some(p) = pump.as_mut() else {
-                break answer.as_mut().await;
-            };
-            tokio::select! {
-                biased;
-                resp = answer.as_mut() => break resp,
-                step = p.step(&mut io, &mut rbuf) => {
-                    match step {
-                        PumpStep::More => {}
-                        PumpStep::Done => body_read = true,
-                        PumpStep::Failed => {}
-                    }
-                    if !matches!(step, PumpStep::More) {
-                        pump = None;
-                    }
-                }
-            }
-        };
-        // What the pipeline left unread of the body is drained after the answer.
-        let mut unread = pump.take().filter(|_| !body_read);
-
-        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if upgraded {
-            state.mark_upgraded();
-        }
-        let keep_alive = keep_alive && !*shutdown.borrow();
-        let written =
-            write_response(&mut io, &mut wbuf, resp, version, head_request, keep_alive).await;
-        // The access log line is written once the last byte went out, or the client left.
-        drop(log);
-        drop(busy);
-        wbuf.clear();
-        if wbuf.capacity() > KEEP_WRITE_BUFFER {
-            wbuf = Vec::new();
-        }
-        match written {
-            Ok(_) if upgraded => {
-                if let Some(tx) = upgrade_tx {
-                    let _ = tx.send(Rewind::new(rbuf.freeze(), Box::new(io) as Box<dyn Io>));
-                }
-                return;
-            }
-            Ok(true) => {
-                if let Some(mut rest) = unread.take() {
-                    if !rest.drain(&mut io, &mut rbuf).await {
-                        linger_close(&mut io).await;
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let mut rbuf = BytesMut::new();
+        let mut wbuf = Vec::new();
+        let mut head_timer = HeadTimer::new();
+        let mut served = false;
+        // One wait for the drain per connection, not one registration per idle wait.
+        let mut stop_rx = shutdown.clone();
+        let stop = async move { stopped(&mut stop_rx).await };
+        tokio::pin!(stop);
+        let mut stopping = false;
+        loop {
+            let head = loop {
+                match request::parse(&mut rbuf) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(peer = %conn.peer, %error, "Request head refused");
+                        let _ = io.write_all(&Canned::BadRequest.raw_close(false)).await;
+                        let _ = io.flush().await;
                         return;
                     }
                 }
+                let idle = rbuf.is_empty();
+                if idle {
+                    // Between requests the connection holds no buffer.
+                    rbuf = BytesMut::new();
+                }
+                let wait = if idle {
+                    wait_for_request(
+                        &mut io,
+                        &mut rbuf,
+                        stop.as_mut(),
+                        &mut stopping,
+                        served,
+                        first_request_grace,
+                    )
+                    .await
+                } else {
+                    read_some(&mut io, &mut rbuf).await
+                };
+                match wait {
+                    Wait::Data => {}
+                    Wait::Closed => return,
+                }
+            };
+            served = true;
+            if rbuf.is_empty() {
+                // The head's bytes are now owned by the request; nothing of them stays here.
+                rbuf = BytesMut::new();
             }
-            Ok(false) => {
-                linger_close(&mut io).await;
+
+            let request::Head {
+                request,
+                framing,
+                keep_alive,
+                expects_continue,
+            } = head;
+            let (mut parts, ()) = request.into_parts();
+            let version = parts.version;
+            let head_request = parts.method == Method::HEAD;
+            let upgrade_tx = if crate::tunnel::wants_upgrade(version, &parts.headers) {
+                let (tx, rx) = oneshot::channel();
+                parts
+                    .extensions
+                    .insert(UpgradeSlot(Arc::new(Mutex::new(Some(rx)))));
+                Some(tx)
+            } else {
+                None
+            };
+            let (body, mut pump) = match framing {
+                BodyFraming::None => (RequestBody::Empty, None),
+                BodyFraming::Length(n) => {
+                    let (tx, body) = OwnBody::channel(Some(n));
+                    (RequestBody::Own(body), Some(Pump::new(tx, framing)))
+                }
+                BodyFraming::Chunked => {
+                    let (tx, body) = OwnBody::channel(None);
+                    (RequestBody::Own(body), Some(Pump::new(tx, framing)))
+                }
+            };
+            if expects_continue
+                && (io
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+                    || io.flush().await.is_err())
+            {
                 return;
             }
-            Err(error) => {
-                tracing::debug!(peer = %conn.peer, %error, "Response not completed");
-                return;
+
+            let busy = state.begin();
+            // Pinned here, not boxed: the pipeline's future lives in the connection's, so a
+            // request costs no allocation for it.
+            let answer = pipeline::answer(
+                Request::from_parts(parts, body),
+                &conn,
+                &shared,
+                &mut head_timer,
+            );
+            tokio::pin!(answer);
+            let mut body_read = pump.is_none();
+            let (resp, log) = loop {
+                let Some(p) = pump.as_mut() else {
+                    break answer.as_mut().await;
+                };
+                tokio::select! {
+                    biased;
+                    resp = answer.as_mut() => break resp,
+                    step = p.step(&mut io, &mut rbuf) => {
+                        match step {
+                            PumpStep::More => {}
+                            PumpStep::Done => body_read = true,
+                            PumpStep::Failed => {}
+                        }
+                        if !matches!(step, PumpStep::More) {
+                            pump = None;
+                        }
+                    }
+                }
+            };
+            // What the pipeline left unread of the body is drained after the answer.
+            let mut unread = pump.take().filter(|_| !body_read);
+
+            let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if upgraded {
+                state.mark_upgraded();
+            }
+            let keep_alive = keep_alive && !*shutdown.borrow();
+            let written =
+                write_response(&mut io, &mut wbuf, resp, version, head_request, keep_alive).await;
+            // The access log line is written once the last byte went out, or the client left.
+            drop(log);
+            drop(busy);
+            wbuf.clear();
+            if wbuf.capacity() > KEEP_WRITE_BUFFER {
+                wbuf = Vec::new();
+            }
+            match written {
+                Ok(_) if upgraded => {
+                    if let Some(tx) = upgrade_tx {
+                        let _ = tx.send(Rewind::new(rbuf.freeze(), Box::new(io) as Box<dyn Io>));
+                    }
+                    return;
+                }
+                Ok(true) => {
+                    if let Some(mut rest) = unread.take() {
+                        if !rest.drain(&mut io, &mut rbuf).await {
+                            linger_close(&mut io).await;
+                            return;
+                        }
+                    }
+                }
+                Ok(false) => {
+                    linger_close(&mut io).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %conn.peer, %error, "Response not completed");
+                    return;
+                }
             }
         }
     }
