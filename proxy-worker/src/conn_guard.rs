@@ -143,8 +143,37 @@ pub enum Framing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal(pub Canned, pub bool);
 
+/// RFC 9110 `tchar`, as a table: every byte of every header name goes through it.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -815,6 +844,15 @@ mod tests {
             bad_request_line(b"GET /x HTTP/1.1").is_none(),
             "line not complete yet"
         );
+    }
+
+    #[test]
+    fn tchar_table_matches_rfc_9110() {
+        let listed = b"!#$%&'*+-.^_`|~";
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || listed.contains(&b);
+            assert_eq!(is_tchar(b), expected, "byte {b}");
+        }
     }
 
     #[test]
