@@ -22,7 +22,6 @@
 //! scanning (bytes sent before that answer pass unscanned, which only matters for a
 //! client that pipelines after an upgrade request).
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,8 +30,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use crate::lazy_timer::LazyTimer;
 use crate::listeners::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, MAX_HEADER_FIELDS};
 use crate::pipeline::MAX_TARGET_LEN;
 use crate::responses::Canned;
@@ -374,9 +374,8 @@ pub struct HeadGuard<I> {
     released: u64,
     opened: Instant,
     last_body_byte: Instant,
-    sleep: Pin<Box<Sleep>>,
-    /// When `sleep` is set to fire; it may be earlier than the current deadline.
-    armed: Option<Instant>,
+    /// Wakes the reader at the current deadline (or earlier, and is then moved).
+    timer: LazyTimer,
     /// The refusal being written, and how much of it went out.
     refusal: Option<(Vec<u8>, usize)>,
     /// The connection loop wrote bytes it has not flushed yet.
@@ -400,8 +399,7 @@ impl<I> HeadGuard<I> {
             released: 0,
             opened: now,
             last_body_byte: now,
-            sleep: Box::pin(tokio::time::sleep_until(now + HEADER_READ_TIMEOUT)),
-            armed: Some(now + HEADER_READ_TIMEOUT),
+            timer: LazyTimer::at(now + HEADER_READ_TIMEOUT),
             refusal: None,
             unflushed: false,
             done: false,
@@ -671,11 +669,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<I> {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             if let Some(at) = this.deadline() {
-                // A timer armed at or before `at` that has not fired yet will wake this read
-                // in time: the clock is read only when it cannot be relied on.
-                let covered =
-                    this.armed.is_some_and(|armed| armed <= at) && !this.sleep.is_elapsed();
-                if !covered && Instant::now() >= at {
+                if this.timer.passed(at) {
                     if this.mode == Mode::Head && !this.head.is_empty() {
                         let head = this.head.starts_with(b"HEAD ");
                         this.refuse(Refusal(Canned::RequestTimeout, head));
@@ -715,16 +709,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<I> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     if let Some(at) = this.deadline() {
-                        // Deadlines mostly move later (each request pushes the idle limit
-                        // out), so the timer is moved only when it must fire sooner or has
-                        // fired; one that fires early is re-checked above and re-armed.
-                        let early_enough = this.armed.is_some_and(|armed| armed <= at);
-                        if !early_enough || this.sleep.is_elapsed() {
-                            this.sleep.as_mut().reset(at);
-                            this.armed = Some(at);
-                        }
-                        if this.sleep.as_mut().poll(cx).is_ready() {
-                            this.armed = None;
+                        // Fired: the deadline is looked at again above.
+                        if this.timer.poll_expired(cx, at).is_ready() {
                             continue;
                         }
                     }

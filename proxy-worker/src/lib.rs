@@ -16,6 +16,7 @@ mod hold;
 mod host;
 mod httpdate;
 mod internal_host;
+mod lazy_timer;
 mod listeners;
 mod pipeline;
 mod redirect;

@@ -1,7 +1,6 @@
 //! One request through the pipeline of routing-and-proxy.md §4: limits, ACME, internal host,
 //! redirect, route match, backend selection (with holds), proxy.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,13 +17,14 @@ use crate::forwarded;
 use crate::hold::{self, HoldOutcome};
 use crate::host::{self, RequestHost};
 use crate::internal_host::{self, INTERNAL_HOST};
+use crate::lazy_timer::LazyTimer;
 use crate::redirect::{self, ACME_PREFIX};
 use crate::responses::Canned;
 use crate::shared::Shared;
 use crate::static_files;
 use crate::table::AppEntry;
 use crate::tunnel;
-use crate::upstream::{strip_hop_by_hop, HeadTimer, Outgoing, UpstreamError};
+use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
 
 /// Longest request-target (§13).
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
@@ -42,12 +42,8 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let mut buf = [0u8; 64];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(cursor, "{}", canonical_ip(peer.ip()));
-        let len = cursor.position() as usize;
         // An IP address always makes a valid header value.
-        let peer_value = HeaderValue::from_bytes(&buf[..len])
+        let peer_value = HeaderValue::from_str(&canonical_ip(peer.ip()).to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             peer,
@@ -64,7 +60,7 @@ pub async fn handle(
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Response<Body> {
-    let mut timer = HeadTimer::new();
+    let mut timer = LazyTimer::new();
     let (resp, log) = answer(req, &conn, &shared, &mut timer).await;
     resp.map(|b| Guarded::wrap(b, log))
 }
@@ -79,7 +75,7 @@ pub fn answer<'a>(
     mut req: Request<RequestBody>,
     conn: &'a ConnInfo,
     shared: &'a Shared,
-    timer: &'a mut HeadTimer,
+    timer: &'a mut LazyTimer,
 ) -> impl std::future::Future<Output = (Response<Body>, AccessLog)> + 'a {
     async move {
         let mut log = AccessLog::start(&req, conn.peer, conn.tls);
@@ -102,7 +98,7 @@ async fn route(
     conn: &ConnInfo,
     shared: &Shared,
     log: &mut AccessLog,
-    timer: &mut HeadTimer,
+    timer: &mut LazyTimer,
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -263,7 +259,7 @@ async fn proxy(
     ctx: &ProxyCtx<'_>,
     shared: &Shared,
     log: &mut AccessLog,
-    timer: &mut HeadTimer,
+    timer: &mut LazyTimer,
 ) -> Proxied {
     let head = req.method() == Method::HEAD;
     // §11: an upgrade keeps `Connection: upgrade` and `Upgrade`; on 101 the bytes are copied.

@@ -32,12 +32,12 @@ use response::Framing;
 
 use crate::body::{Body, BoxError, RequestBody};
 use crate::conn_guard::ConnState;
+use crate::lazy_timer::LazyTimer;
 use crate::pipeline::{self, ConnInfo};
 use crate::responses::Canned;
 use crate::rewind::{read_append, Rewind};
 use crate::shared::Shared;
-use crate::upstream::chunked::{ChunkedDecoder, Step};
-use crate::upstream::HeadTimer;
+use crate::upstream::chunked::{chunk_size_line, ChunkedDecoder, Step};
 
 /// Body frames up to this size are copied next to the head (or chunk line) to go out in one
 /// write; larger ones are written on their own.
@@ -101,7 +101,7 @@ pub fn serve<I: Io>(
     async move {
         let mut rbuf = BytesMut::new();
         let mut wbuf = Vec::new();
-        let mut head_timer = HeadTimer::new();
+        let mut head_timer = LazyTimer::new();
         let mut served = false;
         // One wait for the drain per connection, not one registration per idle wait.
         let mut stop_rx = shutdown.clone();
@@ -533,22 +533,4 @@ async fn linger_close<I: Io>(io: &mut I) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// Appends `{len:x}\r\n` without formatting machinery.
-fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
 }

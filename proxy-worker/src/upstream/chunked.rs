@@ -155,9 +155,37 @@ fn parse_size(line: &[u8]) -> Result<u64, ChunkError> {
     u64::from_str_radix(text, 16).map_err(|_| ChunkError::BadSize)
 }
 
+/// Appends a chunk-size line, `{len:x}\r\n`, without formatting machinery: both directions
+/// write one per chunk.
+pub fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lower_hex() {
+        for len in [0usize, 1, 15, 16, 255, 4096, 0x1234_abcd, usize::MAX] {
+            let mut out = Vec::new();
+            chunk_size_line(&mut out, len);
+            assert_eq!(out, format!("{len:x}\r\n").into_bytes());
+        }
+    }
 
     fn decode_all(input: &[u8], piece: usize) -> Result<(Vec<u8>, bool, usize), ChunkError> {
         let mut dec = ChunkedDecoder::new();

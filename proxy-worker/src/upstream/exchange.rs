@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
+use super::chunked;
 use super::head::{self, RequestFraming, ResponseHead};
 use super::pool::Pool;
 use super::{Outgoing, UpstreamError, CONNECT_TIMEOUT};
@@ -233,7 +234,7 @@ async fn pump<W: AsyncWrite + Unpin>(
         }
         if chunked {
             framed.clear();
-            framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            chunked::chunk_size_line(&mut framed, data.len());
             framed.extend_from_slice(&data);
             framed.extend_from_slice(b"\r\n");
             wr.write_all(&framed).await.map_err(Failure::Write)?;

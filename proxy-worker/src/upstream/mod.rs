@@ -9,7 +9,6 @@ mod body;
 pub(crate) mod chunked;
 mod exchange;
 mod head;
-mod head_timer;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -23,9 +22,9 @@ use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCO
 use http::{Method, Response};
 
 pub use body::{Upgraded, UpstreamBody};
-pub use head_timer::HeadTimer;
 
 use crate::body::ReplayBody;
+use crate::lazy_timer::LazyTimer;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,7 +103,7 @@ impl Upstream {
         port: u16,
         req: Outgoing<'_>,
         sent_at: std::time::Instant,
-        timer: &mut HeadTimer,
+        timer: &mut LazyTimer,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let deadline = tokio::time::Instant::from_std(sent_at) + RESPONSE_HEADER_TIMEOUT;
         let exchange = exchange::send(&self.pool, port, req);

@@ -1,6 +1,6 @@
 //! The client against a scripted instance on a real loopback socket.
 
-use crate::upstream::HeadTimer;
+use crate::lazy_timer::LazyTimer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -72,7 +72,7 @@ async fn get(up: &Upstream, port: u16, method: Method) -> Result<(StatusCode, Ve
                 body: empty_body(),
             },
             std::time::Instant::now(),
-            &mut HeadTimer::new(),
+            &mut LazyTimer::new(),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -216,7 +216,7 @@ async fn refused_connections_are_connect_errors() {
                 body: empty_body(),
             },
             std::time::Instant::now(),
-            &mut HeadTimer::new(),
+            &mut LazyTimer::new(),
         )
         .await;
     assert!(
@@ -245,7 +245,7 @@ async fn switching_protocols_hands_over_the_connection_with_early_bytes() {
                 body: empty_body(),
             },
             std::time::Instant::now(),
-            &mut HeadTimer::new(),
+            &mut LazyTimer::new(),
         )
         .await
         .unwrap();

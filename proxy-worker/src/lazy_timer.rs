@@ -1,8 +1,8 @@
-//! The response-head timeout, kept per client connection rather than per request.
+//! A timer for deadlines that mostly move later: the connection guard's idle and header
+//! limits, and the upstream response-head timeout, one per client connection.
 //!
 //! A tokio timer registered and removed for every request was about 1 % of the worker's CPU
-//! under keep-alive load. Deadlines on one connection only move later (each request starts
-//! after the one before), so the timer is re-armed only when it would fire too late or has
+//! under keep-alive load. Here the timer is re-armed only when it would fire too late or has
 //! fired; one that fires early is checked against the real deadline and moved.
 
 use std::future::Future;
@@ -11,25 +11,40 @@ use std::task::{Context, Poll};
 
 use tokio::time::{Instant, Sleep};
 
-pub struct HeadTimer {
+pub struct LazyTimer {
     sleep: Pin<Box<Sleep>>,
     /// Where the timer is set, when it is.
     armed: Option<Instant>,
 }
 
-impl Default for HeadTimer {
+impl Default for LazyTimer {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl HeadTimer {
+impl LazyTimer {
+    /// Unarmed: registered with the runtime only when first polled.
     pub fn new() -> Self {
-        // Not registered until first polled.
         Self {
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             armed: None,
         }
+    }
+
+    /// Armed for `deadline`.
+    pub fn at(deadline: Instant) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            armed: Some(deadline),
+        }
+    }
+
+    /// Whether `deadline` has passed. A timer armed at or before it that has not fired yet
+    /// will wake the task in time, so the clock is read only when it cannot be relied on.
+    pub fn passed(&self, deadline: Instant) -> bool {
+        let covered = self.armed.is_some_and(|armed| armed <= deadline) && !self.sleep.is_elapsed();
+        !covered && Instant::now() >= deadline
     }
 
     /// Ready once `deadline` has passed; registers the task's waker otherwise.
@@ -59,7 +74,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fires_at_each_deadline_even_after_an_earlier_one() {
-        let mut t = HeadTimer::new();
+        let mut t = LazyTimer::new();
         let start = Instant::now();
         // A deadline that is met by a response: the timer stays armed for it.
         let first = start + Duration::from_secs(10);
