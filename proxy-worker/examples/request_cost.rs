@@ -1,0 +1,209 @@
+//! The worker's own cost per proxied request, for counting under callgrind: instructions do
+//! not drift with a shared machine's load the way CPU time does (`bench/cost.sh` runs it).
+//!
+//! Plays the master for one in-process worker (as proxy-worker/tests/worker.rs does), puts a
+//! blocking upstream behind one route and drives `REQUESTS` keep-alive requests over `CONNS`
+//! connections, the request `bench/run.sh` sends with wrk. The worker runs inside
+//! `worker_thread`, so `--toggle-collect=*worker_thread*` counts the worker and nothing else.
+//!
+//!   cargo build --release --example request_cost -p tako-proxy-worker
+//!   valgrind --tool=callgrind --toggle-collect='*worker_thread*' \
+//!       target/release/examples/request_cost 10000 8
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use tako_ipc::{
+    AppRoutes, Backend, FrameReader, FrameWriter, ListenerKind, MasterToWorker, RouteTable,
+    WorkerConfig, WorkerToMaster, IPC_VERSION,
+};
+
+/// What the shared bench upstream (hyper) answers for `/`.
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\
+date: Fri, 27 Nov 2026 12:00:00 GMT\r\n\r\nHello, world!";
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: https\r\n\r\n";
+const WAIT: Duration = Duration::from_secs(30);
+
+#[inline(never)]
+fn worker_thread(ipc: UnixStream) -> i32 {
+    tako_proxy_worker::run(ipc)
+}
+
+/// Position just past the first blank line.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Answers every head on every connection with `RESPONSE` (the requests have no body).
+fn upstream() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+    let port = l.local_addr().expect("upstream address").port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = head_end(&buf) {
+                        buf.drain(..end);
+                        if s.write_all(RESPONSE).is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends `n` requests one after another on one connection, each answer read whole.
+fn client(addr: SocketAddr, n: usize) -> usize {
+    let mut s = TcpStream::connect(addr).expect("connect to the worker");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for i in 0..n {
+        s.write_all(REQUEST).expect("send a request");
+        let end = loop {
+            if let Some(end) = head_end(&buf) {
+                break end;
+            }
+            let got = s.read(&mut chunk).expect("read an answer");
+            assert!(got > 0, "the worker closed after {i} requests");
+            buf.extend_from_slice(&chunk[..got]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a content-length");
+        while buf.len() < end + len {
+            let got = s.read(&mut chunk).expect("read a body");
+            assert!(got > 0, "the worker closed in a body");
+            buf.extend_from_slice(&chunk[..got]);
+        }
+        buf.drain(..end + len);
+    }
+    n
+}
+
+async fn next(rx: &mut FrameReader<WorkerToMaster>) -> WorkerToMaster {
+    match tokio::time::timeout(WAIT, rx.recv()).await {
+        Ok(Ok(Some((msg, _)))) => msg,
+        other => panic!("no message from the worker: {other:?}"),
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let requests: usize = args.next().map_or(10_000, |a| a.parse().expect("REQUESTS"));
+    let conns: usize = args.next().map_or(8, |a| a.parse().expect("CONNS"));
+    let upstream_port = upstream();
+
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let worker = std::thread::spawn(move || worker_thread(theirs));
+    let http = TcpListener::bind("127.0.0.1:0").expect("bind http");
+    let https = TcpListener::bind("127.0.0.1:0").expect("bind https");
+    let http_addr = http.local_addr().expect("http address");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut tx = runtime.block_on(async {
+        ours.set_nonblocking(true).expect("nonblocking");
+        let (r, w) = tokio::net::UnixStream::from_std(ours)
+            .expect("ipc stream")
+            .into_split();
+        let mut tx = FrameWriter::<MasterToWorker>::new(w);
+        let mut rx = FrameReader::<WorkerToMaster>::new(r);
+        let config = WorkerConfig {
+            index: 0,
+            generation: 1,
+            http_port: http_addr.port(),
+            https_port: 443,
+            trusted_proxies: vec!["127.0.0.0/8".into()],
+            acme_enabled: false,
+            server_started_unix_secs: 0,
+            cache_bytes: 0,
+        };
+        tx.send(&MasterToWorker::Hello {
+            version: IPC_VERSION,
+            config,
+        })
+        .await
+        .expect("hello");
+        let fds: Vec<OwnedFd> = vec![
+            http.try_clone().expect("dup").into(),
+            https.try_clone().expect("dup").into(),
+        ];
+        tx.send_with_fds(
+            &MasterToWorker::Listeners {
+                kinds: vec![ListenerKind::Http, ListenerKind::Https],
+            },
+            &fds,
+        )
+        .await
+        .expect("listeners");
+        tx.send(&MasterToWorker::Certs(Vec::new()))
+            .await
+            .expect("certs");
+        let app = AppRoutes {
+            name: "bench".into(),
+            routes: vec!["localhost".into()],
+            release_path: "/nonexistent".into(),
+            stopped: false,
+            on_demand: false,
+            backends: vec![Backend {
+                instance_id: 1,
+                port: upstream_port,
+            }],
+            starting: false,
+        };
+        tx.send(&MasterToWorker::Routes(RouteTable {
+            epoch: 1,
+            apps: vec![app],
+        }))
+        .await
+        .expect("routes");
+        loop {
+            if let WorkerToMaster::RoutesApplied { epoch: 1 } = next(&mut rx).await {
+                break;
+            }
+        }
+        // The worker's later reports are not needed; reading them keeps its writes flowing.
+        tokio::spawn(async move { while let Ok(Some(_)) = rx.recv().await {} });
+        tx
+    });
+
+    let started = Instant::now();
+    let per_conn = requests.div_ceil(conns.max(1));
+    let clients: Vec<_> = (0..conns.max(1))
+        .map(|_| std::thread::spawn(move || client(http_addr, per_conn)))
+        .collect();
+    let done: usize = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    let took = started.elapsed();
+
+    runtime.block_on(async {
+        tx.send(&MasterToWorker::Drain { deadline_ms: 1000 })
+            .await
+            .expect("drain");
+    });
+    let code = worker.join().expect("worker thread");
+    println!(
+        "requests {done} conns {conns} seconds {:.3} worker_exit {code}",
+        took.as_secs_f64()
+    );
+}
