@@ -606,6 +606,19 @@ fn smuggling_patterns_and_header_limits_get_spec_answers() {
     let a = raw(p, b"POST /status HTTP/1.1\r\nHost: tako.internal\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nGET \r\n0\r\n\r\nGET /status HTTP/1.1\r\nHost: tako.internal\r\nConnection: close\r\n\r\n");
     assert_eq!(a.matches("HTTP/1.1 200").count(), 2, "{a}");
 
+    // A refused head pipelined behind good ones is answered after their answers, in order:
+    // the bodies that look like request lines are bodies, and the third head is refused.
+    let first = "POST /status HTTP/1.1\r\nHost: tako.internal\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let second = "POST /status HTTP/1.1\r\nHost: tako.internal\r\nContent-Length: 4\r\n\r\nGET ";
+    let third = "GET /status HTTP/1.1\r\nHost: tako.internal\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let a = raw(p, format!("{first}{second}{third}").as_bytes());
+    assert_eq!(a.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{a}");
+    let refused = &a[a
+        .find("HTTP/1.1 400")
+        .unwrap_or_else(|| panic!("no 400: {a}"))..];
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert_error(refused, "HTTP/1.1 400 Bad Request", "Bad Request");
+
     // A partial head gets 408 after 10 s; a connection that sends nothing is just closed.
     let mut partial = connect(p);
     partial

@@ -1,5 +1,5 @@
-//! A timer for deadlines that mostly move later: the connection guard's idle and header
-//! limits, and the upstream response-head timeout, one per client connection.
+//! A timer for deadlines that mostly move later: the HTTP/1 loop's idle, header and body
+//! limits, and the upstream response-head timeout, two per client connection.
 //!
 //! A tokio timer registered and removed for every request was about 1 % of the worker's CPU
 //! under keep-alive load. Here the timer is re-armed only when it would fire too late or has
@@ -38,13 +38,6 @@ impl LazyTimer {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             armed: Some(deadline),
         }
-    }
-
-    /// Whether `deadline` has passed. A timer armed at or before it that has not fired yet
-    /// will wake the task in time, so the clock is read only when it cannot be relied on.
-    pub fn passed(&self, deadline: Instant) -> bool {
-        let covered = self.armed.is_some_and(|armed| armed <= deadline) && !self.sleep.is_elapsed();
-        !covered && Instant::now() >= deadline
     }
 
     /// Ready once `deadline` has passed; registers the task's waker otherwise.

@@ -6,7 +6,6 @@
 mod access;
 mod body;
 mod cache;
-mod conn_guard;
 mod control;
 mod counters;
 mod fast_hash;
@@ -61,12 +60,12 @@ pub fn run(ipc: std::os::unix::net::UnixStream) -> i32 {
     code
 }
 
-/// The HTTP/1 head check the connection guard runs before the connection loop sees a request (the parser
+/// The HTTP/1 head check the connection loop runs before it parses a request (the parser
 /// that faces the internet), exposed for the fuzz target only. Returns whether the head
 /// was accepted.
 #[doc(hidden)]
 pub fn fuzz_check_head(head: &[u8]) -> bool {
-    conn_guard::check_head(head).is_ok()
+    h1::check_head(head).is_ok()
 }
 
 /// An instance's answer as the upstream client reads it: response head, body framing and,

@@ -16,7 +16,6 @@ use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::RequestBody;
-use crate::conn_guard::{ConnState, HeadGuard};
 use crate::h1;
 use crate::pipeline::{self, ConnInfo};
 use crate::shared::Shared;
@@ -248,20 +247,17 @@ async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
     }
 }
 
-/// HTTP/1 goes through our own connection loop (h1/), behind the connection guard.
+/// HTTP/1 goes through our own connection loop (h1/).
 /// A plain function handing back the loop's future: an `async` wrapper would hold a second
 /// copy of the stream for the whole connection.
 fn serve_h1<I>(io: I, conn: ConnInfo, server: &Server) -> impl std::future::Future<Output = ()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::default());
-    let io = HeadGuard::new(io, Arc::clone(&state));
     h1::serve(
         io,
         conn,
         Arc::clone(&server.shared),
-        state,
         server.shutdown.clone(),
         FIRST_REQUEST_GRACE,
     )

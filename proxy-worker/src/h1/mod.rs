@@ -1,15 +1,20 @@
 //! Our HTTP/1.1 connection loop, in place of hyper's server for HTTP/1 (plain and TLS; HTTP/2
 //! stays with hyper). It reads each head into a buffer that is released while the connection
-//! is idle, builds the request without copying header values, runs the pipeline in the
-//! connection's own task, and writes the response head and the first body bytes in one
-//! write. The connection guard (conn_guard.rs) sits below it unchanged: malformed heads,
-//! limits, smuggling patterns and timeouts are refused there before this loop sees a byte.
+//! is idle, checks it (head_check.rs: malformed heads, limits and smuggling patterns get their
+//! §14 answer and `Connection: close`), builds the request without copying header values, runs
+//! the pipeline in the connection's own task, and writes the response head and the first body
+//! bytes in one write.
+//!
+//! The connection's waits have the limits of routing-and-proxy.md §13, all on one lazy timer:
+//! 10 s for the first head of a connection or for a head whose first byte arrived (a partial
+//! head then gets a 408), 60 s idle between requests, 60 s without a request body byte.
 //!
 //! Measured against hyper's server on the same build (BENCHMARKS.md): less CPU per request
 //! and about 16 KB less memory per idle keep-alive connection (hyper keeps an 8 KB read and
 //! an 8 KB write buffer per connection).
 
 mod body;
+mod head_check;
 mod request;
 mod response;
 
@@ -25,17 +30,19 @@ use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 pub use body::OwnBody;
-use request::BodyFraming;
+pub use head_check::check_head;
+use head_check::{BodyFraming, Refusal};
 use response::Framing;
 
 use crate::body::{Body, BoxError, RequestBody};
-use crate::conn_guard::ConnState;
 use crate::lazy_timer::LazyTimer;
+use crate::listeners::HEADER_READ_TIMEOUT;
 use crate::pipeline::{self, ConnInfo};
 use crate::responses::Canned;
-use crate::rewind::{read_append, Rewind};
+use crate::rewind::{poll_read_append, read_append, Rewind};
 use crate::shared::Shared;
 use crate::upstream::chunked::{chunk_size_line, ChunkedDecoder, Step};
 
@@ -53,6 +60,10 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// up to this much, within this long, to keep the connection; past that it closes.
 const DRAIN_BYTES: usize = 64 * 1024;
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
+/// Idle keep-alive between two requests (§13).
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// A request body that sends nothing for this long ends the connection (§13).
+const BODY_IDLE: Duration = Duration::from_secs(60);
 
 /// Any connection the loop can serve.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -76,13 +87,18 @@ impl UpgradeSlot {
 
 /// See [`crate::fuzz_h1_request`].
 pub fn fuzz_request(data: &[u8]) -> bool {
-    matches!(request::parse(&mut BytesMut::from(data)), Ok(Some(_)))
+    matches!(
+        request::parse(&mut BytesMut::from(data), &mut 0),
+        Ok(Some(_))
+    )
 }
 
-/// How the connection loop ends a wait for the next request.
+/// How a read of the connection ended.
 enum Wait {
     Data,
     Closed,
+    /// The deadline of the wait passed first.
+    TimedOut,
 }
 
 /// Serves HTTP/1 requests on `io` until the client or a drain closes the connection.
@@ -94,14 +110,17 @@ pub fn serve<I: Io>(
     mut io: I,
     conn: ConnInfo,
     shared: Arc<Shared>,
-    state: Arc<ConnState>,
     shutdown: watch::Receiver<bool>,
     first_request_grace: Duration,
 ) -> impl std::future::Future<Output = ()> {
     async move {
+        let opened = Instant::now();
         let mut rbuf = BytesMut::new();
         let mut wbuf = Vec::new();
+        // The upstream's response-head limit, and the limits on reading the client.
         let mut head_timer = LazyTimer::new();
+        let mut read_timer = LazyTimer::at(opened + HEADER_READ_TIMEOUT);
+        let mut idle_since = opened;
         let mut served = false;
         // One wait for the drain per connection, not one registration per idle wait.
         let mut stop_rx = shutdown.clone();
@@ -109,14 +128,15 @@ pub fn serve<I: Io>(
         tokio::pin!(stop);
         let mut stopping = false;
         loop {
+            let mut searched = 0;
+            // When the first byte of a head that is not complete yet was seen.
+            let mut head_started = None;
             let head = loop {
-                match request::parse(&mut rbuf) {
+                match request::parse(&mut rbuf, &mut searched) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
-                    Err(error) => {
-                        tracing::debug!(peer = %conn.peer, %error, "Request head refused");
-                        let _ = io.write_all(&Canned::BadRequest.raw_close(false)).await;
-                        let _ = io.flush().await;
+                    Err(refusal) => {
+                        refuse(&mut io, refusal, &conn).await;
                         return;
                     }
                 }
@@ -124,23 +144,40 @@ pub fn serve<I: Io>(
                 if idle {
                     // Between requests the connection holds no buffer.
                     rbuf = BytesMut::new();
+                } else if head_started.is_none() {
+                    head_started = Some(Instant::now());
                 }
+                let deadline = match head_started {
+                    Some(at) => at + HEADER_READ_TIMEOUT,
+                    None if served => idle_since + KEEP_ALIVE_IDLE,
+                    None => opened + HEADER_READ_TIMEOUT,
+                };
                 let wait = if idle {
                     wait_for_request(
                         &mut io,
                         &mut rbuf,
-                        stop.as_mut(),
-                        &mut stopping,
+                        Stop {
+                            stop: stop.as_mut(),
+                            stopping: &mut stopping,
+                        },
                         served,
                         first_request_grace,
+                        (&mut read_timer, deadline),
                     )
                     .await
                 } else {
-                    read_some(&mut io, &mut rbuf).await
+                    read_by(&mut io, &mut rbuf, &mut read_timer, deadline).await
                 };
                 match wait {
                     Wait::Data => {}
                     Wait::Closed => return,
+                    // Nothing of a request came in time: close quietly.
+                    Wait::TimedOut if idle => return,
+                    Wait::TimedOut => {
+                        let head = rbuf.trim_ascii_start().starts_with(b"HEAD ");
+                        refuse(&mut io, Refusal(Canned::RequestTimeout, head), &conn).await;
+                        return;
+                    }
                 }
             };
             served = true;
@@ -178,6 +215,15 @@ pub fn serve<I: Io>(
                     (RequestBody::Own(body), Some(Pump::new(tx, framing)))
                 }
             };
+            let mut body_reads = BodyReads {
+                timer: &mut read_timer,
+                // No clock read for a request without a body.
+                last_byte: if pump.is_some() {
+                    Instant::now()
+                } else {
+                    opened
+                },
+            };
             if expects_continue
                 && (io
                     .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -188,7 +234,6 @@ pub fn serve<I: Io>(
                 return;
             }
 
-            let busy = state.begin();
             // Pinned here, not boxed: the pipeline's future lives in the connection's, so a
             // request costs no allocation for it.
             let answer = pipeline::answer(
@@ -198,39 +243,39 @@ pub fn serve<I: Io>(
                 &mut head_timer,
             );
             tokio::pin!(answer);
-            let mut body_read = pump.is_none();
+            let mut body = if pump.is_some() {
+                BodyRead::Reading
+            } else {
+                BodyRead::Done
+            };
             let (resp, log) = loop {
-                let Some(p) = pump.as_mut() else {
+                let (Some(p), BodyRead::Reading) = (pump.as_mut(), body) else {
                     break answer.as_mut().await;
                 };
                 tokio::select! {
                     biased;
                     resp = answer.as_mut() => break resp,
-                    step = p.step(&mut io, &mut rbuf) => {
-                        match step {
-                            PumpStep::More => {}
-                            PumpStep::Done => body_read = true,
-                            PumpStep::Failed => {}
-                        }
-                        if !matches!(step, PumpStep::More) {
+                    step = p.step(&mut io, &mut rbuf, &mut body_reads) => {
+                        body = step;
+                        // The body's end (or error) reaches the pipeline when its sender goes.
+                        if matches!(body, BodyRead::Done | BodyRead::Broken) {
                             pump = None;
                         }
                     }
                 }
             };
-            // What the pipeline left unread of the body is drained after the answer.
-            let mut unread = pump.take().filter(|_| !body_read);
+            // What the pipeline left unread of the body is drained after the answer; a body
+            // whose framing broke leaves no place where a next request could start.
+            let mut unread = pump.take();
+            let framing_lost = body == BodyRead::Broken;
 
             let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if upgraded {
-                state.mark_upgraded();
-            }
-            let keep_alive = keep_alive && !*shutdown.borrow();
+            let keep_alive = keep_alive && !framing_lost && !*shutdown.borrow();
             let written =
                 write_response(&mut io, &mut wbuf, resp, version, head_request, keep_alive).await;
             // The access log line is written once the last byte went out, or the client left.
             drop(log);
-            drop(busy);
+            idle_since = Instant::now();
             wbuf.clear();
             if wbuf.capacity() > KEEP_WRITE_BUFFER {
                 wbuf = Vec::new();
@@ -244,7 +289,7 @@ pub fn serve<I: Io>(
                 }
                 Ok(true) => {
                     if let Some(mut rest) = unread.take() {
-                        if !rest.drain(&mut io, &mut rbuf).await {
+                        if !rest.drain(&mut io, &mut rbuf, &mut body_reads).await {
                             linger_close(&mut io).await;
                             return;
                         }
@@ -263,27 +308,36 @@ pub fn serve<I: Io>(
     }
 }
 
-/// Waits for the first bytes of the next request; a drain closes an idle connection, except
-/// that a fresh one gets a moment for its first request (it may be on its way). `stop`
-/// resolves at the drain and is not polled again once `stopping` is set.
-async fn wait_for_request<I: Io>(
+/// The drain as an idle wait sees it: `stop` resolves at the drain and is not polled again
+/// once `stopping` is set.
+struct Stop<'a, F> {
+    stop: Pin<&'a mut F>,
+    stopping: &'a mut bool,
+}
+
+/// Waits for the first bytes of the next request until `deadline`; a drain closes an idle
+/// connection, except that a fresh one gets a moment for its first request (it may be on its
+/// way).
+async fn wait_for_request<I: Io, F: std::future::Future<Output = ()>>(
     io: &mut I,
     rbuf: &mut BytesMut,
-    stop: Pin<&mut impl std::future::Future<Output = ()>>,
-    stopping: &mut bool,
+    stop: Stop<'_, F>,
     served: bool,
     first_request_grace: Duration,
+    (timer, deadline): (&mut LazyTimer, Instant),
 ) -> Wait {
+    let Stop { mut stop, stopping } = stop;
     if !*stopping {
         tokio::select! {
-            wait = read_some(io, rbuf) => return wait,
-            () = stop => *stopping = true,
+            biased;
+            wait = read_by(io, rbuf, timer, deadline) => return wait,
+            () = stop.as_mut() => *stopping = true,
         }
     }
     if served {
         return Wait::Closed;
     }
-    tokio::time::timeout(first_request_grace, read_some(io, rbuf))
+    tokio::time::timeout(first_request_grace, read_by(io, rbuf, timer, deadline))
         .await
         .unwrap_or(Wait::Closed)
 }
@@ -292,18 +346,63 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Reads once into `rbuf`; no buffer is held while waiting.
-async fn read_some<I: Io>(io: &mut I, rbuf: &mut BytesMut) -> Wait {
-    match read_append(io, rbuf).await {
-        Ok(n) if n > 0 => Wait::Data,
-        _ => Wait::Closed,
+/// Reads once into `rbuf` (no buffer is held while waiting), unless `deadline` passes first.
+/// The timer is looked at only when the read has to wait.
+async fn read_by<I: Io>(
+    io: &mut I,
+    rbuf: &mut BytesMut,
+    timer: &mut LazyTimer,
+    deadline: Instant,
+) -> Wait {
+    std::future::poll_fn(|cx| match poll_read_append(io, cx, rbuf) {
+        Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Wait::Data),
+        Poll::Ready(_) => Poll::Ready(Wait::Closed),
+        Poll::Pending => timer.poll_expired(cx, deadline).map(|()| Wait::TimedOut),
+    })
+    .await
+}
+
+/// Answers a head that cannot be served and closes the connection.
+async fn refuse<I: Io>(io: &mut I, refusal: Refusal, conn: &ConnInfo) {
+    let Refusal(canned, head_request) = refusal;
+    tracing::debug!(
+        peer = %conn.peer,
+        status = canned.status().as_u16(),
+        "Request refused before parsing"
+    );
+    if io.write_all(&canned.raw_close(head_request)).await.is_ok() && io.flush().await.is_ok() {
+        linger_close(io).await;
     }
 }
 
-enum PumpStep {
-    More,
+/// Where reading a request body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyRead {
+    Reading,
     Done,
-    Failed,
+    /// The pipeline dropped the body unread: the rest is drained after the answer.
+    Unwanted,
+    /// The client closed, went idle or broke the framing: the connection ends with the answer.
+    Broken,
+}
+
+/// Reads of a request body: each must bring a byte within `BODY_IDLE` of the last one.
+struct BodyReads<'a> {
+    timer: &'a mut LazyTimer,
+    last_byte: Instant,
+}
+
+impl BodyReads<'_> {
+    async fn read<I: Io>(&mut self, io: &mut I, rbuf: &mut BytesMut) -> Result<(), BoxError> {
+        match read_by(io, rbuf, self.timer, self.last_byte + BODY_IDLE).await {
+            Wait::Data => {
+                self.last_byte = Instant::now();
+                Ok(())
+            }
+            Wait::Closed => Err("client closed the connection in the middle of the body".into()),
+            Wait::TimedOut => Err("request body idle for 60 s".into()),
+        }
+    }
 }
 
 /// Moves the request body from the connection to the pipeline, one frame per step.
@@ -334,26 +433,29 @@ impl Pump {
         }
     }
 
-    async fn step<I: Io>(&mut self, io: &mut I, rbuf: &mut BytesMut) -> PumpStep {
-        // Nobody reads the body any more: stop here, and the rest is drained or the
-        // connection closed after the answer.
+    async fn step<I: Io>(
+        &mut self,
+        io: &mut I,
+        rbuf: &mut BytesMut,
+        reads: &mut BodyReads<'_>,
+    ) -> BodyRead {
         let tx = self.tx.clone();
         let Ok(permit) = tx.reserve().await else {
-            return PumpStep::Failed;
+            return BodyRead::Unwanted;
         };
-        match self.next_data(io, rbuf).await {
+        match self.next_data(io, rbuf, reads).await {
             Ok(Some(data)) => {
                 permit.send(Ok(data));
                 if self.finished() {
-                    PumpStep::Done
+                    BodyRead::Done
                 } else {
-                    PumpStep::More
+                    BodyRead::Reading
                 }
             }
-            Ok(None) => PumpStep::Done,
+            Ok(None) => BodyRead::Done,
             Err(e) => {
                 permit.send(Err(e));
-                PumpStep::Failed
+                BodyRead::Broken
             }
         }
     }
@@ -370,6 +472,7 @@ impl Pump {
         &mut self,
         io: &mut I,
         rbuf: &mut BytesMut,
+        reads: &mut BodyReads<'_>,
     ) -> Result<Option<Bytes>, BoxError> {
         loop {
             match &mut self.chunked {
@@ -390,19 +493,22 @@ impl Pump {
                     }
                 }
             }
-            if let Wait::Closed = read_some(io, rbuf).await {
-                return Err("client closed the connection in the middle of the body".into());
-            }
+            reads.read(io, rbuf).await?;
         }
     }
 
     /// Reads and drops what the pipeline left of the body, so the connection can carry the
     /// next request; false when that is more than a small amount or does not come quickly.
-    async fn drain<I: Io>(&mut self, io: &mut I, rbuf: &mut BytesMut) -> bool {
+    async fn drain<I: Io>(
+        &mut self,
+        io: &mut I,
+        rbuf: &mut BytesMut,
+        reads: &mut BodyReads<'_>,
+    ) -> bool {
         let drain = async {
             let mut seen = 0usize;
             while seen <= DRAIN_BYTES {
-                match self.next_data(io, rbuf).await {
+                match self.next_data(io, rbuf, reads).await {
                     Ok(Some(data)) => seen += data.len(),
                     Ok(None) => return true,
                     Err(_) => return false,
@@ -526,9 +632,9 @@ async fn linger_close<I: Io>(io: &mut I) {
         let mut sink = BytesMut::new();
         while seen < LINGER_BYTES {
             sink.clear();
-            match read_some(io, &mut sink).await {
-                Wait::Data => seen += sink.len(),
-                Wait::Closed => break,
+            match read_append(io, &mut sink).await {
+                Ok(n) if n > 0 => seen += n,
+                _ => break,
             }
         }
     };

@@ -2,20 +2,13 @@
 //! the target and header values share the head's bytes.
 
 use bytes::BytesMut;
-use http::header::TRANSFER_ENCODING;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use http::{Method, Request, Uri, Version};
 
+use super::head_check::{self, BodyFraming, Refusal, Scan};
 use crate::forwarded;
 use crate::listeners::MAX_HEADER_FIELDS;
-
-/// How the request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
-    None,
-    Length(u64),
-    Chunked,
-}
+use crate::responses::Canned;
 
 /// A parsed head and what the connection needs to know about it.
 pub struct Head {
@@ -24,12 +17,6 @@ pub struct Head {
     /// The client allows another request on this connection afterwards.
     pub keep_alive: bool,
     pub expects_continue: bool,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HeadError {
-    #[error("malformed request head: {0}")]
-    Malformed(&'static str),
 }
 
 /// Names that `http` does not know but proxied requests carry all the time: looked up here,
@@ -54,24 +41,35 @@ fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName
     HeaderName::from_bytes(raw)
 }
 
-/// Parses and takes a complete head from the front of `buf`; `None` while incomplete.
-///
-/// The connection guard (conn_guard.rs) has already refused every head it considers
-/// malformed, oversized or ambiguous, so an error here is a last line of defence.
-pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
+/// Checks, parses and takes a complete head from the front of `buf`; `None` while incomplete.
+/// `searched` carries how much of an incomplete head was already searched for its end, from
+/// one call to the next on the same connection.
+pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, Refusal> {
+    let (len, checked) = match head_check::scan(buf, *searched)? {
+        Scan::Partial { searched: s } => {
+            *searched = s;
+            return Ok(None);
+        }
+        Scan::Head(len, checked) => (len, checked),
+    };
+    *searched = 0;
+    // The check is stricter than httparse, so this refusal is a last line of defence.
+    let refused = |buf: &[u8]| {
+        let head = buf.trim_ascii_start().starts_with(b"HEAD ");
+        Refusal(Canned::BadRequest, head)
+    };
     // Offsets into the head, not slices: the head is split off the buffer before use.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADER_FIELDS];
-    let (len, method, target, minor, count) = {
+    let (method, target, count) = {
         let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADER_FIELDS];
         let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(buf, &mut slots) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(HeadError::Malformed("unparsable head")),
-        };
+        match req.parse_with_uninit_headers(&buf[..len], &mut slots) {
+            Ok(httparse::Status::Complete(n)) if n == len => {}
+            _ => return Err(refused(buf)),
+        }
         let base = buf.as_ptr() as usize;
         for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-            // Heads are at most 64 KiB (the connection guard), so offsets fit in u32.
+            // Heads are at most 64 KiB (the check), so offsets fit in u32.
             *span = (
                 (h.name.as_ptr() as usize - base) as u32,
                 h.name.len() as u32,
@@ -79,93 +77,45 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
                 h.value.len() as u32,
             );
         }
-        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-            .map_err(|_| HeadError::Malformed("method"))?;
+        let Ok(method) = Method::from_bytes(req.method.unwrap_or("").as_bytes()) else {
+            return Err(refused(buf));
+        };
         let path = req.path.unwrap_or("");
-        let target = (path.as_ptr() as usize - base, path.len());
         (
-            len,
             method,
-            target,
-            req.version.unwrap_or(1),
+            (path.as_ptr() as usize - base, path.len()),
             req.headers.len(),
         )
     };
+    let malformed = Refusal(Canned::BadRequest, method == Method::HEAD);
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
-        .map_err(|_| HeadError::Malformed("request target"))?;
+    let uri =
+        Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)).map_err(|_| malformed)?;
     // Room for the forwarded headers the pipeline adds, so they do not regrow the map.
     let mut headers = HeaderMap::with_capacity(count + 4);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
-        let name = header_name(&head[name_at..name_at + name_len])
-            .map_err(|_| HeadError::Malformed("header name"))?;
+        let name = header_name(&head[name_at..name_at + name_len]).map_err(|_| malformed)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| HeadError::Malformed("header value"))?;
+            .map_err(|_| malformed)?;
         headers.append(name, value);
     }
-    let version = if minor == 0 {
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if checked.http10 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let framing = body_framing(&headers)?;
-    let keep_alive = if version == Version::HTTP_11 {
-        !has_token(&headers, "close")
-    } else {
-        has_token(&headers, "keep-alive")
-    };
-    let expects_continue = version == Version::HTTP_11
-        && framing != BodyFraming::None
-        && headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
     *request.headers_mut() = headers;
     Ok(Some(Head {
         request,
-        framing,
-        keep_alive,
-        expects_continue,
+        framing: checked.framing,
+        keep_alive: checked.persistent(),
+        expects_continue: checked.expects_continue,
     }))
-}
-
-fn body_framing(headers: &HeaderMap) -> Result<BodyFraming, HeadError> {
-    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let last = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Ok(BodyFraming::Chunked),
-            _ => Err(HeadError::Malformed(
-                "transfer-encoding without chunked last",
-            )),
-        };
-    }
-    let mut length = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        let n: u64 = v
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or(HeadError::Malformed("content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(HeadError::Malformed("conflicting content-length"));
-        }
-        length = Some(n);
-    }
-    Ok(match length {
-        Some(n) if n > 0 => BodyFraming::Length(n),
-        _ => BodyFraming::None,
-    })
 }
 
 pub fn has_token(headers: &HeaderMap, token: &str) -> bool {
@@ -196,8 +146,8 @@ mod tests {
         assert!(header_name(b"x-bad name").is_err());
     }
 
-    fn parse_str(s: &str) -> Result<Option<Head>, HeadError> {
-        parse(&mut BytesMut::from(s.as_bytes()))
+    fn parse_str(s: &str) -> Result<Option<Head>, Refusal> {
+        parse(&mut BytesMut::from(s.as_bytes()), &mut 0)
     }
 
     #[test]
@@ -205,7 +155,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabcGET"[..],
         );
-        let h = parse(&mut buf).unwrap().unwrap();
+        let h = parse(&mut buf, &mut 0).unwrap().unwrap();
         assert_eq!(h.request.method(), Method::POST);
         assert_eq!(h.request.uri().path_and_query().unwrap().as_str(), "/a?b=1");
         assert_eq!(h.request.headers()["host"], "x");
@@ -245,6 +195,24 @@ mod tests {
             "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
         ] {
             assert!(parse_str(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_head_that_arrives_in_pieces_is_taken_whole() {
+        let whole = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut buf = BytesMut::new();
+        let mut searched = 0;
+        for (i, b) in whole.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            match parse(&mut buf, &mut searched).unwrap() {
+                None => assert!(i + 1 < whole.len()),
+                Some(h) => {
+                    assert_eq!(i + 1, whole.len());
+                    assert_eq!(h.request.uri(), "/x");
+                    assert!(buf.is_empty() && searched == 0);
+                }
+            }
         }
     }
 }
