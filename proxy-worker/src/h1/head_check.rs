@@ -38,6 +38,8 @@ pub struct Checked {
     pub keep_alive: bool,
     /// The first `Expect` is `100-continue`.
     pub expects_continue: bool,
+    /// The method is HEAD (a refusal then has no body).
+    pub head_method: bool,
 }
 
 impl Checked {
@@ -84,9 +86,26 @@ fn is_tchar(b: u8) -> bool {
     TCHAR[usize::from(b)]
 }
 
-fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
-    head.split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+/// Bytes a field value may hold: HTAB, visible ASCII, space and obs-text; no other control.
+static VALUE_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b == 0x09 || (b >= 0x20 && b != 0x7f);
+        b += 1;
+    }
+    t
+};
+
+/// A line up to its LF, without the CR before it, and what follows it.
+fn split_line(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|c| *c == b'\n') {
+        Some(nl) => {
+            let line = &b[..nl];
+            (line.strip_suffix(b"\r").unwrap_or(line), &b[nl + 1..])
+        }
+        None => (b, &[]),
+    }
 }
 
 fn skip_empty_lines(head: &[u8]) -> &[u8] {
@@ -192,8 +211,7 @@ fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Checks one complete header section (up to and including its blank line).
 pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
     let head = skip_empty_lines(head);
-    let mut it = lines(head);
-    let request_line = it.next().unwrap_or_default();
+    let (request_line, mut rest) = split_line(head);
     let mut parts = request_line.split(|c| *c == b' ');
     let first = parts.next();
     let is_head = first == Some(&b"HEAD"[..]);
@@ -225,26 +243,32 @@ pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
     let mut close = false;
     let mut keep_alive = false;
     let mut expect: Option<bool> = None;
-    for line in it {
-        if line.is_empty() {
-            break;
-        }
+    // One pass per field line: the name up to its colon, then the value up to its line end.
+    // obs-fold and whitespace before the colon are refused (RFC 9112 §5.1, §5.2): neither is
+    // a tchar.
+    while !(rest.is_empty() || rest.starts_with(b"\n") || rest.starts_with(b"\r\n")) {
         fields += 1;
         if fields > MAX_HEADER_FIELDS {
             return Err(Refusal(Canned::HeaderFieldsTooLarge, is_head));
         }
-        // obs-fold and whitespace before the colon are refused (RFC 9112 §5.1, §5.2).
-        let colon = line.iter().position(|c| *c == b':').ok_or(bad)?;
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+        let colon = rest.iter().position(|b| !is_tchar(*b)).ok_or(bad)?;
+        if colon == 0 || rest[colon] != b':' {
             return Err(bad);
         }
-        if value
+        let name = &rest[..colon];
+        let from = colon + 1;
+        let end = rest[from..]
             .iter()
-            .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
-        {
-            return Err(bad);
-        }
+            .position(|b| !VALUE_BYTE[usize::from(*b)])
+            .map_or(rest.len(), |p| from + p);
+        // The first byte that may not be in a value must end the line.
+        let next = match &rest[end..] {
+            [b'\n', ..] => end + 1,
+            [b'\r', b'\n', ..] => end + 2,
+            _ => return Err(bad),
+        };
+        let value = &rest[from..end];
+        rest = &rest[next..];
         match field(name) {
             Field::Other => {}
             Field::ContentLength => {
@@ -302,6 +326,7 @@ pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
         close,
         keep_alive,
         expects_continue: !http10 && framing != BodyFraming::None && expect == Some(true),
+        head_method: is_head,
     })
 }
 

@@ -53,52 +53,24 @@ pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, R
         Scan::Head(len, checked) => (len, checked),
     };
     *searched = 0;
-    // The check is stricter than httparse, so this refusal is a last line of defence.
-    let refused = |buf: &[u8]| {
-        let head = buf.trim_ascii_start().starts_with(b"HEAD ");
-        Refusal(Canned::BadRequest, head)
-    };
-    // Offsets into the head, not slices: the head is split off the buffer before use.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADER_FIELDS];
-    let (method, target, count) = {
-        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADER_FIELDS];
-        let mut req = httparse::Request::new(&mut []);
-        match req.parse_with_uninit_headers(&buf[..len], &mut slots) {
-            Ok(httparse::Status::Complete(n)) if n == len => {}
-            _ => return Err(refused(buf)),
-        }
-        let base = buf.as_ptr() as usize;
-        for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-            // Heads are at most 64 KiB (the check), so offsets fit in u32.
-            *span = (
-                (h.name.as_ptr() as usize - base) as u32,
-                h.name.len() as u32,
-                (h.value.as_ptr() as usize - base) as u32,
-                h.value.len() as u32,
-            );
-        }
-        let Ok(method) = Method::from_bytes(req.method.unwrap_or("").as_bytes()) else {
-            return Err(refused(buf));
-        };
-        let path = req.path.unwrap_or("");
-        (
-            method,
-            (path.as_ptr() as usize - base, path.len()),
-            req.headers.len(),
-        )
-    };
-    let malformed = Refusal(Canned::BadRequest, method == Method::HEAD);
+    // The head leaves the buffer first: its target and header values share its bytes.
     let head = buf.split_to(len).freeze();
-    let uri =
-        Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)).map_err(|_| malformed)?;
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADER_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    // The check is stricter than httparse, so this refusal is a last line of defence.
+    let refused = Refusal(Canned::BadRequest, checked.head_method);
+    match req.parse_with_uninit_headers(&head, &mut slots) {
+        Ok(httparse::Status::Complete(n)) if n == len => {}
+        _ => return Err(refused),
+    }
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| refused)?;
+    let uri = Uri::from_maybe_shared(head.slice_ref(req.path.unwrap_or("").as_bytes()))
+        .map_err(|_| refused)?;
     // Room for the forwarded headers the pipeline adds, so they do not regrow the map.
-    let mut headers = HeaderMap::with_capacity(count + 4);
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-        let (name_at, name_len) = (name_at as usize, name_len as usize);
-        let (value_at, value_len) = (value_at as usize, value_len as usize);
-        let name = header_name(&head[name_at..name_at + name_len]).map_err(|_| malformed)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| malformed)?;
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    for h in req.headers.iter() {
+        let name = header_name(h.name.as_bytes()).map_err(|_| refused)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).map_err(|_| refused)?;
         headers.append(name, value);
     }
     let mut request = Request::new(());

@@ -84,13 +84,19 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
+/// Headers of a usual response head; more are parsed all the same.
+const FEW_HEADERS: usize = 24;
+
 /// Parses a response head from the start of `buf` and takes it out of the buffer; `None`
 /// (and nothing taken) while it is incomplete. Header values share the head's bytes instead
 /// of each being copied.
 pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
-    // (name offset, name length, value offset, value length) of each header in `buf`.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, code, minor, count) = {
+    // (name offset, name length, value offset, value length) of each header in `buf`: on the
+    // stack for a usual head (zeroing room for all MAX_HEADERS cost more than the rest of the
+    // parse), on the heap for a long one.
+    let mut few = [(0u32, 0u32, 0u32, 0u32); FEW_HEADERS];
+    let mut many = Vec::new();
+    let (len, code, minor, spans) = {
         let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default()
@@ -104,6 +110,13 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
             Err(e) => return Err(HeadError::Malformed(e.to_string())),
         };
         let base = buf.as_ptr() as usize;
+        let count = resp.headers.len();
+        let spans: &mut [_] = if count <= FEW_HEADERS {
+            &mut few[..count]
+        } else {
+            many.resize(count, (0, 0, 0, 0));
+            &mut many
+        };
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
             // The head is at most MAX_RESPONSE_HEAD bytes, so offsets fit in u32.
             *span = (
@@ -117,7 +130,7 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
             len,
             resp.code.unwrap_or(0),
             resp.version.unwrap_or(1),
-            resp.headers.len(),
+            spans,
         )
     };
     if len > MAX_RESPONSE_HEAD {
@@ -127,8 +140,8 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
         StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(format!("status {code}")))?;
     let head = buf.split_to(len).freeze();
     // Room for `Cache-Status` and `Date`, so adding them does not regrow the map.
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    for &(name_at, name_len, value_at, value_len) in spans.iter() {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len]).map_err(|_| {
