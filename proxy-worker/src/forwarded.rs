@@ -32,17 +32,14 @@ fn values<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
 ) -> Option<impl Iterator<Item = &'a str> + 'a> {
+    // One lookup: the values are walked twice, the map is searched once.
+    let all = headers.get_all(name);
     let mut present = false;
-    for v in headers.get_all(name) {
+    for v in all.iter() {
         v.to_str().ok()?;
         present = true;
     }
-    present.then(|| {
-        headers
-            .get_all(name)
-            .into_iter()
-            .filter_map(|v| v.to_str().ok())
-    })
+    present.then(move || all.into_iter().filter_map(|v| v.to_str().ok()))
 }
 
 /// Whether the joined list would be more than blanks: two values join with a comma.

@@ -2,7 +2,7 @@
 //! the target and header values share the head's bytes.
 
 use bytes::BytesMut;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use super::head_check::{self, BodyFraming, Refusal, Scan};
@@ -88,15 +88,6 @@ pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, R
         keep_alive: checked.persistent(),
         expects_continue: checked.expects_continue,
     }))
-}
-
-pub fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]

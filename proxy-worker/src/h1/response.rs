@@ -25,6 +25,45 @@ pub struct Plan {
     pub keep_alive: bool,
 }
 
+/// What the response's own headers say about its framing and connection, read in one pass:
+/// a handful of entries compared by name is cheaper than a hashed lookup for each question.
+#[derive(Default)]
+struct Seen {
+    /// `Connection` lists `close`.
+    close: bool,
+    /// The first `Content-Length`, when there is one: its value if it is a number.
+    length: Option<Option<u64>>,
+    transfer_encoding: bool,
+    date: bool,
+}
+
+impl Seen {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut seen = Self::default();
+        for (name, value) in headers {
+            if name == CONNECTION {
+                seen.close |= value
+                    .to_str()
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+            } else if name == CONTENT_LENGTH {
+                if seen.length.is_none() {
+                    seen.length = Some(
+                        value
+                            .to_str()
+                            .ok()
+                            .and_then(|v| v.trim().parse::<u64>().ok()),
+                    );
+                }
+            } else if name == TRANSFER_ENCODING {
+                seen.transfer_encoding = true;
+            } else if name == DATE {
+                seen.date = true;
+            }
+        }
+        seen
+    }
+}
+
 /// Decides the framing and writes the head into `out`.
 ///
 /// `body_len` is the body's exact length when it is known (size hint or end of stream).
@@ -37,19 +76,26 @@ pub fn encode(
     body_len: Option<u64>,
     keep_alive: bool,
 ) -> Plan {
-    let mut keep_alive = keep_alive && !super::request::has_token(headers, "close");
+    let mut seen = Seen::of(headers);
+    let mut keep_alive = keep_alive && !seen.close;
     let no_body = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     if status.is_informational() || status == StatusCode::NO_CONTENT {
-        headers.remove(CONTENT_LENGTH);
-        headers.remove(TRANSFER_ENCODING);
+        if seen.length.take().is_some() {
+            headers.remove(CONTENT_LENGTH);
+        }
+        if std::mem::take(&mut seen.transfer_encoding) {
+            headers.remove(TRANSFER_ENCODING);
+        }
     }
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = seen.length.flatten();
+    let mut drop_transfer_encoding = || {
+        if seen.transfer_encoding {
+            headers.remove(TRANSFER_ENCODING);
+        }
+    };
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
         Framing::NoBody
     } else if no_body {
@@ -60,10 +106,10 @@ pub fn encode(
         }
         Framing::NoBody
     } else if let Some(n) = declared {
-        headers.remove(TRANSFER_ENCODING);
+        drop_transfer_encoding();
         Framing::Length(n)
     } else if let Some(n) = body_len {
-        headers.remove(TRANSFER_ENCODING);
+        drop_transfer_encoding();
         headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         Framing::Length(n)
     } else if version == Version::HTTP_11 {
@@ -75,14 +121,14 @@ pub fn encode(
     };
     if status != StatusCode::SWITCHING_PROTOCOLS {
         if !keep_alive {
-            if !super::request::has_token(headers, "close") {
+            if !seen.close {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
         } else if version == Version::HTTP_10 {
             headers.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
         }
     }
-    if !headers.contains_key(DATE) {
+    if !seen.date {
         headers.insert(DATE, now_date());
     }
 

@@ -171,13 +171,76 @@ pub enum Framing {
     UntilClose,
 }
 
+/// What a response head says about its framing and connection, read in one pass over its
+/// few headers instead of a hashed lookup per question.
+#[derive(Default)]
+struct Fields {
+    close: bool,
+    keep_alive: bool,
+    /// Whether the last `Transfer-Encoding` ends in `chunked`, when there is one.
+    chunked_last: Option<bool>,
+    has_length: bool,
+    /// One value, or the same value repeated (in several lines or a list).
+    length: Option<u64>,
+    bad_length: bool,
+}
+
+impl Fields {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut f = Self::default();
+        for (name, value) in headers {
+            if name == CONNECTION {
+                for t in value.to_str().unwrap_or("").split(',') {
+                    let t = t.trim();
+                    f.close |= t.eq_ignore_ascii_case("close");
+                    f.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+                }
+            } else if name == TRANSFER_ENCODING {
+                f.chunked_last = Some(
+                    value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.rsplit(',').next())
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")),
+                );
+            } else if name == CONTENT_LENGTH {
+                f.has_length = true;
+                f.add_length(value);
+            }
+        }
+        f
+    }
+
+    fn add_length(&mut self, value: &HeaderValue) {
+        let Ok(text) = value.to_str() else {
+            self.bad_length = true;
+            return;
+        };
+        for part in text.split(',') {
+            let part = part.trim();
+            let n = (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<u64>().ok())
+                .flatten();
+            match n {
+                Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                _ => self.bad_length = true,
+            }
+        }
+    }
+}
+
 /// RFC 9112 §6.3, in order. The second value says whether the connection may carry another
 /// request afterwards.
 pub fn response_framing(
     request_was_head: bool,
     head: &ResponseHead,
 ) -> Result<(Framing, bool), HeadError> {
-    let mut reusable = keep_alive(head);
+    let fields = Fields::of(&head.headers);
+    let mut reusable = if head.minor >= 1 {
+        !fields.close
+    } else {
+        fields.keep_alive
+    };
     let status = head.status;
     if request_was_head
         || status.is_informational()
@@ -186,64 +249,23 @@ pub fn response_framing(
     {
         return Ok((Framing::Empty, reusable));
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
+    if let Some(chunked) = fields.chunked_last {
         // With both, Transfer-Encoding wins and the connection is not trusted again.
-        if head.headers.contains_key(CONTENT_LENGTH) {
+        if fields.has_length {
             reusable = false;
         }
-        let last_is_chunked = head
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if last_is_chunked {
+        return Ok(if chunked {
             (Framing::Chunked, reusable)
         } else {
             (Framing::UntilClose, false)
         });
     }
-    match content_length(&head.headers)? {
+    if fields.bad_length {
+        return Err(HeadError::BadLength);
+    }
+    match fields.length {
         Some(n) => Ok((Framing::Length(n), reusable)),
         None => Ok((Framing::UntilClose, false)),
-    }
-}
-
-/// One value, or the same value repeated (in several lines or a list).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut found: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| HeadError::BadLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HeadError::BadLength);
-            }
-            let n: u64 = part.parse().map_err(|_| HeadError::BadLength)?;
-            if found.is_some_and(|f| f != n) {
-                return Err(HeadError::BadLength);
-            }
-            found = Some(n);
-        }
-    }
-    Ok(found)
-}
-
-fn keep_alive(head: &ResponseHead) -> bool {
-    let has_token = |token: &str| {
-        head.headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if head.minor >= 1 {
-        !has_token("close")
-    } else {
-        has_token("keep-alive")
     }
 }
 
