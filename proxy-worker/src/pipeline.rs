@@ -105,9 +105,9 @@ async fn route(
     if target_len > MAX_TARGET_LEN {
         return Canned::UriTooLong.response(head);
     }
-    // Smuggling pattern: the spec refuses the pair. hyper's HTTP/1 parser already drops
-    // Content-Length when Transfer-Encoding is chunked, so this catches what reaches us.
-    if req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING) {
+    // Smuggling pattern: the spec refuses the pair (the HTTP/1 head check already does; this
+    // covers HTTP/2). Transfer-Encoding first: it is the one that is almost never there.
+    if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
         return Canned::BadRequest.response(head);
     }
     let Some(host) = host::request_host(req) else {
@@ -184,7 +184,10 @@ async fn route(
         }
     }
 
-    if content_length(req).is_some_and(|n| n > MAX_BODY_BYTES) {
+    // A request without a body has no length to check.
+    if !matches!(req.body(), RequestBody::Empty)
+        && content_length(req).is_some_and(|n| n > MAX_BODY_BYTES)
+    {
         return Canned::PayloadTooLarge.response(head);
     }
 

@@ -45,6 +45,52 @@ impl ExchangeError {
     }
 }
 
+/// The request head's bytes, in a buffer the worker thread keeps from one request to the
+/// next (a `Vec` per request was one allocation of ten). A request that finds it taken by
+/// another one in flight uses a fresh one.
+struct HeadBytes(Vec<u8>);
+
+thread_local! {
+    static HEAD_BYTES: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl HeadBytes {
+    /// Heads larger than this are not kept.
+    const KEEP: usize = 4096;
+
+    fn take() -> Self {
+        Self(
+            HEAD_BYTES
+                .try_with(std::cell::Cell::take)
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl std::ops::Deref for HeadBytes {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HeadBytes {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for HeadBytes {
+    fn drop(&mut self) {
+        if self.0.capacity() <= Self::KEEP {
+            let mut buf = std::mem::take(&mut self.0);
+            buf.clear();
+            // Not at all once the thread is tearing down its locals.
+            let _ = HEAD_BYTES.try_with(|kept| kept.set(buf));
+        }
+    }
+}
+
 pub async fn send(
     pool: &Arc<Pool>,
     port: u16,
@@ -52,7 +98,8 @@ pub async fn send(
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let has_body = !req.body.is_end_stream();
     let framing = RequestFraming::choose(req.method, req.headers, has_body);
-    let mut head_bytes = Vec::with_capacity(128 + req.target.len() + 48 * req.headers.len());
+    let mut head_bytes = HeadBytes::take();
+    head_bytes.reserve(128 + req.target.len() + 48 * req.headers.len());
     head::encode_request(
         &mut head_bytes,
         req.method,
