@@ -180,7 +180,7 @@ enum Field {
     Other,
 }
 
-fn field(name: &[u8]) -> Field {
+fn field_kind(name: &[u8]) -> Field {
     // By length first: most names are none of these and cost one comparison.
     let (known, field) = match name.len() {
         6 => (&b"expect"[..], Field::Expect),
@@ -208,8 +208,25 @@ fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|e| !e.is_empty())
 }
 
+/// A head that passed the check: its request line's parts and what it says.
+pub struct Parts<'a> {
+    pub method: &'a [u8],
+    pub target: &'a [u8],
+    pub checked: Checked,
+}
+
 /// Checks one complete header section (up to and including its blank line).
 pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
+    check_head_with(head, |_, _| true).map(|p| p.checked)
+}
+
+/// [`check_head`], handing each field line's name and value (without surrounding whitespace)
+/// to `field` as it passes: the request is built in the same pass. `field` answers false for
+/// a field it cannot take, which refuses the head.
+pub fn check_head_with<'a>(
+    head: &'a [u8],
+    mut field: impl FnMut(&'a [u8], &'a [u8]) -> bool,
+) -> Result<Parts<'a>, Refusal> {
     let head = skip_empty_lines(head);
     let (request_line, mut rest) = split_line(head);
     let mut parts = request_line.split(|c| *c == b' ');
@@ -267,9 +284,12 @@ pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
             [b'\r', b'\n', ..] => end + 2,
             _ => return Err(bad),
         };
-        let value = &rest[from..end];
+        let value = trim(&rest[from..end]);
         rest = &rest[next..];
-        match field(name) {
+        if !field(name, value) {
+            return Err(bad);
+        }
+        match field_kind(name) {
             Field::Other => {}
             Field::ContentLength => {
                 // A list of equal lengths is one length (RFC 9110 §8.6); anything else is 400.
@@ -301,7 +321,7 @@ pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
             }
             Field::Expect => {
                 if expect.is_none() {
-                    expect = Some(trim(value).eq_ignore_ascii_case(b"100-continue"));
+                    expect = Some(value.eq_ignore_ascii_case(b"100-continue"));
                 }
             }
         }
@@ -320,26 +340,31 @@ pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
             _ => BodyFraming::None,
         },
     };
-    Ok(Checked {
-        framing,
-        http10,
-        close,
-        keep_alive,
-        expects_continue: !http10 && framing != BodyFraming::None && expect == Some(true),
-        head_method: is_head,
+    Ok(Parts {
+        method,
+        target,
+        checked: Checked {
+            framing,
+            http10,
+            close,
+            keep_alive,
+            expects_continue: !http10 && framing != BodyFraming::None && expect == Some(true),
+            head_method: is_head,
+        },
     })
 }
 
 /// What the start of a connection's buffer holds.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Scan {
-    /// A checked head of this many bytes.
-    Head(usize, Checked),
+    /// A whole head of this many bytes, within the size limit (not checked yet).
+    Head(usize),
     /// Not a whole head yet; `searched` bytes need not be searched again.
     Partial { searched: usize },
 }
 
-/// Looks for a whole head at the front of `buf` and checks it. `searched` is what an earlier
-/// call on the same head reported.
+/// Looks for a whole head at the front of `buf`. `searched` is what an earlier call on the
+/// same head reported.
 pub fn scan(buf: &[u8], searched: usize) -> Result<Scan, Refusal> {
     let Some(end) = head_end(buf, searched) else {
         if let Some(r) = bad_request_line(buf) {
@@ -356,7 +381,7 @@ pub fn scan(buf: &[u8], searched: usize) -> Result<Scan, Refusal> {
     if end > MAX_HEADER_BYTES {
         return Err(oversized(buf));
     }
-    Ok(Scan::Head(end, check_head(&buf[..end])?))
+    Ok(Scan::Head(end))
 }
 
 #[cfg(test)]
@@ -496,7 +521,7 @@ mod tests {
         let mut searched = 0;
         for len in 1..=whole.len() {
             match scan(&whole[..len], searched).unwrap() {
-                Scan::Head(at, _) => {
+                Scan::Head(at) => {
                     assert_eq!((at, len), (end, end));
                     return;
                 }

@@ -7,7 +7,6 @@ use http::{Method, Request, Uri, Version};
 
 use super::head_check::{self, BodyFraming, Refusal, Scan};
 use crate::forwarded;
-use crate::listeners::MAX_HEADER_FIELDS;
 use crate::responses::Canned;
 
 /// A parsed head and what the connection needs to know about it.
@@ -45,34 +44,37 @@ fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName
 /// `searched` carries how much of an incomplete head was already searched for its end, from
 /// one call to the next on the same connection.
 pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, Refusal> {
-    let (len, checked) = match head_check::scan(buf, *searched)? {
+    let len = match head_check::scan(buf, *searched)? {
         Scan::Partial { searched: s } => {
             *searched = s;
             return Ok(None);
         }
-        Scan::Head(len, checked) => (len, checked),
+        Scan::Head(len) => len,
     };
     *searched = 0;
     // The head leaves the buffer first: its target and header values share its bytes.
     let head = buf.split_to(len).freeze();
-    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADER_FIELDS];
-    let mut req = httparse::Request::new(&mut []);
-    // The check is stricter than httparse, so this refusal is a last line of defence.
+    // A field per line, less the request line and the blank one; room for the forwarded
+    // headers the pipeline adds, so they do not regrow the map.
+    let lines = head.iter().filter(|b| **b == b'\n').count();
+    let mut headers = HeaderMap::with_capacity(lines.saturating_sub(2) + 4);
+    // One pass checks the head and builds the map; the values' bytes were checked in it.
+    let parts = head_check::check_head_with(&head, |name, value| {
+        match (
+            header_name(name),
+            HeaderValue::from_maybe_shared(head.slice_ref(value)),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+                true
+            }
+            _ => false,
+        }
+    })?;
+    let checked = parts.checked;
     let refused = Refusal(Canned::BadRequest, checked.head_method);
-    match req.parse_with_uninit_headers(&head, &mut slots) {
-        Ok(httparse::Status::Complete(n)) if n == len => {}
-        _ => return Err(refused),
-    }
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| refused)?;
-    let uri = Uri::from_maybe_shared(head.slice_ref(req.path.unwrap_or("").as_bytes()))
-        .map_err(|_| refused)?;
-    // Room for the forwarded headers the pipeline adds, so they do not regrow the map.
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
-    for h in req.headers.iter() {
-        let name = header_name(h.name.as_bytes()).map_err(|_| refused)?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).map_err(|_| refused)?;
-        headers.append(name, value);
-    }
+    let method = Method::from_bytes(parts.method).map_err(|_| refused)?;
+    let uri = Uri::from_maybe_shared(head.slice_ref(parts.target)).map_err(|_| refused)?;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
