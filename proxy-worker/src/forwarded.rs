@@ -1,6 +1,6 @@
 //! Effective scheme and the forwarded headers sent upstream (routing-and-proxy.md §5).
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
 
 use crate::pipeline::ConnInfo;
 
@@ -12,9 +12,12 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Values of one header joined by `, `, as a list header reads; `None` when absent or not
 /// visible ASCII.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+fn joined<'a, I: Iterator<Item = &'a HeaderValue>>(values: impl Fn() -> I) -> Option<String> {
+    if values().any(|v| v.to_str().is_err()) {
+        return None;
+    }
     let mut out: Option<String> = None;
-    for v in values(headers, name)? {
+    for v in values().filter_map(|v| v.to_str().ok()) {
         match &mut out {
             Some(o) => {
                 o.push_str(", ");
@@ -110,6 +113,9 @@ pub fn effective_https(headers: &HeaderMap, tls: bool, trusted: bool, hostname: 
 
 /// Rewrites the forwarded headers of a request about to go upstream.
 /// `request_host` is the host as received (port kept).
+///
+/// Each of these names is looked up once (an entry), not once to read and again to write:
+/// hashing a name `http` does not know costs a pass over its bytes.
 pub fn apply(
     headers: &mut HeaderMap,
     conn: &ConnInfo,
@@ -117,54 +123,65 @@ pub fn apply(
     https: bool,
     request_host: &str,
 ) {
-    let prev = if trusted {
-        joined(headers, &X_FORWARDED_FOR).filter(|prev| !prev.trim().is_empty())
-    } else {
-        None
-    };
-    match prev {
-        Some(prev) => {
-            let peer = conn.peer_value.to_str().unwrap_or("");
-            set(headers, &X_FORWARDED_FOR, &format!("{prev}, {peer}"));
+    // Usually the Host header itself: its value is shared, not copied.
+    let host = headers
+        .get(HOST)
+        .filter(|v| v.as_bytes() == request_host.as_bytes())
+        .cloned()
+        .or_else(|| HeaderValue::from_str(request_host).ok());
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut list) => {
+            let prev = if trusted {
+                joined(|| list.iter()).filter(|prev| !prev.trim().is_empty())
+            } else {
+                None
+            };
+            match prev {
+                Some(prev) => {
+                    let peer = conn.peer_value.to_str().unwrap_or("");
+                    // Only reachable with a value that was not valid in the first place:
+                    // dropped rather than forwarded unchecked.
+                    match HeaderValue::from_str(&format!("{prev}, {peer}")) {
+                        Ok(v) => {
+                            list.insert(v);
+                        }
+                        Err(_) => {
+                            list.remove();
+                        }
+                    }
+                }
+                None => {
+                    list.insert(conn.peer_value.clone());
+                }
+            }
         }
         // The common case: the value formatted once for the connection.
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), conn.peer_value.clone());
+        Entry::Vacant(slot) => {
+            slot.insert(conn.peer_value.clone());
         }
     }
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     headers.insert(X_FORWARDED_PROTO.clone(), proto);
-    let keep_xfh = trusted && headers.contains_key(&X_FORWARDED_HOST);
-    if !keep_xfh {
-        // Usually the Host header itself: its value is shared, not copied.
-        match headers
-            .get(HOST)
-            .filter(|v| v.as_bytes() == request_host.as_bytes())
-        {
+    match headers.entry(&X_FORWARDED_HOST) {
+        Entry::Occupied(_) if trusted => {}
+        Entry::Occupied(mut given) => match host {
             Some(host) => {
-                let host = host.clone();
-                headers.insert(X_FORWARDED_HOST.clone(), host);
+                given.insert(host);
             }
-            None => set(headers, &X_FORWARDED_HOST, request_host),
+            None => {
+                given.remove();
+            }
+        },
+        Entry::Vacant(slot) => {
+            if let Some(host) = host {
+                slot.insert(host);
+            }
         }
     }
     if !trusted {
         headers.remove(&FORWARDED);
         headers.remove(&X_REAL_IP);
         headers.remove(&X_FORWARDED_PORT);
-    }
-}
-
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    match HeaderValue::from_str(value) {
-        Ok(v) => {
-            headers.insert(name.clone(), v);
-        }
-        // Only reachable with a value that was not valid in the first place: drop it rather
-        // than forward something unchecked.
-        Err(_) => {
-            headers.remove(name);
-        }
     }
 }
 
