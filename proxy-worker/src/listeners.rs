@@ -182,7 +182,12 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, server: Arc<Serv
                 _ = tokio::time::sleep(CAP_RECHECK) => continue,
             }
         }
+        // The drain first: once it began, no connection is accepted. An unbiased choice
+        // could still take one while the worker was finishing (sending its last totals after
+        // its connections ended), and that connection was dropped unanswered when the
+        // runtime stopped.
         let accepted = tokio::select! {
+            biased;
             _ = stopped(&mut shutdown) => break,
             r = listener.accept() => r,
         };

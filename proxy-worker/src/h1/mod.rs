@@ -52,6 +52,9 @@ const COALESCE: usize = 16 * 1024;
 /// A connection keeps its write buffer between requests only while it is this small: a
 /// head and a small body fit, and an idle connection holds next to nothing.
 const KEEP_WRITE_BUFFER: usize = 1024;
+/// Likewise for the read buffer: one that never held more than this (small heads, no body) is
+/// reused for the next head, which then costs no allocation; a larger one is let go.
+const KEEP_READ_BUFFER: usize = 1024;
 /// After a response that closes the connection, unread client bytes are drained this long
 /// (so closing does not reset the connection under the response).
 const LINGER: Duration = Duration::from_secs(1);
@@ -116,6 +119,8 @@ pub fn serve<I: Io>(
     async move {
         let opened = Instant::now();
         let mut rbuf = BytesMut::new();
+        // Whether `rbuf` stayed small enough to keep while the connection is idle.
+        let mut small_reads = true;
         let mut wbuf = Vec::new();
         // The upstream's response-head limit, and the limits on reading the client.
         let mut head_timer = LazyTimer::new();
@@ -142,8 +147,11 @@ pub fn serve<I: Io>(
                 }
                 let idle = rbuf.is_empty();
                 if idle {
-                    // Between requests the connection holds no buffer.
-                    rbuf = BytesMut::new();
+                    if !small_reads {
+                        // Between requests the connection holds at most a small buffer.
+                        rbuf = BytesMut::new();
+                        small_reads = true;
+                    }
                 } else if head_started.is_none() {
                     head_started = Some(Instant::now());
                 }
@@ -168,6 +176,7 @@ pub fn serve<I: Io>(
                 } else {
                     read_by(&mut io, &mut rbuf, &mut read_timer, deadline).await
                 };
+                small_reads &= rbuf.len() <= KEEP_READ_BUFFER;
                 match wait {
                     Wait::Data => {}
                     Wait::Closed => return,
@@ -181,10 +190,6 @@ pub fn serve<I: Io>(
                 }
             };
             served = true;
-            if rbuf.is_empty() {
-                // The head's bytes are now owned by the request; nothing of them stays here.
-                rbuf = BytesMut::new();
-            }
 
             let request::Head {
                 request,
@@ -204,6 +209,8 @@ pub fn serve<I: Io>(
             } else {
                 None
             };
+            // A body is read through the buffer, in reads of any size.
+            small_reads &= framing == BodyFraming::None;
             let (body, mut pump) = match framing {
                 BodyFraming::None => (RequestBody::Empty, None),
                 BodyFraming::Length(n) => {
