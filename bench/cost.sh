@@ -21,10 +21,11 @@ command -v valgrind >/dev/null || { echo "bench/cost.sh needs valgrind (apt-get 
 EXAMPLE=proxy-worker/examples/request_cost.rs
 
 TMP=$(mktemp -d /tmp/tako-cost.XXXXXX)
-WORKTREES=()
 cleanup() {
-  for w in "${WORKTREES[@]}"; do git -C "$ROOT" worktree remove --force "$w" 2>/dev/null || true; done
+  # The worktrees are added in a subshell (`$(build ...)`): remove their directories, then
+  # let git forget them.
   rm -rf "$TMP"
+  git -C "$ROOT" worktree prune
 }
 trap cleanup EXIT
 
@@ -37,7 +38,6 @@ build() { # rev -> path of the example binary
     sha=$(git -C "$ROOT" rev-parse --short "$rev^{commit}")
     src=$TMP/src-$sha target=$ROOT/target/cost/$sha
     git -C "$ROOT" worktree add --quiet --detach "$src" "$sha"
-    WORKTREES+=("$src")
     # Older revisions predate the example: theirs is the same driver.
     if [[ ! -f $src/$EXAMPLE ]]; then
       mkdir -p "$(dirname "$src/$EXAMPLE")"
