@@ -2,6 +2,8 @@
 # The worker's user-space instructions per proxied plain-HTTP keep-alive request, counted by
 # callgrind: a figure that does not move with a shared machine's load, for A/B checks of
 # changes too small for bench/ab.sh to see. The kernel's part is not counted (see ab.sh).
+# Two runs of one build agree within 0.1 %; two builds that differ off the hot path can still
+# differ by about 1 % (LTO inlines differently), so read steps under 1 % as noise.
 #
 #   bench/cost.sh                 # the working tree
 #   bench/cost.sh main HEAD~3 .   # git revisions ("." is the working tree), one line each
