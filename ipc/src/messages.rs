@@ -87,9 +87,11 @@ pub enum MasterToWorker {
     },
     Routes(RouteTable),
     Certs(Vec<CertEntry>),
-    /// The rendered body of `tako.internal/status` and its health bit.
+    /// The rendered bodies of `tako.internal/status` and its health bit: `body` for loopback
+    /// and trusted peers, `public_body` (health and each app's name and state) for the rest.
     StatusPage {
         body: String,
+        public_body: String,
         healthy: bool,
     },
     /// The rendered body of `tako.internal/metrics`.

@@ -49,7 +49,7 @@ pub struct Master {
     publish_lock: Mutex<()>,
     epoch: AtomicU64,
     latest_routes: Mutex<RouteTable>,
-    status_page: Mutex<(String, bool)>,
+    status_page: Mutex<Option<crate::status::RenderedStatus>>,
     shutting_down: AtomicBool,
     /// Wakes waiters on worker acks, counters and instance changes.
     pub changed: Notify,
@@ -96,7 +96,7 @@ impl Master {
                 epoch: 0,
                 apps: Vec::new(),
             }),
-            status_page: Mutex::new((String::new(), true)),
+            status_page: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             changed: Notify::new(),
             status_dirty: Notify::new(),
@@ -130,13 +130,18 @@ impl Master {
         lock(&self.latest_routes).clone()
     }
 
-    pub fn status_page_snapshot(&self) -> (String, bool) {
-        let page = lock(&self.status_page);
-        if page.0.is_empty() {
-            drop(page);
-            return self.render_status_page();
+    /// The status page as last pushed, as the message that carries it.
+    pub fn status_page_snapshot(&self) -> MasterToWorker {
+        let page = lock(&self.status_page).clone();
+        let page = match page {
+            Some(p) => p,
+            None => self.render_status_page(),
+        };
+        MasterToWorker::StatusPage {
+            body: page.body,
+            public_body: page.public_body,
+            healthy: page.healthy,
         }
-        page.clone()
     }
 
     /// Builds a new route table from the registry and pushes it to every worker. Returns
@@ -170,11 +175,15 @@ impl Master {
 
     /// Renders and pushes the status and metrics pages.
     pub fn push_status(&self) {
-        let (body, healthy) = self.render_status_page();
+        let page = self.render_status_page();
         let metrics = self.render_metrics();
-        *lock(&self.status_page) = (body.clone(), healthy);
+        *lock(&self.status_page) = Some(page.clone());
         let workers = lock(&self.workers);
-        workers.broadcast(&MasterToWorker::StatusPage { body, healthy });
+        workers.broadcast(&MasterToWorker::StatusPage {
+            body: page.body,
+            public_body: page.public_body,
+            healthy: page.healthy,
+        });
         workers.broadcast(&MasterToWorker::MetricsPage { body: metrics });
     }
 

@@ -55,6 +55,60 @@ struct StatusPage<'a> {
     uptime_secs: u64,
 }
 
+/// What a peer that is neither loopback nor trusted may learn about one app: its name and
+/// state. `last_error` holds app output (startup stderr can carry secrets), and pids, ports,
+/// versions and instances describe the host, so none of them is here.
+#[derive(Serialize)]
+struct PublicApp<'a> {
+    name: &'a str,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+struct PublicStatusPage<'a> {
+    healthy: bool,
+    apps: Vec<PublicApp<'a>>,
+}
+
+/// Both bodies of `tako.internal/status`, rendered together from one registry snapshot so
+/// that they never disagree on health (routing-and-proxy.md §7, docs/status-page.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedStatus {
+    /// The whole page: loopback and trusted peers.
+    pub body: String,
+    /// Health and each app's name and state only: every other peer.
+    pub public_body: String,
+    pub healthy: bool,
+}
+
+/// Renders the full and the public page. Pretty-printed with two-space indents, like the
+/// page always was, so a human reading either with curl gets the same shape.
+pub fn render_pages(apps: &[AppStatus], healthy: bool, uptime_secs: u64) -> RenderedStatus {
+    let page = StatusPage {
+        healthy,
+        apps,
+        uptime_secs,
+    };
+    let public = PublicStatusPage {
+        healthy,
+        apps: apps
+            .iter()
+            .map(|a| PublicApp {
+                name: &a.name,
+                state: a.state,
+            })
+            .collect(),
+    };
+    // Serialising these plain structs cannot fail (string keys, no maps of other keys); the
+    // fallbacks only keep a broken page from ever carrying more than the health bit.
+    let fallback = || format!("{{\n  \"healthy\": {healthy},\n  \"apps\": []\n}}");
+    RenderedStatus {
+        body: serde_json::to_string_pretty(&page).unwrap_or_else(|_| fallback()),
+        public_body: serde_json::to_string_pretty(&public).unwrap_or_else(|_| fallback()),
+        healthy,
+    }
+}
+
 fn build_state(instances: &[&crate::apps::registry::Instance]) -> &'static str {
     if instances.iter().any(|i| i.state.serves()) {
         "running"
@@ -146,7 +200,7 @@ impl Master {
         })
     }
 
-    pub fn render_status_page(&self) -> (String, bool) {
+    pub fn render_status_page(&self) -> RenderedStatus {
         let apps = self.app_statuses();
         let healthy = {
             let reg = lock(&self.apps);
@@ -157,13 +211,7 @@ impl Master {
                     && !a.instances.values().any(|i| i.state == InstState::Healthy)
             })
         };
-        let page = StatusPage {
-            healthy,
-            apps: &apps,
-            uptime_secs: self.started.elapsed().as_secs(),
-        };
-        let body = serde_json::to_string_pretty(&page).unwrap_or_else(|_| "{}".into());
-        (body, healthy)
+        render_pages(&apps, healthy, self.started.elapsed().as_secs())
     }
 
     pub fn render_metrics(&self) -> String {
@@ -328,5 +376,55 @@ impl Master {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, state: &'static str, last_error: Option<&str>) -> AppStatus {
+        AppStatus {
+            name: name.into(),
+            version: "v7".into(),
+            instances: vec![InstanceView {
+                id: 3,
+                state: "healthy",
+                port: 47123,
+                pid: Some(4242),
+                uptime_secs: 9,
+                requests_total: 5,
+            }],
+            builds: Vec::new(),
+            state,
+            last_error: last_error.map(str::to_string),
+            certificates: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn public_page_holds_health_and_app_states_only() {
+        let apps = [
+            app(
+                "web",
+                "error",
+                Some("boom DATABASE_URL=postgres://u:pw@db/x"),
+            ),
+            app("api", "running", None),
+        ];
+        let r = render_pages(&apps, false, 12);
+        assert!(!r.healthy);
+        assert_eq!(
+            r.public_body,
+            "{\n  \"healthy\": false,\n  \"apps\": [\n    {\n      \"name\": \"web\",\n      \"state\": \"error\"\n    },\n    {\n      \"name\": \"api\",\n      \"state\": \"running\"\n    }\n  ]\n}"
+        );
+        // The full page still carries everything, for loopback and trusted peers.
+        let full: serde_json::Value = serde_json::from_str(&r.body).expect("the full page is JSON");
+        assert_eq!(
+            full["apps"][0]["last_error"],
+            "boom DATABASE_URL=postgres://u:pw@db/x"
+        );
+        assert_eq!(full["apps"][0]["instances"][0]["pid"], 4242);
+        assert_eq!(full["uptime_secs"], 12);
     }
 }

@@ -198,9 +198,14 @@ impl Control {
                 );
                 self.routed = true;
             }
-            MasterToWorker::StatusPage { body, healthy } => {
+            MasterToWorker::StatusPage {
+                body,
+                public_body,
+                healthy,
+            } => {
                 self.shared.status.store(Some(Arc::new(StatusSnapshot {
                     body: Bytes::from(body),
+                    public_body: Bytes::from(public_body),
                     healthy,
                 })));
             }

@@ -12,11 +12,16 @@ pub const INTERNAL_HOST: &str = tako_ipc::route::INTERNAL_HOST;
 /// The latest `StatusPage` from the master.
 #[derive(Debug, Clone)]
 pub struct StatusSnapshot {
+    /// The whole page, for loopback and trusted peers.
     pub body: Bytes,
+    /// Health and each app's name and state only: app output (`last_error`), pids, ports and
+    /// versions must not reach the internet.
+    pub public_body: Bytes,
     pub healthy: bool,
 }
 
-/// Answers a request for `tako.internal`. `privileged` is true for loopback and trusted peers.
+/// Answers a request for `tako.internal`. `privileged` is true for loopback and trusted peers:
+/// they get the whole status page and the metrics; every other peer gets the public page.
 pub fn respond(
     path: &str,
     head: bool,
@@ -28,12 +33,17 @@ pub fn respond(
     match path {
         "/status" => {
             let (body, healthy) = match status {
-                Some(s) => (s.body.clone(), s.healthy),
+                Some(s) if privileged => (s.body.clone(), s.healthy),
+                Some(s) => (s.public_body.clone(), s.healthy),
                 // Before the first snapshot the server is still starting: not healthy.
-                None => (
+                None if privileged => (
                     Bytes::from(format!(
                         "{{\n  \"healthy\": false,\n  \"apps\": [],\n  \"uptime_secs\": {uptime_secs}\n}}"
                     )),
+                    false,
+                ),
+                None => (
+                    Bytes::from_static(b"{\n  \"healthy\": false,\n  \"apps\": []\n}"),
                     false,
                 ),
             };
@@ -70,6 +80,7 @@ mod tests {
     fn status_codes_follow_the_health_bit() {
         let s = StatusSnapshot {
             body: Bytes::from_static(b"{}"),
+            public_body: Bytes::from_static(b"{}"),
             healthy: true,
         };
         let r = respond("/status", false, false, Some(&s), None, 0);
@@ -89,6 +100,41 @@ mod tests {
             respond("/status", false, false, None, None, 0).status(),
             503
         );
+    }
+
+    fn body_of(r: Response<Body>) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+        rt.block_on(async {
+            r.into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes().to_vec())
+                .unwrap_or_default()
+        })
+    }
+
+    #[test]
+    fn public_peers_get_the_public_page_only() {
+        let s = StatusSnapshot {
+            body: Bytes::from_static(b"{\"last_error\": \"DATABASE_URL=secret\"}"),
+            public_body: Bytes::from_static(b"{\"healthy\": false}"),
+            healthy: false,
+        };
+        let public = respond("/status", false, false, Some(&s), None, 7);
+        assert_eq!(public.status(), 503);
+        assert_eq!(public.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(public.headers()[CACHE_CONTROL], "no-cache, no-store");
+        assert_eq!(body_of(public), b"{\"healthy\": false}");
+        let full = respond("/status", false, true, Some(&s), None, 7);
+        assert_eq!(body_of(full), &s.body[..]);
+        // Before the first snapshot: no uptime for the public either.
+        let early = body_of(respond("/status", false, false, None, None, 7));
+        assert_eq!(early, b"{\n  \"healthy\": false,\n  \"apps\": []\n}");
+        let early = body_of(respond("/status", false, true, None, None, 7));
+        assert!(String::from_utf8_lossy(&early).contains("\"uptime_secs\": 7"));
     }
 
     #[test]

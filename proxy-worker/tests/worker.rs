@@ -162,6 +162,7 @@ impl Master {
             acme_enabled: true,
             server_started_unix_secs: 0,
             cache_bytes: 0,
+            h2_timeouts: None,
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,
@@ -308,6 +309,7 @@ async fn worker_serves_routes_like_the_spec_says() {
     let mut m = Master::start().await;
     m.tx.send(&MasterToWorker::StatusPage {
         body: "{\n  \"healthy\": true\n}".into(),
+        public_body: "{\n  \"healthy\": true\n}".into(),
         healthy: true,
     })
     .await
@@ -522,6 +524,7 @@ async fn worker_serves_routes_like_the_spec_says() {
     // Unhealthy status page.
     m.tx.send(&MasterToWorker::StatusPage {
         body: "{}".into(),
+        public_body: "{}".into(),
         healthy: false,
     })
     .await
@@ -663,6 +666,7 @@ fn version_mismatch_exits_one() {
                 acme_enabled: false,
                 server_started_unix_secs: 0,
                 cache_bytes: 0,
+                h2_timeouts: None,
             },
         })
         .await

@@ -331,14 +331,14 @@ async fn run_one(
     }
     {
         // Rendering the page takes the table lock itself: do it first.
-        let (body, healthy) = master.status_page_snapshot();
+        let status_page = master.status_page_snapshot();
         // Registration and the initial state push happen under the table lock so that no
         // route update can slip between the snapshot and the registration.
         let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
         let _ = tx.send(MasterToWorker::Certs(master.certs_snapshot()).into());
         let _ = tx.send(MasterToWorker::AcmeTokens(master.acme.tokens()).into());
         let _ = tx.send(MasterToWorker::Routes(master.route_table_snapshot()).into());
-        let _ = tx.send(MasterToWorker::StatusPage { body, healthy }.into());
+        let _ = tx.send(status_page.into());
         let uid = master
             .users
             .as_ref()
