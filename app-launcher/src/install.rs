@@ -59,7 +59,9 @@ async fn run(spec: &InstallSpec, ctx: &Ctx, mut shutdown: ShutdownSignal) -> Ins
     tracing::info!(app = %spec.app, request_id = id, pid = spawned.pid, "install started");
     let pid = spawned.pid;
     let mut exit = spawned.exit;
-    let capture = Arc::new(Mutex::new(Capture::new(INSTALL_CAPTURE_BYTES)));
+    let capture = Arc::new(Mutex::new(
+        Capture::new(INSTALL_CAPTURE_BYTES).redacting(&spec.env),
+    ));
     let output = |stream| InstallOutput {
         stream,
         request_id: id,

@@ -72,7 +72,9 @@ pub fn start(spec: SpawnSpec, ctx: Arc<Ctx>) -> Option<Handle> {
         },
     );
 
-    let capture = Arc::new(Mutex::new(Capture::new(STARTUP_CAPTURE_BYTES)));
+    let capture = Arc::new(Mutex::new(
+        Capture::new(STARTUP_CAPTURE_BYTES).redacting(&spec.env),
+    ));
     let version: Arc<str> = spec.version.as_str().into();
     let log_dir = Arc::new(PathBuf::from(&spec.log_dir));
     let output = |stream| InstanceOutput {

@@ -17,6 +17,7 @@ mod output;
 mod pipes;
 mod probe;
 mod reaper;
+mod redact;
 mod signal;
 mod spawn;
 
@@ -68,6 +69,21 @@ impl Default for Limits {
             log_rotate_bytes: 10 * 1024 * 1024,
         }
     }
+}
+
+/// The launcher could not empty its capability bounding set.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot empty the capability bounding set: {0}")]
+pub struct BoundingSetError(#[source] std::io::Error);
+
+/// Empties this process's capability bounding set. Called by the launcher role at start,
+/// while it still holds CAP_SETPCAP (needed to drop; the restricted launcher gives it up).
+/// The bounding set only limits what an execve may grant, not the capabilities held now, so
+/// the launcher keeps switching users and signalling; every process it starts (instances,
+/// install steps) inherits the empty set, and no exec below it can gain a capability, even
+/// if no_new_privs were lifted or a file capability slipped through.
+pub fn empty_bounding_set() -> Result<(), BoundingSetError> {
+    spawn::empty_bounding_set().map_err(BoundingSetError)
 }
 
 /// Runs the launcher role on its IPC socket until the master says `Shutdown` or goes away.

@@ -1,6 +1,8 @@
 //! Output kept in memory for error messages: the first bytes of each stream during startup
 //! (instances.md §5, §7) or of an install (§2), and the trimming rule both messages share.
 
+use crate::redact::Redactor;
+
 /// Bytes kept per stream while an instance starts (§5).
 pub const STARTUP_CAPTURE_BYTES: usize = 4096;
 /// Bytes kept per stream of an install: enough for 400 characters after trimming.
@@ -41,6 +43,7 @@ pub struct Capture {
     err: Vec<u8>,
     limit: usize,
     active: bool,
+    redact: Redactor,
 }
 
 impl Capture {
@@ -50,7 +53,19 @@ impl Capture {
             err: Vec::new(),
             limit,
             active: true,
+            redact: Redactor::default(),
         }
+    }
+
+    /// The process's env values are hidden in the messages made from this capture: they
+    /// are cut to 400 characters only after, so no part of a value survives the cut.
+    pub fn redacting(mut self, env: &[(String, String)]) -> Self {
+        self.redact = Redactor::new(env);
+        self
+    }
+
+    fn text(&self, bytes: &[u8]) -> String {
+        self.redact.apply(&String::from_utf8_lossy(bytes))
     }
 
     pub fn push(&mut self, stream: Stream, bytes: &[u8]) {
@@ -76,7 +91,7 @@ impl Capture {
     pub fn startup_output(&self) -> String {
         let parts: Vec<String> = [&self.err, &self.out]
             .into_iter()
-            .map(|b| String::from_utf8_lossy(b).trim().to_string())
+            .map(|b| self.text(b).trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
         summarize(&parts.join("\n"))
@@ -84,9 +99,9 @@ impl Capture {
 
     /// The install output of §2: the trimmed stderr, stdout when stderr is empty.
     pub fn install_output(&self) -> String {
-        let err = String::from_utf8_lossy(&self.err);
+        let err = self.text(&self.err);
         if err.trim().is_empty() {
-            summarize(&String::from_utf8_lossy(&self.out))
+            summarize(&self.text(&self.out))
         } else {
             summarize(&err)
         }
@@ -143,5 +158,21 @@ mod tests {
         let mut long = Capture::new(INSTALL_CAPTURE_BYTES);
         long.push(Stream::Err, "x".repeat(1000).as_bytes());
         assert_eq!(long.install_output(), format!("{}...", "x".repeat(400)));
+    }
+
+    #[test]
+    fn env_values_are_hidden_before_the_cut() {
+        let env = vec![("API_TOKEN".to_string(), "s3cr3t-value".to_string())];
+        let mut c = Capture::new(INSTALL_CAPTURE_BYTES).redacting(&env);
+        // The value straddles character 400: not even its first bytes may survive.
+        let text = format!("{}s3cr3t-value tail", "x".repeat(395));
+        c.push(Stream::Err, text.as_bytes());
+        let out = c.install_output();
+        assert!(!out.contains("s3cr3t"), "{out}");
+        assert!(out.starts_with(&"x".repeat(395)), "{out}");
+        let mut s = Capture::new(STARTUP_CAPTURE_BYTES).redacting(&env);
+        s.push(Stream::Out, b"token s3cr3t-value\n");
+        s.push(Stream::Err, b"boom s3cr3t-value\n");
+        assert_eq!(s.startup_output(), "boom [redacted]\ntoken [redacted]");
     }
 }

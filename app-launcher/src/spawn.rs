@@ -1,7 +1,7 @@
 //! Starting a process the way instances and installs run (instances.md §1, §3): argv
 //! without a shell, exactly the given environment, stdin `/dev/null`, stdout and stderr piped,
-//! its own session and process group, the app user with the user's groups, no_new_privs and
-//! umask 0022.
+//! its own session and process group, the app user with the user's groups, an empty
+//! capability bounding set, no_new_privs and umask 0022.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -209,6 +209,11 @@ fn child_setup(s: &ChildSetup) -> io::Result<()> {
             libc::signal(sig, libc::SIG_DFL);
         }
         if let Some(ids) = &s.ids {
+            // Started by root for another user: the bounding set must be empty. The
+            // launcher emptied its own at start, so this normally finds nothing; a
+            // capability still there is dropped, or the spawn fails rather than start an
+            // app that keeps it.
+            empty_bounding_set()?;
             check(libc::setgroups(ids.groups.len(), ids.groups.as_ptr()))?;
             check(libc::setresgid(ids.gid, ids.gid, ids.gid))?;
             check(libc::setresuid(ids.uid, ids.uid, ids.uid))?;
@@ -237,6 +242,24 @@ fn child_setup(s: &ChildSetup) -> io::Result<()> {
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+    }
+    Ok(())
+}
+
+/// Drops every capability left in the bounding set. Async-signal-safe: prctl only, so the
+/// child may call it between fork and exec.
+pub fn empty_bounding_set() -> io::Result<()> {
+    for cap in 0..64 as libc::c_ulong {
+        // SAFETY: prctl with integer arguments only.
+        let held = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        if held < 0 {
+            // Past the kernel's last capability.
+            break;
+        }
+        if held == 1 {
+            // SAFETY: as above. Fails with EPERM without CAP_SETPCAP.
+            check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) })?;
+        }
     }
     Ok(())
 }

@@ -58,6 +58,8 @@ fn instances_run_as_the_app_user_and_logs_belong_to_the_deploy_user() {
         log_owner: Some(deploy.clone()),
     };
     let mut m = Master::start_with(test_limits(), config, || {
+        // As the launcher role does it: the bounding set first, while CAP_SETPCAP is held.
+        tako_app_launcher::empty_bounding_set().expect("empty the bounding set");
         restrict_to_launcher_caps().expect("restrict the launcher thread's capabilities")
     });
 
@@ -74,6 +76,7 @@ fn instances_run_as_the_app_user_and_logs_belong_to_the_deploy_user() {
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Umask"), "0022");
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
 
     let logs = world.dir.join("apps/app/shared/logs");
     wait_until("app.log", Duration::from_secs(5), || {

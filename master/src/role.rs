@@ -150,6 +150,12 @@ pub fn run_child(args: &[String]) -> i32 {
         Role::Launcher { restrict, .. } => {
             crate::logging::init("role=launcher".into());
             if restrict {
+                // First, while CAP_SETPCAP is still held: apps and install steps inherit
+                // the empty bounding set (issue 17, item 7).
+                if let Err(e) = tako_app_launcher::empty_bounding_set() {
+                    tracing::error!(error = %e, "cannot empty the capability bounding set; refusing to launch apps");
+                    return 1;
+                }
                 if let Err(e) = privilege::restrict_to_launcher_caps() {
                     tracing::error!(error = %e, "cannot restrict capabilities; refusing to launch apps");
                     return 1;
