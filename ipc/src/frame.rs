@@ -222,7 +222,7 @@ pub struct FrameWriter<T> {
     _msg: PhantomData<fn(T)>,
 }
 
-impl<T: Serialize> FrameWriter<T> {
+impl<T> FrameWriter<T> {
     pub fn new(half: OwnedWriteHalf) -> Self {
         Self {
             half,
@@ -230,26 +230,26 @@ impl<T: Serialize> FrameWriter<T> {
         }
     }
 
-    pub async fn send(&mut self, msg: &T) -> Result<(), FrameError> {
-        let frame = encode_frame(msg, 0)?;
-        self.half.write_all(&frame).await?;
-        Ok(())
-    }
-
-    pub async fn send_with_fds(&mut self, msg: &T, fds: &[OwnedFd]) -> Result<(), FrameError> {
+    /// Writes a frame encoded by [`encode_frame`] (header included) with the descriptors it
+    /// announces, which ride on its first bytes.
+    pub async fn send_frame_bytes(
+        &mut self,
+        frame: &[u8],
+        fds: &[OwnedFd],
+    ) -> Result<(), FrameError> {
         if fds.is_empty() {
-            return self.send(msg).await;
+            self.half.write_all(frame).await?;
+            return Ok(());
         }
         if fds.len() > MAX_FDS_PER_FRAME {
             return Err(FrameError::TooManyFds);
         }
-        let frame = encode_frame(msg, fds.len() as u32)?;
         let raw_fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let stream = self.half.as_ref();
         let sock = stream.as_raw_fd();
         let sent = stream
             .async_io(Interest::WRITABLE, || {
-                let iov = [IoSlice::new(&frame)];
+                let iov = [IoSlice::new(frame)];
                 let cmsg = [ControlMessage::ScmRights(&raw_fds)];
                 sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
                     .map_err(io::Error::from)
@@ -257,6 +257,22 @@ impl<T: Serialize> FrameWriter<T> {
             .await?;
         self.half.write_all(&frame[sent..]).await?;
         Ok(())
+    }
+}
+
+impl<T: Serialize> FrameWriter<T> {
+    pub async fn send(&mut self, msg: &T) -> Result<(), FrameError> {
+        let frame = encode_frame(msg, 0)?;
+        self.half.write_all(&frame).await?;
+        Ok(())
+    }
+
+    pub async fn send_with_fds(&mut self, msg: &T, fds: &[OwnedFd]) -> Result<(), FrameError> {
+        if fds.len() > MAX_FDS_PER_FRAME {
+            return Err(FrameError::TooManyFds);
+        }
+        let frame = encode_frame(msg, fds.len() as u32)?;
+        self.send_frame_bytes(&frame, fds).await
     }
 
     pub async fn send_outgoing(&mut self, out: &Outgoing<T>) -> Result<(), FrameError> {

@@ -2,12 +2,15 @@
 //! them (with file descriptors beside a frame), and the privilege helpers each role uses to
 //! shed what it does not need.
 
+pub mod channel;
 pub mod cidr;
 pub mod frame;
 pub mod messages;
 pub mod privilege;
 pub mod route;
+pub mod validate;
 
+pub use channel::{Channel, ChannelError, Encoded, Greeting, Limits, SendError, Sender};
 pub use frame::{FrameError, FrameReader, FrameWriter, Outgoing, MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 pub use messages::*;
 
