@@ -27,6 +27,21 @@ pub struct WorkerConfig {
     /// This worker's response-cache budget in bytes (the server budget divided by the
     /// number of workers); 0 turns the cache off.
     pub cache_bytes: u64,
+    /// HTTP/2 connection timers other than the documented ones; `None` (always, outside the
+    /// integration tests) means the documented 10 s / 60 s / 60 s.
+    pub h2_timeouts: Option<H2Timeouts>,
+}
+
+/// The HTTP/2 connection timers in milliseconds, set only by the hidden `--test-h2-timeouts-ms`
+/// flag so the integration tests need not wait a minute for a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct H2Timeouts {
+    /// Client preface and first SETTINGS after the TLS handshake.
+    pub preface_ms: u64,
+    /// A connection without open streams.
+    pub idle_ms: u64,
+    /// A request body that brings no bytes.
+    pub body_idle_ms: u64,
 }
 
 /// One healthy instance a worker may send traffic to.

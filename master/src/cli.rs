@@ -38,6 +38,27 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_h2_timeouts(s: &str) -> Result<tako_ipc::H2Timeouts, String> {
+    let ms: Vec<u64> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=3_600_000).contains(n))
+        })
+        .collect::<Option<_>>()
+        .ok_or("must be three millisecond counts from 1 to 3600000, comma-separated")?;
+    match ms[..] {
+        [preface_ms, idle_ms, body_idle_ms] => Ok(tako_ipc::H2Timeouts {
+            preface_ms,
+            idle_ms,
+            body_idle_ms,
+        }),
+        _ => Err("must be three millisecond counts: PREFACE,IDLE,BODY".into()),
+    }
+}
+
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -106,6 +127,11 @@ pub struct ServerFlags {
     /// Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off
     #[arg(long = "cache-size", value_name = "BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_size: u64,
+    /// Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds
+    /// (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit.
+    #[arg(long = "test-h2-timeouts-ms", value_name = "MS,MS,MS", hide = true,
+          value_parser = parse_h2_timeouts)]
+    pub test_h2_timeouts_ms: Option<tako_ipc::H2Timeouts>,
 }
 
 /// The server's response-cache budget: 256 MiB (cache.md §1).
@@ -168,6 +194,8 @@ pub struct Settings {
     pub instance_port_offset: u16,
     /// Response cache budget for the whole server; 0 = off.
     pub cache_bytes: u64,
+    /// HTTP/2 timers from the hidden test flag; `None` = the documented limits.
+    pub h2_timeouts: Option<tako_ipc::H2Timeouts>,
 }
 
 fn usable_cpus() -> usize {
@@ -266,6 +294,7 @@ impl ServerFlags {
             renewal_interval_hours: self.renewal_interval_hours,
             instance_port_offset: self.instance_port_offset,
             cache_bytes: self.cache_size,
+            h2_timeouts: self.test_h2_timeouts_ms,
         })
     }
 

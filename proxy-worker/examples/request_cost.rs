@@ -138,6 +138,7 @@ fn main() {
             acme_enabled: false,
             server_started_unix_secs: 0,
             cache_bytes: 0,
+            h2_timeouts: None,
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,

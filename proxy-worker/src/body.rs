@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body the worker produces.
@@ -66,8 +66,8 @@ pub struct BodyTooLarge(pub u64);
 /// A request body as the pipeline sees it, from whichever connection handler read it.
 pub enum RequestBody {
     Empty,
-    /// HTTP/2, through hyper.
-    Hyper(Incoming),
+    /// HTTP/2, through hyper, with the body-idle limit (h2_limits.rs).
+    Hyper(crate::h2_limits::StreamBody),
     /// HTTP/1, through our own connection loop (h1/).
     Own(crate::h1::OwnBody),
 }
@@ -82,9 +82,7 @@ impl HttpBody for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Hyper(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            RequestBody::Hyper(b) => b.poll_frame(cx),
             RequestBody::Own(b) => Pin::new(b).poll_frame(cx),
         }
     }

@@ -11,6 +11,7 @@ mod counters;
 mod fast_hash;
 mod forwarded;
 mod h1;
+mod h2_limits;
 mod hold;
 mod host;
 mod httpdate;

@@ -1,30 +1,26 @@
 //! Accept loops for the inherited listeners, TLS handshakes, and the HTTP connections with
 //! graceful shutdown (stop accepting, finish in-flight, close idle keep-alive).
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioExecutor;
 use tako_ipc::ListenerKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::RequestBody;
 use crate::h1;
-use crate::pipeline::{self, ConnInfo};
+use crate::h2_limits;
+use crate::pipeline::ConnInfo;
 use crate::shared::Shared;
 
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_FIELDS: usize = 128;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-pub const MAX_H2_STREAMS: u32 = 256;
 
 /// Open connections one worker serves at most (client connections and WebSocket tunnels).
 /// At 16384 a worker stays well inside a 64k descriptor limit even with an upstream socket
@@ -123,7 +119,8 @@ pub struct Server {
     pub tls: TlsAcceptor,
     pub shutdown: watch::Receiver<bool>,
     pub tracker: Arc<ConnTracker>,
-    http2: auto::Builder<TokioExecutor>,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    h2_timers: h2_limits::Timers,
 }
 
 impl Server {
@@ -133,18 +130,14 @@ impl Server {
         shutdown: watch::Receiver<bool>,
         tracker: Arc<ConnTracker>,
     ) -> Self {
-        let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
-        http2
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_H2_STREAMS)
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        let h2_timers = h2_limits::Timers::from_config(shared.config.h2_timeouts);
         Self {
             shared,
             tls,
             shutdown,
             tracker,
-            http2,
+            http2: h2_limits::builder(MAX_HEADER_BYTES as u32),
+            h2_timers,
         }
     }
 }
@@ -268,65 +261,25 @@ where
     )
 }
 
-/// HTTP/2 stays with hyper.
-async fn serve_h2<I>(io: I, conn: ConnInfo, server: &Server)
+/// HTTP/2 stays with hyper, inside the connection limits of h2_limits.rs.
+fn serve_h2<I>(io: I, conn: ConnInfo, server: &Server) -> impl std::future::Future<Output = ()> + '_
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = &server.http2;
-    let shared = Arc::clone(&server.shared);
-    let first_request = Arc::new(tokio::sync::Notify::new());
-    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (first_tx, seen_tx) = (Arc::clone(&first_request), Arc::clone(&seen));
-    let stream_conn = conn.clone();
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let shared = Arc::clone(&shared);
-        let conn = stream_conn.clone();
-        if !seen_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            first_tx.notify_one();
-        }
-        // Boxed: hyper keeps a service future per stream; unboxed it would be as large as
-        // the whole pipeline.
-        Box::pin(async move {
-            let resp = pipeline::handle(req.map(RequestBody::Hyper), conn, shared).await;
-            Ok::<_, Infallible>(resp)
-        })
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(connection);
-    let mut shutdown = server.shutdown.clone();
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        _ = stopped(&mut shutdown) => {
-            // A connection accepted just before the drain may carry a request hyper has not
-            // read yet: closing it as idle would reset that client. Give its first request a
-            // moment to arrive before the graceful close.
-            if !seen.load(std::sync::atomic::Ordering::Relaxed) {
-                let early = tokio::select! {
-                    r = connection.as_mut() => Some(r),
-                    _ = first_request.notified() => None,
-                    _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
-                };
-                if let Some(r) = early {
-                    return log_end(r, &conn);
-                }
-            }
-            // Finishes in-flight requests, then closes; idle keep-alive closes at once.
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    log_end(result, &conn);
+    h2_limits::serve(
+        io,
+        conn,
+        h2_limits::Conn {
+            builder: &server.http2,
+            timers: server.h2_timers,
+            shared: &server.shared,
+            shutdown: server.shutdown.clone(),
+        },
+    )
 }
 
-/// How long a draining worker waits for the first request of a fresh connection.
+/// How long a draining worker waits for the first request of a fresh HTTP/1 connection.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
-
-fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>, conn: &ConnInfo) {
-    if let Err(error) = result {
-        tracing::debug!(peer = %conn.peer, %error, "Connection ended with an error");
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -205,6 +205,7 @@ fn worker_config(master: &Master, index: u32, generation: u32) -> WorkerConfig {
         server_started_unix_secs: master.started_unix,
         // cache.md §1: floor(budget / workers) each.
         cache_bytes: s.cache_bytes / (s.workers.max(1) as u64),
+        h2_timeouts: s.h2_timeouts,
     }
 }
 
