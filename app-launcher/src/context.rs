@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use tako_ipc::{InstanceEvent, LauncherConfig, LauncherToMaster};
-use tokio::sync::{mpsc, oneshot};
+use tako_ipc::{InstanceEvent, LauncherConfig, LauncherToMaster, Sender};
 
 use crate::logs::LogSink;
 use crate::reaper::Reaper;
@@ -18,22 +17,16 @@ pub struct Ctx {
     pub limits: Limits,
 }
 
-/// Queued for the task that writes frames to the master.
-pub enum Outbound {
-    Msg(LauncherToMaster),
-    /// Answered once everything queued before it was written (or could not be).
-    Flush(oneshot::Sender<()>),
-}
-
-/// The sending side towards the master. Never blocks: a slow master costs memory in the
-/// queue, not a stalled instance task.
+/// The sending side towards the master. Never blocks, and bounded: a master that stops
+/// reading fails the channel (the launcher then stops its instances and exits) instead of
+/// growing the queue.
 #[derive(Clone)]
-pub struct Events(pub mpsc::UnboundedSender<Outbound>);
+pub struct Events(pub Sender<LauncherToMaster>);
 
 impl Events {
     pub fn send(&self, msg: LauncherToMaster) {
-        // The writer task only ends with the launcher.
-        let _ = self.0.send(Outbound::Msg(msg));
+        // Fails only once the channel failed, which the control loop sees as well.
+        let _ = self.0.send(&msg);
     }
 
     pub fn instance(&self, app: &str, instance_id: u32, event: InstanceEvent) {

@@ -5,39 +5,21 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tako_ipc::{
-    FrameError, FrameReader, FrameWriter, InstanceEvent, LauncherConfig, LauncherToMaster,
-    MasterToLauncher, IPC_VERSION,
-};
+use tako_ipc::{Channel, InstanceEvent, LauncherToMaster, MasterToLauncher, IPC_VERSION};
 use tokio::net::UnixStream;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::context::{Ctx, Events, Outbound};
+use crate::context::{Ctx, Events};
 use crate::instance::{self, Command};
 use crate::logs::LogWriterThread;
 use crate::reaper::Reaper;
 use crate::signal::AFTER_KILL_BOUND;
 use crate::{install, Limits};
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the last events and log lines may take to be written out at exit.
 const FLUSH_BOUND: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-enum HelloError {
-    #[error("IPC protocol mismatch: the master speaks version {master}, this launcher speaks version {IPC_VERSION}; the master and launcher must come from the same tako-server binary")]
-    Version { master: u32 },
-    #[error("the master's first message was not a hello")]
-    NotHello,
-    #[error("the master closed the IPC channel before its hello")]
-    Closed,
-    #[error("no hello from the master within {} s", HELLO_TIMEOUT.as_secs())]
-    Timeout,
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-}
 
 pub fn run(ipc: StdUnixStream, limits: Limits) -> i32 {
     // Orphaned grandchildren of instances come to us, so we can reap them.
@@ -65,23 +47,6 @@ pub fn run(ipc: StdUnixStream, limits: Limits) -> i32 {
     code
 }
 
-async fn hello(reader: &mut FrameReader<MasterToLauncher>) -> Result<LauncherConfig, HelloError> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, reader.recv())
-        .await
-        .map_err(|_| HelloError::Timeout)??;
-    match first {
-        None => Err(HelloError::Closed),
-        Some((MasterToLauncher::Hello { version, config }, _)) => {
-            if version == IPC_VERSION {
-                Ok(config)
-            } else {
-                Err(HelloError::Version { master: version })
-            }
-        }
-        Some(_) => Err(HelloError::NotHello),
-    }
-}
-
 async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
     let stream = match UnixStream::from_std(ipc) {
         Ok(s) => s,
@@ -90,24 +55,28 @@ async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
             return 1;
         }
     };
-    let (read_half, write_half) = stream.into_split();
-    let mut reader = FrameReader::<MasterToLauncher>::new(read_half);
-    let mut writer = FrameWriter::<LauncherToMaster>::new(write_half);
-    let config = match hello(&mut reader).await {
-        Ok(config) => config,
+    let answer = LauncherToMaster::Hello {
+        version: IPC_VERSION,
+        pid: std::process::id(),
+    };
+    // The master passes no descriptors to the launcher.
+    let limits_ipc = tako_ipc::Limits {
+        accept_fds: false,
+        ..tako_ipc::Limits::CHILD
+    };
+    let (mut channel, config) = match Channel::<MasterToLauncher, LauncherToMaster>::open(
+        stream, &answer, limits_ipc,
+    )
+    .await
+    {
+        Ok((channel, MasterToLauncher::Hello { config, .. })) => (channel, config),
+        // `open` returns only a hello.
+        Ok(_) => return 1,
         Err(e) => {
             tracing::error!(error = %e, "launcher cannot start");
             return 1;
         }
     };
-    let answer = LauncherToMaster::Hello {
-        version: IPC_VERSION,
-        pid: std::process::id(),
-    };
-    if let Err(e) = writer.send(&answer).await {
-        tracing::error!(error = %e, "cannot answer the master's hello");
-        return 1;
-    }
 
     let log_thread = match LogWriterThread::start(config.log_owner.clone(), limits.log_rotate_bytes)
     {
@@ -124,13 +93,12 @@ async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
             return 1;
         }
     };
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(write_events(writer, out_rx));
+    let events = Events(channel.sender());
     let ctx = Arc::new(Ctx {
         config,
         reaper,
         logs: log_thread.sink(),
-        events: Events(out_tx.clone()),
+        events: events.clone(),
         limits: limits.clone(),
     });
     // SIGTERM (also our parent-death signal) means the master is gone (cli.md §6).
@@ -142,9 +110,8 @@ async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
     let mut supervisor = Supervisor::new(ctx);
     let (grace, code) = loop {
         tokio::select! {
-            msg = reader.recv() => match msg {
-                // Descriptors have no meaning towards the launcher; dropping closes them.
-                Ok(Some((msg, _fds))) => {
+            msg = channel.recv() => match msg {
+                Ok(Some((msg, _))) => {
                     if let Some(grace) = supervisor.handle(msg) {
                         tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested; stopping every instance");
                         break (grace, 0);
@@ -167,11 +134,7 @@ async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
     };
     supervisor.shutdown(grace).await;
 
-    let (ack_tx, ack_rx) = oneshot::channel();
-    if out_tx.send(Outbound::Flush(ack_tx)).is_ok() {
-        let _ = tokio::time::timeout(FLUSH_BOUND, ack_rx).await;
-    }
-    writer_task.abort();
+    let _ = tokio::time::timeout(FLUSH_BOUND, events.0.flush()).await;
     log_thread.close(FLUSH_BOUND);
     tracing::info!(code, "launcher exiting");
     code
@@ -185,29 +148,6 @@ async fn next_signal(sig: &mut Option<Signal>) {
             }
         }
         None => std::future::pending::<()>().await,
-    }
-}
-
-async fn write_events(
-    mut writer: FrameWriter<LauncherToMaster>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-) {
-    let mut broken = false;
-    while let Some(out) = rx.recv().await {
-        match out {
-            Outbound::Msg(msg) => {
-                if broken {
-                    continue;
-                }
-                if let Err(e) = writer.send(&msg).await {
-                    tracing::warn!(error = %e, "cannot send to the master; dropping further events");
-                    broken = true;
-                }
-            }
-            Outbound::Flush(ack) => {
-                let _ = ack.send(());
-            }
-        }
     }
 }
 

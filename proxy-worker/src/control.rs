@@ -1,5 +1,6 @@
 //! The IPC loop with the master: hello, then listeners, certificates, routes, pages, wake
-//! results and drain; and the writer task that sends this worker's messages.
+//! results and drain, over the same [`Channel`] every role uses (its bounded queue carries
+//! this worker's messages).
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -7,77 +8,49 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tako_ipc::{
-    FrameReader, FrameWriter, ListenerKind, MasterToWorker, WorkerToMaster, IPC_VERSION,
+    Channel, ChannelError, Limits, ListenerKind, MasterToWorker, WorkerToMaster, IPC_VERSION,
 };
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::internal_host::StatusSnapshot;
 use crate::listeners::{self, Server};
-use crate::shared::{Outbound, Shared};
+use crate::shared::Shared;
 use crate::table::Table;
 use crate::tls;
 
 /// How long a worker whose master vanished keeps finishing requests.
 pub const ORPHAN_DRAIN: Duration = Duration::from_secs(5);
-/// Bound on waiting for the master's hello.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Counters go out at most this often.
 pub const COUNTERS_PERIOD: Duration = Duration::from_secs(1);
 
 pub async fn run(ipc: UnixStream) -> i32 {
-    let (read, write) = ipc.into_split();
-    let mut reader = FrameReader::<MasterToWorker>::new(read);
-    let mut writer = FrameWriter::<WorkerToMaster>::new(write);
-
-    let config = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
-        Ok(Ok(Some((MasterToWorker::Hello { version, config }, _)))) => {
-            if version != IPC_VERSION {
-                tracing::error!(
-                    master = version,
-                    worker = IPC_VERSION,
-                    "IPC version mismatch with the master; refusing to run"
-                );
-                return 1;
-            }
-            config
-        }
-        Ok(Ok(Some((other, _)))) => {
-            tracing::error!(message = ?std::mem::discriminant(&other), "First IPC message from the master was not a hello");
-            return 1;
-        }
-        Ok(Ok(None)) => {
-            tracing::info!("Master closed the IPC channel before hello");
-            return 0;
-        }
-        Ok(Err(error)) => {
-            tracing::error!(%error, "Reading the master's hello failed");
-            return 1;
-        }
-        Err(_) => {
-            tracing::error!("No hello from the master within 30 s");
-            return 1;
-        }
-    };
     let hello = WorkerToMaster::Hello {
         version: IPC_VERSION,
         pid: std::process::id(),
     };
-    if let Err(error) = writer.send(&hello).await {
-        tracing::error!(%error, "Sending hello to the master failed");
-        return 0;
-    }
+    let opened = Channel::<MasterToWorker, WorkerToMaster>::open(ipc, &hello, Limits::CHILD).await;
+    let (mut channel, config) = match opened {
+        Ok((channel, MasterToWorker::Hello { config, .. })) => (channel, config),
+        // `open` returns only a hello.
+        Ok(_) => return 1,
+        Err(ChannelError::ClosedBeforeHello) => {
+            tracing::info!("Master closed the IPC channel before hello");
+            return 0;
+        }
+        Err(error) => {
+            tracing::error!(%error, "No usable hello from the master; refusing to run");
+            return 1;
+        }
+    };
     tracing::info!(
         worker = config.index,
         generation = config.generation,
         "Worker connected to the master"
     );
-
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(write_loop(writer, out_rx));
-    let shared = Arc::new(Shared::new(config, out_tx));
+    let shared = Arc::new(Shared::new(config, channel.sender()));
     let tls_config = match tls::server_config(Arc::clone(&shared.certs)) {
         Ok(c) => c,
         Err(error) => {
@@ -108,7 +81,7 @@ pub async fn run(ipc: UnixStream) -> i32 {
     let mut ipc_open = true;
     loop {
         tokio::select! {
-            msg = reader.recv(), if ipc_open => match msg {
+            msg = channel.recv(), if ipc_open => match msg {
                 Ok(Some((msg, fds))) => {
                     if let Some(d) = state.handle(msg, fds) {
                         if deadline.is_none() {
@@ -146,7 +119,6 @@ pub async fn run(ipc: UnixStream) -> i32 {
         send_changed_stats(&shared);
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.flush()).await;
     }
-    writer_task.abort();
     0
 }
 
@@ -260,25 +232,6 @@ impl Control {
             match listeners::spawn(listener, kind, Arc::clone(&self.server)) {
                 Ok(()) => self.listening = true,
                 Err(error) => tracing::error!(?kind, %error, "Cannot serve an inherited listener"),
-            }
-        }
-    }
-}
-
-async fn write_loop(
-    mut writer: FrameWriter<WorkerToMaster>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Outbound::Msg(msg) => {
-                if let Err(error) = writer.send(&msg).await {
-                    tracing::warn!(%error, "Sending to the master failed");
-                    return;
-                }
-            }
-            Outbound::Flush(done) => {
-                let _ = done.send(());
             }
         }
     }

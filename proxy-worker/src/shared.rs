@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use tako_ipc::cidr::Cidr;
-use tako_ipc::{WorkerConfig, WorkerToMaster};
-use tokio::sync::{mpsc, oneshot};
+use tako_ipc::{Sender, WorkerConfig, WorkerToMaster};
 
 use crate::cache::Cache;
 use crate::counters::Counters;
@@ -19,13 +18,6 @@ use crate::listeners::ConnTracker;
 use crate::table::Table;
 use crate::tls::CertStore;
 use crate::upstream::Upstream;
-
-/// What the IPC writer task sends, in order.
-pub enum Outbound {
-    Msg(WorkerToMaster),
-    /// Answered once everything queued before it was written.
-    Flush(oneshot::Sender<()>),
-}
 
 pub struct Shared {
     pub config: WorkerConfig,
@@ -45,11 +37,11 @@ pub struct Shared {
     pub cache: Arc<Cache>,
     /// Open connections and tunnels: draining waits for them.
     pub conns: Arc<ConnTracker>,
-    outbox: mpsc::UnboundedSender<Outbound>,
+    outbox: Sender<WorkerToMaster>,
 }
 
 impl Shared {
-    pub fn new(config: WorkerConfig, outbox: mpsc::UnboundedSender<Outbound>) -> Self {
+    pub fn new(config: WorkerConfig, outbox: Sender<WorkerToMaster>) -> Self {
         let mut trusted = Vec::new();
         for raw in &config.trusted_proxies {
             match raw.parse::<Cidr>() {
@@ -62,7 +54,7 @@ impl Shared {
         let cache = Arc::new(Cache::new(
             config.cache_bytes,
             Box::new(move |m| {
-                let _ = cache_tx.send(Outbound::Msg(m));
+                send_to_master(&cache_tx, m);
             }),
         ));
         Self {
@@ -85,15 +77,12 @@ impl Shared {
 
     /// Queues a message to the master. Lost only when the channel is already gone.
     pub fn send(&self, msg: WorkerToMaster) {
-        let _ = self.outbox.send(Outbound::Msg(msg));
+        send_to_master(&self.outbox, msg);
     }
 
     /// Waits (bounded by the caller) until everything queued so far was written.
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.outbox.send(Outbound::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.outbox.flush().await;
     }
 
     /// Seconds since the master started, for a status page before the first snapshot.
@@ -102,5 +91,21 @@ impl Shared {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         now.saturating_sub(self.config.server_started_unix_secs)
+    }
+}
+
+/// Queues a message to the master. An invalidation goes in pieces within the master's
+/// bounds (`tako_ipc::validate`): a response that names thousands of locations is the app's
+/// doing and must not make this worker look hostile.
+fn send_to_master(outbox: &Sender<WorkerToMaster>, msg: WorkerToMaster) {
+    match msg {
+        WorkerToMaster::CacheInvalidate(inv) => {
+            for part in tako_ipc::validate::split_invalidation(inv) {
+                let _ = outbox.send(&WorkerToMaster::CacheInvalidate(part));
+            }
+        }
+        other => {
+            let _ = outbox.send(&other);
+        }
     }
 }

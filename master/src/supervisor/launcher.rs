@@ -1,19 +1,19 @@
 //! The app launcher: one process, supervised, spoken to by request and event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances};
 use tako_ipc::{
-    FrameReader, FrameWriter, InstallResult, InstallSpec, LauncherConfig, LauncherToMaster,
-    MasterToLauncher, IPC_VERSION,
+    Channel, InstallResult, InstallSpec, LauncherConfig, LauncherToMaster, Limits,
+    MasterToLauncher, Sender, IPC_VERSION,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::core::Master;
 use crate::role::Role;
-use crate::supervisor::next_frame;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +22,25 @@ pub struct LauncherGone;
 
 #[derive(Default)]
 struct LinkState {
-    tx: Option<mpsc::UnboundedSender<MasterToLauncher>>,
+    tx: Option<Sender<MasterToLauncher>>,
     pid: u32,
     generation: u32,
     started: Option<Instant>,
     ready: bool,
     pending: HashMap<u64, oneshot::Sender<InstallResult>>,
+    /// Instances this launcher was told to start and has not reported ended: the only ones
+    /// it may report on.
+    live: HashSet<(String, u32)>,
+}
+
+impl KnownInstances for LinkState {
+    fn instance_live(&self, app: &str, instance_id: u32) -> bool {
+        self.live.contains(&(app.to_string(), instance_id))
+    }
+
+    fn install_pending(&self, request_id: u64) -> bool {
+        self.pending.contains_key(&request_id)
+    }
 }
 
 #[derive(Default)]
@@ -50,11 +63,18 @@ impl LauncherLink {
     }
 
     pub fn send(&self, msg: MasterToLauncher) -> Result<(), LauncherGone> {
-        let st = self.lock();
-        match (&st.tx, st.ready) {
-            (Some(tx), true) => tx.send(msg).map_err(|_| LauncherGone),
+        let mut st = self.lock();
+        let sent = match (&st.tx, st.ready) {
+            // A failed queue ends the launcher's channel too; it is restarted.
+            (Some(tx), true) => tx.send(&msg).map_err(|_| LauncherGone),
             _ => Err(LauncherGone),
+        };
+        if sent.is_ok() {
+            if let MasterToLauncher::Spawn(spec) = &msg {
+                st.live.insert((spec.app.clone(), spec.instance_id));
+            }
         }
+        sent
     }
 
     pub fn info(&self) -> Option<LauncherInfo> {
@@ -135,44 +155,55 @@ async fn run_one(master: &Arc<Master>, generation: u32) -> String {
     };
     let pid = spawned.pid;
     let mut child = spawned.child;
-    let (rd, wr) = spawned.ipc.into_split();
-    let mut reader = FrameReader::<LauncherToMaster>::new(rd);
-    let mut writer = FrameWriter::<MasterToLauncher>::new(wr);
-    let (tx, mut rx) = mpsc::unbounded_channel::<MasterToLauncher>();
-    let writer_task = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if writer.send(&msg).await.is_err() {
-                break;
-            }
-        }
-    });
-    let config = LauncherConfig {
-        app_user: master.users.as_ref().map(|u| u.app.clone()),
-        log_owner: master.users.as_ref().map(|u| u.deploy.clone()),
-    };
-    let _ = tx.send(MasterToLauncher::Hello {
+    let hello = MasterToLauncher::Hello {
         version: IPC_VERSION,
-        config,
-    });
+        config: LauncherConfig {
+            app_user: master.users.as_ref().map(|u| u.app.clone()),
+            log_owner: master.users.as_ref().map(|u| u.deploy.clone()),
+        },
+    };
+    let opened =
+        Channel::<LauncherToMaster, MasterToLauncher>::open(spawned.ipc, &hello, Limits::MASTER)
+            .await;
+    let mut channel = match opened {
+        Ok((channel, LauncherToMaster::Hello { pid: said, .. })) if said == pid => channel,
+        Ok(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return "its hello claims another pid".into();
+        }
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return format!("no valid hello: {e}");
+        }
+    };
     {
         let link = &master.launcher;
         let mut st = link.lock();
-        st.tx = Some(tx);
+        st.tx = Some(channel.sender());
         st.pid = pid;
         st.generation = generation;
         st.started = Some(Instant::now());
-        st.ready = false;
+        st.ready = true;
+        st.live.clear();
     }
+    master.launcher.ready_notify.notify_waiters();
+    tracing::info!("app launcher ready");
 
-    let reason = read_loop(master, &mut reader).await;
+    let reason = read_loop(master, &mut channel).await;
+    if let Some(r) = &reason {
+        tracing::warn!(pid, reason = %r, "ending the app launcher");
+    }
     {
         let mut st = master.launcher.lock();
         st.tx = None;
         st.ready = false;
         // Pending installs fail: their waiters see LauncherGone.
         st.pending.clear();
+        st.live.clear();
     }
-    writer_task.abort();
+    drop(channel);
     let _ = child.start_kill();
     let status = child.wait().await;
     match (reason, status) {
@@ -182,34 +213,35 @@ async fn run_one(master: &Arc<Master>, generation: u32) -> String {
     }
 }
 
+/// Why the launcher must end, or `None` at a clean EOF.
 async fn read_loop(
     master: &Arc<Master>,
-    reader: &mut FrameReader<LauncherToMaster>,
+    channel: &mut Channel<LauncherToMaster, MasterToLauncher>,
 ) -> Option<String> {
-    let mut greeted = false;
     loop {
-        let msg = match next_frame(
-            reader.recv().await,
-            greeted,
-            LauncherToMaster::is_hello,
-            "launcher",
-        ) {
-            Ok(Some(msg)) => msg,
+        let msg = match channel.recv().await {
+            Ok(Some((msg, _))) => msg,
             Ok(None) => return None,
-            Err(e) => return Some(e),
+            Err(e) => return Some(e.to_string()),
         };
-        match msg {
-            LauncherToMaster::Hello { version, .. } => {
-                if version != IPC_VERSION {
-                    return Some(format!(
-                        "IPC version mismatch: launcher={version} master={IPC_VERSION}"
-                    ));
-                }
-                greeted = true;
-                master.launcher.lock().ready = true;
-                master.launcher.ready_notify.notify_waiters();
-                tracing::info!("app launcher ready");
+        {
+            let mut st = master.launcher.lock();
+            if let Err(v) = check_launcher_frame(&msg, &*st) {
+                return Some(format!("invalid frame: {v}"));
             }
+            if let LauncherToMaster::Instance {
+                app,
+                instance_id,
+                event,
+            } = &msg
+            {
+                if ends_instance(event) {
+                    st.live.remove(&(app.clone(), *instance_id));
+                }
+            }
+        }
+        match msg {
+            LauncherToMaster::Hello { .. } => {}
             LauncherToMaster::Instance {
                 app,
                 instance_id,

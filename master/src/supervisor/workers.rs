@@ -3,18 +3,18 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tako_ipc::validate::{check_worker_frame, AppBook, WorkerReports};
 use tako_ipc::{
-    FrameReader, FrameWriter, InstanceCounters, MasterToWorker, Outgoing, WorkerConfig,
-    WorkerToMaster, IPC_VERSION,
+    Channel, Encoded, Limits, MasterToWorker, RouteTable, Sender, WorkerConfig, WorkerToMaster,
+    IPC_VERSION,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::core::Master;
 use crate::role::Role;
-use crate::supervisor::next_frame;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
 
 /// How long a new worker has to report ready.
@@ -48,12 +48,12 @@ pub struct WorkerEntry {
     pub uid: u32,
     pub started: Instant,
     pub state: ProcState,
-    pub tx: mpsc::UnboundedSender<Outgoing<MasterToWorker>>,
+    /// The bounded queue to this worker: a worker that stops reading fails it, and is
+    /// replaced.
+    pub tx: Sender<MasterToWorker>,
     pub applied_epoch: u64,
-    pub counters: Vec<InstanceCounters>,
-    pub cache: tako_ipc::CacheStats,
-    pub http: Vec<tako_ipc::AppHttpStats>,
-    pub edge: tako_ipc::EdgeStats,
+    /// The worker's last accepted reports (each one checked against the one before).
+    pub reports: WorkerReports,
     /// Set when a newer generation replaced this worker: its exit is not a crash.
     pub retired: Arc<AtomicBool>,
     ready_tx: Option<oneshot::Sender<()>>,
@@ -73,18 +73,46 @@ pub struct WorkerTable {
     pub retired_cache: tako_ipc::CacheStats,
     pub retired_http: Vec<tako_ipc::AppHttpStats>,
     pub retired_edge: tako_ipc::EdgeStats,
+    /// Every app name (with its highest instance id) and the newest epoch this master put
+    /// in a route table: what a worker's reports are checked against. Names stay for the
+    /// master's life, since a worker's totals outlive a deleted app. Behind its own lock
+    /// because broadcasts take the table by shared reference.
+    pub known: Mutex<AppBook>,
 }
 
 impl WorkerTable {
-    /// Sends to every worker that is not draining.
+    /// Sends to every worker that is not draining. The message is encoded once; one that
+    /// cannot be a frame is a bug of the master and goes to nobody (logged), instead of
+    /// breaking the channels.
     pub fn broadcast(&self, msg: &MasterToWorker) {
+        if let MasterToWorker::Routes(table) = msg {
+            self.learn(table);
+        }
+        let frame = match Encoded::new(msg) {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::error!(%error, message = message_name(msg), "not broadcasting a message to the workers");
+                return;
+            }
+        };
         for w in self
             .entries
             .iter()
             .filter(|w| w.state != ProcState::Draining)
         {
-            let _ = w.tx.send(Outgoing::from(msg.clone()));
+            // A failed queue ends that worker's channel; its supervisor replaces it.
+            let _ = w.tx.send_encoded(&frame);
         }
+    }
+
+    /// Records the apps, instances and epoch of a route table about to be sent.
+    pub fn learn(&self, table: &RouteTable) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for a in &table.apps {
+            let max = a.backends.iter().map(|b| b.instance_id).max().unwrap_or(0);
+            known.publish(&a.name, max);
+        }
+        known.set_epoch(table.epoch);
     }
 
     /// The lowest route-table epoch applied by every serving worker.
@@ -100,7 +128,7 @@ impl WorkerTable {
     pub fn http_totals(&self) -> Vec<tako_ipc::AppHttpStats> {
         let mut out = self.retired_http.clone();
         for w in &self.entries {
-            add_http(&mut out, &w.http);
+            add_http(&mut out, &w.reports.http);
         }
         out.sort_by(|a, b| a.app.cmp(&b.app));
         out
@@ -110,7 +138,7 @@ impl WorkerTable {
     pub fn edge_totals(&self) -> tako_ipc::EdgeStats {
         let mut t = self.retired_edge.clone();
         for w in &self.entries {
-            add_edge(&mut t, &w.edge);
+            add_edge(&mut t, &w.reports.edge);
         }
         t.upstream_errors.sort_by(|a, b| a.app.cmp(&b.app));
         t
@@ -120,14 +148,10 @@ impl WorkerTable {
     pub fn cache_totals(&self) -> tako_ipc::CacheStats {
         let mut t = self.retired_cache.clone();
         for w in &self.entries {
-            t.hits += w.cache.hits;
-            t.misses += w.cache.misses;
-            t.bypasses += w.cache.bypasses;
-            t.stores += w.cache.stores;
-            t.evictions += w.cache.evictions;
-            t.invalidations += w.cache.invalidations;
-            t.bytes += w.cache.bytes;
-            t.entries += w.cache.entries;
+            let c = &w.reports.cache;
+            add_cache_counters(&mut t, c);
+            t.bytes = t.bytes.saturating_add(c.bytes);
+            t.entries = t.entries.saturating_add(c.entries);
         }
         t
     }
@@ -136,58 +160,99 @@ impl WorkerTable {
     pub fn instance_totals(&self) -> HashMap<(String, u32), (u64, u32)> {
         let mut out: HashMap<(String, u32), (u64, u32)> = HashMap::new();
         for (k, v) in &self.retired_totals {
-            out.entry(k.clone()).or_default().0 += v;
+            let e = out.entry(k.clone()).or_default();
+            e.0 = e.0.saturating_add(*v);
         }
         for w in &self.entries {
-            for c in &w.counters {
+            for c in &w.reports.counters {
                 let e = out.entry((c.app.clone(), c.instance_id)).or_default();
-                e.0 += c.requests_total;
-                e.1 += c.in_flight;
+                e.0 = e.0.saturating_add(c.requests_total);
+                e.1 = e.1.saturating_add(c.in_flight);
             }
         }
         out
     }
 }
 
-fn add_edge(into: &mut tako_ipc::EdgeStats, from: &tako_ipc::EdgeStats) {
-    into.tls_handshakes_ok += from.tls_handshakes_ok;
-    into.tls_handshakes_failed += from.tls_handshakes_failed;
-    for s in &from.upstream_errors {
-        let pos = match into.upstream_errors.iter().position(|t| t.app == s.app) {
-            Some(p) => p,
-            None => {
-                into.upstream_errors.push(tako_ipc::AppUpstreamErrors {
-                    app: s.app.clone(),
-                    ..Default::default()
-                });
-                into.upstream_errors.len() - 1
-            }
-        };
-        let t = &mut into.upstream_errors[pos];
-        t.connect += s.connect;
-        t.timeout += s.timeout;
-        t.failed += s.failed;
+/// Adds the cache counters (not the size gauges, which end with their worker).
+fn add_cache_counters(into: &mut tako_ipc::CacheStats, from: &tako_ipc::CacheStats) {
+    into.hits = into.hits.saturating_add(from.hits);
+    into.misses = into.misses.saturating_add(from.misses);
+    into.bypasses = into.bypasses.saturating_add(from.bypasses);
+    into.stores = into.stores.saturating_add(from.stores);
+    into.evictions = into.evictions.saturating_add(from.evictions);
+    into.invalidations = into.invalidations.saturating_add(from.invalidations);
+}
+
+/// A message's name for a log line (never its contents).
+fn message_name(msg: &MasterToWorker) -> &'static str {
+    match msg {
+        MasterToWorker::Hello { .. } => "hello",
+        MasterToWorker::Listeners { .. } => "listeners",
+        MasterToWorker::Routes(_) => "routes",
+        MasterToWorker::Certs(_) => "certs",
+        MasterToWorker::StatusPage { .. } => "status page",
+        MasterToWorker::MetricsPage { .. } => "metrics page",
+        MasterToWorker::WakeResult { .. } => "wake result",
+        MasterToWorker::Drain { .. } => "drain",
+        MasterToWorker::PurgeApp { .. } => "purge app",
+        MasterToWorker::CacheInvalidate(_) => "cache invalidate",
+        MasterToWorker::AcmeTokens(_) => "ACME tokens",
     }
 }
 
+/// Sums per-app upstream errors. Linear: an index by name instead of a search per entry (a
+/// worker's list is bounded by the apps the master published, but a merge under the table
+/// lock must not be quadratic in it either).
+fn add_edge(into: &mut tako_ipc::EdgeStats, from: &tako_ipc::EdgeStats) {
+    into.tls_handshakes_ok = into
+        .tls_handshakes_ok
+        .saturating_add(from.tls_handshakes_ok);
+    into.tls_handshakes_failed = into
+        .tls_handshakes_failed
+        .saturating_add(from.tls_handshakes_failed);
+    let mut index: HashMap<String, usize> = into
+        .upstream_errors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.app.clone(), i))
+        .collect();
+    for s in &from.upstream_errors {
+        let pos = *index.entry(s.app.clone()).or_insert_with(|| {
+            into.upstream_errors.push(tako_ipc::AppUpstreamErrors {
+                app: s.app.clone(),
+                ..Default::default()
+            });
+            into.upstream_errors.len() - 1
+        });
+        let t = &mut into.upstream_errors[pos];
+        t.connect = t.connect.saturating_add(s.connect);
+        t.timeout = t.timeout.saturating_add(s.timeout);
+        t.failed = t.failed.saturating_add(s.failed);
+    }
+}
+
+/// Sums per-app request stats, linearly (see [`add_edge`]).
 fn add_http(into: &mut Vec<tako_ipc::AppHttpStats>, from: &[tako_ipc::AppHttpStats]) {
+    let mut index: HashMap<String, usize> = into
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.app.clone(), i))
+        .collect();
     for s in from {
-        let pos = match into.iter().position(|t| t.app == s.app) {
-            Some(p) => p,
-            None => {
-                into.push(tako_ipc::AppHttpStats {
-                    app: s.app.clone(),
-                    ..Default::default()
-                });
-                into.len() - 1
-            }
-        };
+        let pos = *index.entry(s.app.clone()).or_insert_with(|| {
+            into.push(tako_ipc::AppHttpStats {
+                app: s.app.clone(),
+                ..Default::default()
+            });
+            into.len() - 1
+        });
         let t = &mut into[pos];
-        for i in 0..t.classes.len() {
-            t.classes[i] += s.classes[i];
+        for (a, b) in t.classes.iter_mut().zip(s.classes) {
+            *a = a.saturating_add(b);
         }
-        for i in 0..t.buckets.len() {
-            t.buckets[i] += s.buckets[i];
+        for (a, b) in t.buckets.iter_mut().zip(s.buckets) {
+            *a = a.saturating_add(b);
         }
         t.duration_sum_secs += s.duration_sum_secs;
     }
@@ -296,33 +361,35 @@ async fn run_one(
     };
     let pid = spawned.pid;
     let mut child = spawned.child;
-    let (rd, wr) = spawned.ipc.into_split();
-    let mut reader = FrameReader::<WorkerToMaster>::new(rd);
-    let mut writer = FrameWriter::<MasterToWorker>::new(wr);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing<MasterToWorker>>();
-    tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            if let Err(e) = writer.send_outgoing(&out).await {
-                tracing::debug!(worker = index, error = %e, "worker channel closed while sending");
-                break;
-            }
+    let hello = MasterToWorker::Hello {
+        version: IPC_VERSION,
+        config: worker_config(master, index, generation),
+    };
+    let opened =
+        Channel::<WorkerToMaster, MasterToWorker>::open(spawned.ipc, &hello, Limits::MASTER).await;
+    let mut channel = match opened {
+        Ok((channel, WorkerToMaster::Hello { pid: said, .. })) if said == pid => channel,
+        Ok((_, other)) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let said = match other {
+                WorkerToMaster::Hello { pid, .. } => pid,
+                _ => 0,
+            };
+            return WorkerEnd::Crashed(format!("its hello claims pid {said}"));
         }
-    });
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return WorkerEnd::Crashed(format!("no valid hello: {e}"));
+        }
+    };
+    let tx = channel.sender();
 
     // Everything the worker needs before it can serve, in order.
-    let _ = tx.send(
-        MasterToWorker::Hello {
-            version: IPC_VERSION,
-            config: worker_config(master, index, generation),
-        }
-        .into(),
-    );
     match listener_fds(master) {
         Ok((kinds, fds)) => {
-            let _ = tx.send(Outgoing {
-                msg: MasterToWorker::Listeners { kinds },
-                fds,
-            });
+            let _ = tx.send_with_fds(&MasterToWorker::Listeners { kinds }, fds);
         }
         Err(e) => {
             let _ = child.start_kill();
@@ -336,10 +403,12 @@ async fn run_one(
         // Registration and the initial state push happen under the table lock so that no
         // route update can slip between the snapshot and the registration.
         let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = tx.send(MasterToWorker::Certs(master.certs_snapshot()).into());
-        let _ = tx.send(MasterToWorker::AcmeTokens(master.acme.tokens()).into());
-        let _ = tx.send(MasterToWorker::Routes(master.route_table_snapshot()).into());
-        let _ = tx.send(status_page.into());
+        let routes = master.route_table_snapshot();
+        table.learn(&routes);
+        let _ = tx.send(&MasterToWorker::Certs(master.certs_snapshot()));
+        let _ = tx.send(&MasterToWorker::AcmeTokens(master.acme.tokens()));
+        let _ = tx.send(&MasterToWorker::Routes(routes));
+        let _ = tx.send(&status_page);
         let uid = master
             .users
             .as_ref()
@@ -352,44 +421,38 @@ async fn run_one(
             uid,
             started: Instant::now(),
             state: ProcState::Starting,
-            tx: tx.clone(),
+            tx,
             applied_epoch: 0,
-            counters: Vec::new(),
-            cache: tako_ipc::CacheStats::default(),
-            http: Vec::new(),
-            edge: tako_ipc::EdgeStats::default(),
+            reports: WorkerReports::default(),
             retired: retired.clone(),
             ready_tx: ready,
         });
     }
 
-    let end = read_loop(master, &mut reader, pid, index).await;
+    let end = read_loop(master, &mut channel, pid, index).await;
+    if let Some(reason) = &end {
+        // A broken rule or a worker that does not read: said once, with the worker named.
+        tracing::warn!(worker = index, pid, reason = %reason, "ending proxy worker");
+    }
     // The worker is gone or misbehaved: make sure the process is too.
     let _ = child.start_kill();
     let status = child.wait().await;
+    drop(channel);
     {
         let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pos) = table.entries.iter().position(|w| w.pid == pid) {
             let entry = table.entries.remove(pos);
-            for c in entry.counters {
-                *table
+            let reports = entry.reports;
+            for c in reports.counters {
+                let t = table
                     .retired_totals
                     .entry((c.app, c.instance_id))
-                    .or_default() += c.requests_total;
+                    .or_default();
+                *t = t.saturating_add(c.requests_total);
             }
-            let mut retired_http = std::mem::take(&mut table.retired_http);
-            add_http(&mut retired_http, &entry.http);
-            table.retired_http = retired_http;
-            let mut retired_edge = std::mem::take(&mut table.retired_edge);
-            add_edge(&mut retired_edge, &entry.edge);
-            table.retired_edge = retired_edge;
-            let r = &mut table.retired_cache;
-            r.hits += entry.cache.hits;
-            r.misses += entry.cache.misses;
-            r.bypasses += entry.cache.bypasses;
-            r.stores += entry.cache.stores;
-            r.evictions += entry.cache.evictions;
-            r.invalidations += entry.cache.invalidations;
+            add_http(&mut table.retired_http, &reports.http);
+            add_edge(&mut table.retired_edge, &reports.edge);
+            add_cache_counters(&mut table.retired_cache, &reports.cache);
         }
     }
     master.on_workers_changed();
@@ -403,34 +466,36 @@ async fn run_one(
     }
 }
 
-/// Returns a protocol error, or `None` at EOF.
+/// Why the worker must end (a broken channel, a frame that breaks the rules), or `None` at
+/// a clean EOF.
 async fn read_loop(
     master: &Arc<Master>,
-    reader: &mut FrameReader<WorkerToMaster>,
+    channel: &mut Channel<WorkerToMaster, MasterToWorker>,
     pid: u32,
     index: u32,
 ) -> Option<String> {
-    let mut greeted = false;
     loop {
-        let msg = match next_frame(
-            reader.recv().await,
-            greeted,
-            WorkerToMaster::is_hello,
-            "worker",
-        ) {
-            Ok(Some(msg)) => msg,
+        let msg = match channel.recv().await {
+            Ok(Some((msg, _))) => msg,
             Ok(None) => return None,
-            Err(e) => return Some(e),
+            Err(e) => return Some(e.to_string()),
         };
-        match msg {
-            WorkerToMaster::Hello { version, .. } => {
-                if version != IPC_VERSION {
-                    return Some(format!(
-                        "IPC version mismatch: worker={version} master={IPC_VERSION}"
-                    ));
-                }
-                greeted = true;
+        {
+            // Checked against what the master knows and what this worker said before,
+            // before anything of the frame is kept or acted on.
+            let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+            let table = &mut *table;
+            let known = table.known.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) else {
+                return Some("the worker is no longer registered".into());
+            };
+            if let Err(v) = check_worker_frame(&msg, &*known, &w.reports) {
+                return Some(format!("invalid frame: {v}"));
             }
+            w.reports.record(&msg);
+        }
+        match msg {
+            WorkerToMaster::Hello { .. } => {}
             WorkerToMaster::Ready => {
                 let ready_tx = {
                     let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
@@ -460,43 +525,24 @@ async fn read_loop(
                 master.on_workers_changed();
             }
             WorkerToMaster::Wake { app } => master.on_wake(app),
-            WorkerToMaster::Counters(counters) => {
-                {
-                    let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
-                        w.counters = counters;
-                    }
-                }
-                master.on_counters();
-            }
-            WorkerToMaster::HttpStats(stats) => {
-                let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
-                    w.http = stats;
-                }
-            }
-            WorkerToMaster::EdgeStats(stats) => {
-                let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
-                    w.edge = stats;
-                }
-            }
-            WorkerToMaster::CacheStats(stats) => {
-                let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
-                    w.cache = stats;
-                }
-            }
+            WorkerToMaster::Counters(_) => master.on_counters(),
+            // Recorded above.
+            WorkerToMaster::HttpStats(_)
+            | WorkerToMaster::EdgeStats(_)
+            | WorkerToMaster::CacheStats(_) => {}
             WorkerToMaster::CacheInvalidate(inv) => {
-                // Fan out to every other serving worker.
+                // Fan out to every other serving worker, encoded once.
+                let frame = match Encoded::new(&MasterToWorker::CacheInvalidate(inv)) {
+                    Ok(f) => f,
+                    Err(e) => return Some(format!("invalid frame: {e}")),
+                };
                 let table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
                 for w in table
                     .entries
                     .iter()
                     .filter(|w| w.pid != pid && w.state != ProcState::Draining)
                 {
-                    let _ =
-                        w.tx.send(MasterToWorker::CacheInvalidate(inv.clone()).into());
+                    let _ = w.tx.send_encoded(&frame);
                 }
             }
         }
@@ -592,12 +638,9 @@ async fn restart_rounds(master: &Arc<Master>, generation: u32) -> Result<usize, 
         {
             w.retired.store(true, Ordering::SeqCst);
             w.state = ProcState::Draining;
-            let _ = w.tx.send(
-                MasterToWorker::Drain {
-                    deadline_ms: DRAIN_DEADLINE.as_millis() as u64,
-                }
-                .into(),
-            );
+            let _ = w.tx.send(&MasterToWorker::Drain {
+                deadline_ms: DRAIN_DEADLINE.as_millis() as u64,
+            });
         }
     }
     Ok(n as usize)
@@ -609,12 +652,9 @@ pub fn drain_all(master: &Master, deadline: Duration) {
     for w in table.entries.iter_mut() {
         w.retired.store(true, Ordering::SeqCst);
         w.state = ProcState::Draining;
-        let _ = w.tx.send(
-            MasterToWorker::Drain {
-                deadline_ms: deadline.as_millis() as u64,
-            }
-            .into(),
-        );
+        let _ = w.tx.send(&MasterToWorker::Drain {
+            deadline_ms: deadline.as_millis() as u64,
+        });
     }
 }
 
