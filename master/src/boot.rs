@@ -62,7 +62,12 @@ pub fn run(flags: ServerFlags) -> i32 {
     let self_exec = crate::reexec::SelfExec::capture();
     let inherited = crate::listeners::inherited_sockets();
     let (inherited_lock, ready_fd) = crate::reexec::inherited();
+    // What was adopted above is close-on-exec now; anything else inherited is closed.
+    let stray_fds = crate::child_env::close_stray_descriptors();
     crate::logging::init("role=master".into());
+    if !stray_fds.is_empty() {
+        tracing::info!(fds = ?stray_fds, "closed inherited descriptors this server does not use");
+    }
     let explicit = flags.explicit();
     let mut settings = match flags.resolve() {
         Ok(s) => s,
@@ -346,7 +351,11 @@ async fn serve(boot: Boot) -> i32 {
     if let Some(d) = daemon.as_mut() {
         d.ready();
     }
-    notify_ready();
+    // A re-executed successor is not the unit's main process yet (NotifyAccess=main would
+    // refuse its READY=1): its predecessor reports the new MAINPID once it is ready.
+    if !successor {
+        notify_ready();
+    }
 
     spawn_status_pusher(master.clone());
     spawn_certificate_check(master.clone());

@@ -5,6 +5,7 @@ mod acme;
 mod apps;
 mod boot;
 mod certs;
+mod child_env;
 mod cli;
 mod core;
 mod ctl;

@@ -178,19 +178,29 @@ async fn run(master: &Arc<Master>) -> Result<u32, ReexecError> {
     }
 }
 
+/// Tells systemd that the successor is the service's main process now. Sent by this
+/// process while it still is the main one: the unit's `NotifyAccess=main` accepts only that
+/// (the successor itself may not claim it, nor may any other process of the service).
 fn notify_main_pid(pid: u32) {
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
         return;
     };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
     let msg = format!("MAINPID={pid}");
-    let _ = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), &path)
-    };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        if let Some(name) = path.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+        } else {
+            sock.send_to(msg.as_bytes(), &path)
+        }
+    });
+    match sent {
+        Ok(_) => tracing::info!(pid, "told the service manager the new main pid"),
+        // systemd then still tracks this process: when it exits, systemd ends the service,
+        // successor included, and Restart=always starts it again from the stored listeners.
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "cannot tell the service manager the new main pid")
+        }
+    }
 }

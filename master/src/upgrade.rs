@@ -53,7 +53,10 @@ impl Daemon {
     /// Forks. The parent waits (≤ 120 s) for the child to report its socket and listeners up
     /// and exits 0, or 1 when the child failed. Must run before any thread exists.
     pub fn fork() -> Daemon {
-        let (rd, wr) = match nix::unistd::pipe() {
+        // Close-on-exec: the write end must not leak into the workers and the launcher
+        // (they would hold the waiting parent open, and a child gets no descriptor it does
+        // not need).
+        let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("tako-server: cannot daemonize: {e}");

@@ -725,3 +725,273 @@ fn deb_installs_serves_and_purges() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+// --- Issue 17, item 6: who may talk to systemd, and what the deploy user may run as root ---
+
+/// `NotifyAccess=all` let any process of the service's cgroup (an app, a compromised worker)
+/// send `MAINPID=`, `FDSTOREREMOVE=1` or `STOPPING=1` for the service. Only the master may.
+#[test]
+fn unit_accepts_notifications_from_the_main_process_only() {
+    let text = fs::read_to_string(packaging("tako-server.service")).expect("read the unit");
+    let d = unit_directives(&text);
+    assert_eq!(directive(&d, "NotifyAccess"), vec!["main"], "NotifyAccess=");
+}
+
+/// The command lines the Tako CLI runs with sudo as the deploy user; each must be allowed.
+const CLI_SUDO_LINES: &[&str] = &[
+    "/usr/bin/systemctl restart tako-server",
+    "/usr/bin/systemctl reload tako-server",
+    "/usr/bin/systemctl is-active tako-server",
+    "/usr/bin/systemctl status tako-server",
+    "/usr/bin/journalctl -u tako-server -f --no-pager -o cat",
+    "/usr/bin/journalctl -u tako-server --since '1 days ago' --no-pager -o cat",
+    "/usr/bin/journalctl -u tako-server --since '30 days ago' --no-pager -o cat",
+];
+
+/// What the old `journalctl -u tako-server *` allowed and must not any more: other units'
+/// logs, journal maintenance, another journal directory, extra options after the CLI's own.
+const REFUSED_SUDO_LINES: &[&str] = &[
+    "/usr/bin/journalctl -u tako-server -u ssh",
+    "/usr/bin/journalctl -u tako-server --vacuum-time=1s",
+    "/usr/bin/journalctl -u tako-server --rotate",
+    "/usr/bin/journalctl -u tako-server -f --no-pager -o cat -u ssh",
+    "/usr/bin/journalctl -u tako-server -f --no-pager -o cat -D /",
+    "/usr/bin/journalctl -u tako-server --since '2 -u ssh days ago' --no-pager -o cat",
+    "/usr/bin/journalctl -u tako-server --since 2 -u ssh days ago --no-pager -o cat",
+    "/usr/bin/journalctl -u tako-server --since '2 days ago' --no-pager -o cat --directory=/",
+    "/usr/bin/journalctl -u tako-server --since '99999 days ago' --no-pager -o cat",
+    "/usr/bin/journalctl -u tako-server --since '2 hours ago' --no-pager -o cat",
+    "/usr/bin/journalctl -u tako-server",
+    "/usr/bin/journalctl",
+    "/usr/bin/systemctl restart tako-server ssh",
+    "/usr/bin/systemctl stop tako-server",
+    "/usr/bin/systemctl edit tako-server",
+];
+
+/// Removes the probe copy of the rules from /etc/sudoers.d however the test ends.
+struct SudoersProbe(PathBuf);
+
+impl Drop for SudoersProbe {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Whether sudo would let `user` run `line` as root: `sudo -l -U <user> <command>` exits 0
+/// exactly when a rule allows it. `line` is split like a shell would split the CLI's text:
+/// on spaces, with a '…'-quoted part as one word.
+fn sudo_allows(user: &str, line: &str) -> bool {
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let out = run(
+        Command::new("sudo")
+            .args(["-n", "-l", "-U", user])
+            .args(&words),
+        Duration::from_secs(30),
+    );
+    out.status.success()
+}
+
+#[test]
+fn sudoers_allows_exactly_the_cli_command_lines() {
+    let test = "sudoers_allows_exactly_the_cli_command_lines";
+    if !require(&["visudo"], false, test) {
+        return;
+    }
+    let rules = packaging("tako-server.sudoers");
+    run_ok(
+        Command::new("visudo").args(["-c", "-f"]).arg(&rules),
+        Duration::from_secs(30),
+    );
+    let text = fs::read_to_string(&rules).expect("read the sudoers file");
+    // A `*` outside a regular expression matches any further options.
+    let globs: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter(|l| l.contains('*') && !l.contains('^'))
+        .collect();
+
+    // What sudo itself decides, with the rules live: root, sudo and the user tako needed.
+    if !require(&["sudo"], true, test) || getent("tako").is_none() {
+        eprintln!("SKIPPED {test} (the sudo checks): needs root, sudo and the user tako");
+        assert!(globs.is_empty(), "globs in the rules: {globs:?}");
+        return;
+    }
+    let installed = Path::new("/etc/sudoers.d/tako-server");
+    if installed.exists() && fs::read_to_string(installed).ok().as_deref() != Some(&text) {
+        eprintln!(
+            "SKIPPED {test} (the sudo checks): another /etc/sudoers.d/tako-server is installed"
+        );
+        assert!(globs.is_empty(), "globs in the rules: {globs:?}");
+        return;
+    }
+    // A copy under its own alias name (sudo refuses a duplicate alias, and the package's file
+    // may be installed by the package test meanwhile); a name without a dot, which
+    // @includedir would skip.
+    let alias = format!("TAKO_SERVICE_PROBE_{}", std::process::id());
+    let probe = SudoersProbe(PathBuf::from(format!(
+        "/etc/sudoers.d/tako-server-probe-{}",
+        std::process::id()
+    )));
+    let staged = std::env::temp_dir().join(format!("tako-sudoers-{}", std::process::id()));
+    fs::write(&staged, text.replace("TAKO_SERVICE", &alias)).expect("write the probe rules");
+    run_ok(
+        Command::new("visudo").args(["-c", "-f"]).arg(&staged),
+        Duration::from_secs(30),
+    );
+    run_ok(
+        Command::new("install")
+            .args(["-m", "0440", "-o", "root", "-g", "root"])
+            .arg(&staged)
+            .arg(&probe.0),
+        Duration::from_secs(30),
+    );
+    let _ = fs::remove_file(&staged);
+    let not_allowed: Vec<&&str> = CLI_SUDO_LINES
+        .iter()
+        .filter(|l| !sudo_allows("tako", l))
+        .collect();
+    let allowed: Vec<&&str> = REFUSED_SUDO_LINES
+        .iter()
+        .filter(|l| sudo_allows("tako", l))
+        .collect();
+    assert!(
+        not_allowed.is_empty() && allowed.is_empty() && globs.is_empty(),
+        "sudo for tako: CLI lines refused {not_allowed:?}; other lines allowed {allowed:?}; \
+         globs in the rules {globs:?}"
+    );
+}
+
+/// The set `NAME=value` entries of a process's environment.
+fn environ(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What each descriptor of a process points at.
+fn fd_targets(pid: i32) -> Vec<(String, PathBuf)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        Some((
+            e.file_name().to_string_lossy().into_owned(),
+            fs::read_link(e.path()).ok()?,
+        ))
+    })
+    .collect()
+}
+
+/// Under systemd every process of the service could use `NOTIFY_SOCKET` to speak for the
+/// service; the master alone may (see `unit_accepts_notifications_from_the_main_process_only`).
+/// The server starts with `NOTIFY_SOCKET` pointing at a socket of this test, a variable of the
+/// master's own, and an extra inheritable descriptor nobody asked it to adopt. The workers,
+/// the launcher and an app instance must have none of them; the log filter still reaches the
+/// children, and the master still reports ready on the socket.
+#[test]
+fn children_do_not_inherit_notify_socket() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = common::temp_dir();
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout on the notify socket");
+    // A descriptor the server inherits without anyone meaning to hand it over (as a shell or
+    // a supervisor may leak one): std opens it close-on-exec, so clear the flag.
+    let marker_path = dir.join("stray-descriptor-marker");
+    let marker = fs::File::create(&marker_path).expect("create the marker file");
+    let marker_fd = marker.as_raw_fd();
+    // SAFETY: F_SETFD on a descriptor this test owns.
+    assert_eq!(unsafe { libc::fcntl(marker_fd, libc::F_SETFD, 0) }, 0);
+    let opts = common::ServerOpts::default()
+        .env("NOTIFY_SOCKET", &notify_path.display().to_string())
+        .env("TAKO_TEST_MASTER_ONLY", "not-for-children");
+    let server = common::Server::start(opts);
+    // Only the server was to inherit it.
+    // SAFETY: as above.
+    unsafe { libc::fcntl(marker_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    server.deploy("web", "v1", &["web.example.com"], 1, &[]);
+
+    let master_env = environ(server.pid);
+    assert!(
+        master_env.iter().any(|v| v.starts_with("NOTIFY_SOCKET=")),
+        "the master itself keeps NOTIFY_SOCKET: {master_env:?}"
+    );
+    let mut children: Vec<(String, i32)> = Vec::new();
+    for role in ["worker", "launcher"] {
+        let pids = server.pids_of(role);
+        assert!(!pids.is_empty(), "no {role} running");
+        children.extend(pids.into_iter().map(|p| (role.to_string(), p)));
+    }
+    children.extend(
+        server
+            .healthy_pids("web")
+            .into_iter()
+            .map(|p| ("app".to_string(), p)),
+    );
+    assert!(children.iter().any(|(r, _)| r == "app"), "no app instance");
+
+    let mut leaks = Vec::new();
+    for (role, pid) in &children {
+        let env = environ(*pid);
+        for v in &env {
+            if v.starts_with("NOTIFY_SOCKET=") || v.starts_with("TAKO_TEST_MASTER_ONLY=") {
+                leaks.push(format!("{role} {pid} has {v}"));
+            }
+        }
+        if role != "app" && !env.iter().any(|v| v == "RUST_LOG=info") {
+            leaks.push(format!("{role} {pid} lost RUST_LOG: {env:?}"));
+        }
+        for (fd, target) in fd_targets(*pid) {
+            if target == marker_path {
+                leaks.push(format!(
+                    "{role} {pid} holds the stray descriptor as fd {fd}"
+                ));
+            }
+        }
+    }
+    for (fd, target) in fd_targets(server.pid) {
+        if target == marker_path {
+            leaks.push(format!("the master kept the stray descriptor as fd {fd}"));
+        }
+    }
+    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+
+    // The master still speaks for the service.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        got.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+        "the master sent READY=1: {got:?}"
+    );
+    drop(server);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -24,6 +24,7 @@ pub fn spawn_role(role: &Role) -> io::Result<Spawned> {
         .args(role.to_args())
         .stdin(Stdio::null())
         .kill_on_drop(false);
+    crate::child_env::scrub(&mut cmd);
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
