@@ -20,11 +20,12 @@ fuzz_target!(|data: &[u8]| {
     };
     // A directory that does not exist: the bun wrapper lookup finds nothing.
     let release = Path::new("/nonexistent/tako-fuzz/release");
-    match manifest::parse(text, release) {
+    match manifest::parse(text, release, &|| release.join(manifest::WRAPPER)) {
         Ok(m) => {
             assert!(!m.argv.is_empty(), "an accepted manifest has a command");
             assert!(!m.runtime.trim().is_empty());
-            let _ = manifest::install_argv(&m, release);
+            let _ = manifest::install_argv(&m, false);
+            let _ = manifest::install_argv(&m, true);
         }
         Err(msg) => assert!(!msg.is_empty()),
     }

@@ -1,12 +1,40 @@
 //! The data-directory layout with owners and modes (state.md §7). Modes are set only on
-//! directories this server creates.
+//! directories this server creates. Below `apps/` the deploy user owns everything, so that
+//! part is reached through descriptors only ([`crate::beneath`]).
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
+use crate::beneath::{Dir, WalkError};
 use crate::users::Users;
+
+/// A deploy path that does not name a directory strictly below the app's releases.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleasePathError {
+    #[error("'{0}' must be absolute")]
+    NotAbsolute(String),
+    #[error("'{path}' must stay under '{root}'")]
+    OutsideRoot { path: String, root: String },
+    #[error(transparent)]
+    Refused(#[from] WalkError),
+}
+
+/// A release directory, open. Everything the master does in it goes through `dir`.
+#[derive(Debug)]
+pub struct Release {
+    /// The directory the app runs in: `releases/<version>[/<subdir>]`.
+    pub dir: Dir,
+    /// Its path below the configured data dir (for messages, the state and the launcher,
+    /// which resolves it as the app user).
+    pub path: PathBuf,
+    /// `releases/<version>`, the top of the release.
+    pub top: Dir,
+    /// The components from `top` to `dir`.
+    pub subdir: PathBuf,
+}
 
 /// Creates `path` with `mode` (and `owner` when root) unless it exists. Returns whether it
 /// was created.
@@ -56,6 +84,63 @@ impl DataDir {
         self.root.join("certs")
     }
 
+    /// `apps/`, opened from the root-owned data dir without following a symlink.
+    pub fn apps_dir(&self) -> Result<Dir, WalkError> {
+        Dir::open_trusted(&self.root)?.open_dir(OsStr::new("apps"))
+    }
+
+    /// `apps/<app>/releases`, reached through descriptors. The app name must be valid.
+    pub fn open_releases(&self, app: &str) -> Result<Dir, WalkError> {
+        self.apps_dir()?
+            .open_dir(OsStr::new(app))?
+            .open_dir(OsStr::new("releases"))
+    }
+
+    /// The part of `path` below `apps/<app>/releases`, by text alone: nothing is resolved.
+    /// The data dir may be named as configured or canonical; `.` and `..` are refused.
+    pub fn release_rel(&self, app: &str, path: &str) -> Result<PathBuf, ReleasePathError> {
+        let given = Path::new(path);
+        if !given.is_absolute() {
+            return Err(ReleasePathError::NotAbsolute(path.to_string()));
+        }
+        let configured = self.app_releases(app);
+        let outside = || ReleasePathError::OutsideRoot {
+            path: path.to_string(),
+            root: configured.display().to_string(),
+        };
+        // The data dir is root's: resolving it is safe, and old state stored canonical paths.
+        let canonical = fs::canonicalize(&self.root)
+            .ok()
+            .map(|r| r.join("apps").join(app).join("releases"));
+        let rel = std::iter::once(&configured)
+            .chain(canonical.iter())
+            .find_map(|root| given.strip_prefix(root).ok())
+            .ok_or_else(outside)?;
+        if rel.as_os_str().is_empty()
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(outside());
+        }
+        Ok(rel.components().collect())
+    }
+
+    /// Opens the release directory `path` of `app`: every component from the data dir down
+    /// is opened with `O_NOFOLLOW | O_DIRECTORY`, so a symlink anywhere is refused.
+    pub fn open_release(&self, app: &str, path: &str) -> Result<Release, ReleasePathError> {
+        let rel = self.release_rel(app, path)?;
+        let mut parts = rel.components();
+        let version = parts.next().map(|c| c.as_os_str()).unwrap_or_default();
+        let subdir: PathBuf = parts.collect();
+        let top = self.open_releases(app)?.open_dir(version)?;
+        let dir = top.walk(&subdir)?;
+        Ok(Release {
+            dir,
+            path: self.app_releases(app).join(&rel),
+            top,
+            subdir,
+        })
+    }
+
     /// Creates the fixed part of the layout at startup.
     pub fn prepare(&self, users: Option<&Users>) -> io::Result<()> {
         let deploy = users.map(|u| (u.deploy.uid, u.deploy.gid));
@@ -69,14 +154,14 @@ impl DataDir {
     }
 
     /// `apps/<app>/shared/logs`, owned by the deploy user so the CLI can tail and delete it.
-    pub fn prepare_app_logs(&self, app: &str, users: Option<&Users>) -> io::Result<PathBuf> {
+    /// Made through descriptors: a symlink the deploy user planted on the way is refused.
+    pub fn prepare_app_logs(&self, app: &str, users: Option<&Users>) -> Result<PathBuf, WalkError> {
         let deploy = users.map(|u| (u.deploy.uid, u.deploy.gid));
-        let app_dir = self.apps().join(app);
-        ensure_dir(&app_dir, 0o755, deploy)?;
-        ensure_dir(&app_dir.join("shared"), 0o755, deploy)?;
-        let logs = self.app_logs(app);
-        ensure_dir(&logs, 0o750, deploy)?;
-        Ok(logs)
+        self.apps_dir()?
+            .ensure_dir(OsStr::new(app), 0o755, deploy)?
+            .ensure_dir(OsStr::new("shared"), 0o755, deploy)?
+            .ensure_dir(OsStr::new("logs"), 0o750, deploy)?;
+        Ok(self.app_logs(app))
     }
 }
 

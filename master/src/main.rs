@@ -3,6 +3,7 @@
 
 mod acme;
 mod apps;
+mod beneath;
 mod boot;
 mod certs;
 mod child_env;

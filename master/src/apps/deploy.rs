@@ -2,7 +2,6 @@
 //! Every failure leaves the app exactly as it was.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -12,7 +11,9 @@ use super::events::describe_exit;
 use super::manifest;
 use super::ports::free_base;
 use super::registry::{App, AppConfig, Build, InstState};
+use super::release::Lease;
 use crate::core::{lock, unix_now, Master};
+use crate::datadir::Release;
 use crate::state::{ReleaseKind, StoredApp};
 
 pub const INSTALL_TIMEOUT_MS: u64 = 600_000;
@@ -129,21 +130,24 @@ impl Master {
         }
     }
 
-    /// Reads the manifest and runs the install step. Returns the argv.
+    /// Opens the release, reads the manifest and runs the install step. Returns the argv.
     async fn prepare_release(&self, req: &DeployRequest) -> Result<Vec<String>, String> {
-        let path = Path::new(&req.path);
-        let m = manifest::load(path).map_err(|d| format!("Invalid app release: {d}"))?;
-        if let Some(argv) = manifest::install_argv(&m, path) {
-            self.run_install(req, argv, m.runtime == "bun").await?;
+        let release = self
+            .data
+            .open_release(&req.app, &req.path)
+            .map_err(|e| format!("Invalid app release: {e}"))?;
+        let m = release
+            .manifest()
+            .map_err(|d| format!("Invalid app release: {d}"))?;
+        if let Some(argv) = manifest::install_argv(&m, release.has_bun_lockfile()) {
+            self.run_install(req, &release, argv, m.runtime == "bun")
+                .await?;
         }
-        if m.runtime == "bun" {
-            let wrapper = path.join("node_modules/tako.sh/src/wrapper.ts");
-            if !wrapper.exists() {
-                return Err(format!(
-                    "Invalid app release: Bun dependency install completed but '{}' is missing. Ensure package 'tako.sh' is installed.",
-                    wrapper.display()
-                ));
-            }
+        if m.runtime == "bun" && !release.has_wrapper() {
+            return Err(format!(
+                "Invalid app release: Bun dependency install completed but '{}' is missing. Ensure package 'tako.sh' is installed.",
+                release.path.join(manifest::WRAPPER).display()
+            ));
         }
         Ok(m.argv)
     }
@@ -151,6 +155,7 @@ impl Master {
     async fn run_install(
         &self,
         req: &DeployRequest,
+        release: &Release,
         argv: Vec<String>,
         bun_default: bool,
     ) -> Result<(), String> {
@@ -169,17 +174,15 @@ impl Master {
             request_id: 0,
             app: req.app.clone(),
             argv,
-            cwd: req.path.clone(),
+            cwd: release.path.display().to_string(),
             env,
             log_dir: log_dir.display().to_string(),
             timeout_ms: INSTALL_TIMEOUT_MS,
         };
-        let ownership = crate::apps::ops::ReleaseOwnership::hand_to_app(
-            self.users.as_ref(),
-            Path::new(&req.path),
-        );
+        let lease = Lease::lend(self.users.as_ref(), release)
+            .map_err(|e| format!("Invalid app release: {e}"))?;
         let result = self.launcher.install(spec).await;
-        ownership.give_back();
+        lease.give_back();
         let what = if custom {
             "Release dependency install"
         } else {

@@ -55,6 +55,11 @@ impl Master {
         build: Arc<Build>,
         replace_on_exit: bool,
     ) -> Result<(u32, oneshot::Receiver<Result<(), String>>), String> {
+        // Every start re-opens the release through descriptors: a reload, a replacement or
+        // a cold start after the deploy user swapped a directory for a symlink is refused.
+        self.data
+            .open_release(app, &build.path)
+            .map_err(|e| format!("Failed to spawn instance: release directory refused: {e}"))?;
         let log_dir = self
             .data
             .prepare_app_logs(app, self.users.as_ref())

@@ -30,23 +30,17 @@ pub struct Manifest {
     pub install: Option<String>,
 }
 
-/// Reads and resolves `<path>/app.json`. Errors are the detail after `Invalid app release: `.
-pub fn load(path: &Path) -> Result<Manifest, String> {
-    let file = path.join("app.json");
-    let shown = file.display();
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("missing deploy manifest {shown}"))
-        }
-        Err(e) => return Err(format!("failed to read deploy manifest {shown}: {e}")),
-    };
-    parse(&text, path)
-}
+/// The largest `app.json` read: a manifest is a few lines, and the deploy user writes it.
+pub const MANIFEST_LIMIT: u64 = 1 << 20;
 
-/// Resolves the text of `<path>/app.json`; pure apart from [`bun_wrapper`]'s lookup. Split
-/// from [`load`] so the fuzz target (fuzz/fuzz_targets/app_manifest.rs) can feed it text.
-pub fn parse(text: &str, path: &Path) -> Result<Manifest, String> {
+/// Resolves the text of `<path>/app.json`. Pure: `find_wrapper` is asked for the Bun
+/// wrapper's path only when the default Bun command needs it. The reading half lives with
+/// the release directory (`apps::release`), which reads through descriptors.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    find_wrapper: &dyn Fn() -> PathBuf,
+) -> Result<Manifest, String> {
     let file = path.join("app.json");
     let shown = file.display();
     let raw: RawManifest = serde_json::from_str(text)
@@ -68,7 +62,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, String> {
             "bun" => vec![
                 "bun".into(),
                 "run".into(),
-                bun_wrapper(path).display().to_string(),
+                find_wrapper().display().to_string(),
                 raw.main.clone(),
             ],
             "node" => vec!["node".into(), raw.main.clone()],
@@ -94,24 +88,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, String> {
     })
 }
 
-const WRAPPER: &str = "node_modules/tako.sh/src/wrapper.ts";
+pub const WRAPPER: &str = "node_modules/tako.sh/src/wrapper.ts";
 
-/// The first `node_modules/tako.sh/src/wrapper.ts` walking up from `path`.
-pub fn bun_wrapper(path: &Path) -> PathBuf {
-    path.ancestors()
-        .map(|dir| dir.join(WRAPPER))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| path.join(WRAPPER))
-}
-
-/// The install argv (§2), if any.
-pub fn install_argv(m: &Manifest, path: &Path) -> Option<Vec<String>> {
+/// The install argv (§2), if any. `has_lockfile`: the release has `bun.lockb` or `bun.lock`.
+pub fn install_argv(m: &Manifest, has_lockfile: bool) -> Option<Vec<String>> {
     if let Some(cmd) = &m.install {
         return Some(vec!["sh".into(), "-lc".into(), cmd.clone()]);
     }
     if m.runtime == "bun" {
         let mut argv = vec!["bun".to_string(), "install".into(), "--production".into()];
-        if path.join("bun.lockb").exists() || path.join("bun.lock").exists() {
+        if has_lockfile {
             argv.push("--frozen-lockfile".into());
         }
         return Some(argv);
@@ -119,79 +105,49 @@ pub fn install_argv(m: &Manifest, path: &Path) -> Option<Vec<String>> {
     None
 }
 
-pub fn release_info(path: &Path) -> ReleaseInfo {
-    std::fs::read_to_string(path.join("app.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+/// The informational fields of an `app.json` text; anything unreadable gives none.
+pub fn release_info(text: &[u8]) -> ReleaseInfo {
+    serde_json::from_slice(text).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn dir_with(manifest: &str) -> tempdir::TempDir {
-        let d = tempdir::TempDir::new();
-        std::fs::write(d.0.join("app.json"), manifest).unwrap();
-        d
-    }
-
-    mod tempdir {
-        pub struct TempDir(pub std::path::PathBuf);
-        impl TempDir {
-            pub fn new() -> TempDir {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static N: AtomicU32 = AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!(
-                    "tako-manifest-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::SeqCst)
-                ));
-                std::fs::create_dir_all(&p).unwrap();
-                TempDir(p)
-            }
-        }
-        impl Drop for TempDir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
+    fn load(text: &str) -> Result<Manifest, String> {
+        let path = Path::new("/srv/release");
+        parse(text, path, &|| path.join(WRAPPER))
     }
 
     #[test]
     fn start_replaces_main() {
-        let d = dir_with(r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#);
-        assert_eq!(load(&d.0).unwrap().argv, vec!["python3", "server.py"]);
+        let m = load(r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#);
+        assert_eq!(m.unwrap().argv, vec!["python3", "server.py"]);
     }
 
     #[test]
     fn defaults_per_runtime() {
-        let d = dir_with(r#"{"runtime":"node","main":"index.js"}"#);
-        assert_eq!(load(&d.0).unwrap().argv, vec!["node", "index.js"]);
-        let d = dir_with(r#"{"runtime":"deno","main":"m.ts","start":[]}"#);
-        assert_eq!(load(&d.0).unwrap().argv[0], "deno");
-        let d = dir_with(r#"{"runtime":"bun","main":"m.ts"}"#);
-        let argv = load(&d.0).unwrap().argv;
-        assert!(argv[2].ends_with("node_modules/tako.sh/src/wrapper.ts"));
+        let m = load(r#"{"runtime":"node","main":"index.js"}"#);
+        assert_eq!(m.unwrap().argv, vec!["node", "index.js"]);
+        let m = load(r#"{"runtime":"deno","main":"m.ts","start":[]}"#);
+        assert_eq!(m.unwrap().argv[0], "deno");
+        let argv = load(r#"{"runtime":"bun","main":"m.ts"}"#).unwrap().argv;
+        assert_eq!(argv[2], "/srv/release/node_modules/tako.sh/src/wrapper.ts");
     }
 
     #[test]
     fn errors() {
-        let d = dir_with(r#"{"runtime":"python","main":"x"}"#);
-        assert!(load(&d.0)
+        assert!(load(r#"{"runtime":"python","main":"x"}"#)
             .unwrap_err()
             .starts_with("unsupported runtime 'python' in deploy manifest"));
-        let d = dir_with(r#"{"runtime":" ","main":"x"}"#);
-        assert!(load(&d.0).unwrap_err().ends_with("has empty runtime field"));
-        let d = dir_with(r#"{"runtime":"node","main":""}"#);
-        assert!(load(&d.0).unwrap_err().ends_with("has empty main field"));
-        let d = dir_with(r#"{"main":"x"}"#);
-        assert!(load(&d.0)
+        assert!(load(r#"{"runtime":" ","main":"x"}"#)
+            .unwrap_err()
+            .ends_with("has empty runtime field"));
+        assert!(load(r#"{"runtime":"node","main":""}"#)
+            .unwrap_err()
+            .ends_with("has empty main field"));
+        assert!(load(r#"{"main":"x"}"#)
             .unwrap_err()
             .starts_with("failed to parse deploy manifest"));
-        let d = tempdir::TempDir::new();
-        assert!(load(&d.0)
-            .unwrap_err()
-            .starts_with("missing deploy manifest"));
     }
 }

@@ -8,5 +8,6 @@ pub mod idle;
 pub mod manifest;
 pub mod ops;
 pub mod ports;
+pub mod release;
 pub mod registry;
 pub mod restore;

@@ -2,66 +2,21 @@
 //! list_releases (instances.md §14, management-protocol.md §8.5-§8.13).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::deploy::DeployRequest;
 use super::manifest;
+use crate::beneath::{Kind, WalkError};
 use crate::core::{lock, Master};
+use crate::datadir::ReleasePathError;
 use crate::state::{ReleaseKind, ReleaseResult};
-use crate::users::Users;
 
-/// Hands a release directory to the app user for the install step and back to the deploy
-/// user afterwards (instances.md §2). A no-op without privilege separation.
-pub struct ReleaseOwnership {
-    path: PathBuf,
-    users: Option<Users>,
-}
-
-impl ReleaseOwnership {
-    pub fn hand_to_app(users: Option<&Users>, path: &Path) -> ReleaseOwnership {
-        if let Some(u) = users {
-            // lchown: never follow a symlink planted at the release path.
-            if let Err(e) = std::os::unix::fs::lchown(path, Some(u.app.uid), Some(u.app.gid)) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot hand the release directory to the app user");
-            }
-        }
-        ReleaseOwnership {
-            path: path.to_path_buf(),
-            users: users.cloned(),
-        }
-    }
-
-    pub fn give_back(self) {
-        let Some(u) = &self.users else { return };
-        let (deploy_uid, deploy_gid) = (u.deploy.uid, u.deploy.gid);
-        let app_uid = u.app.uid;
-        if let Err(e) = std::os::unix::fs::lchown(&self.path, Some(deploy_uid), Some(deploy_gid)) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot give the release directory back");
-        }
-        let mut stack = vec![self.path.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let p = entry.path();
-                let Ok(md) = std::fs::symlink_metadata(&p) else {
-                    continue;
-                };
-                if md.uid() == app_uid && !(md.is_file() && md.nlink() > 1) {
-                    let _ = std::os::unix::fs::lchown(&p, Some(deploy_uid), Some(deploy_gid));
-                }
-                if md.is_dir() {
-                    stack.push(p);
-                }
-            }
-        }
-    }
-}
+/// At most this many entries of `releases/` are read for a listing.
+const MAX_LISTED_RELEASES: usize = 10_000;
 
 impl Master {
     pub fn app_exists(&self, app: &str) -> bool {
@@ -210,116 +165,116 @@ impl Master {
         )
     }
 
-    /// Builds the deploy request of a rollback from the stored config (§8.5).
+    /// Builds the deploy request of a rollback from the stored config (§8.5). The target
+    /// release is opened like a deploy's path: a symlink on the way is refused.
     pub fn rollback_request(&self, app: &str, version: &str) -> Result<DeployRequest, String> {
-        let reg = lock(&self.apps);
-        let a = reg
-            .visible(app)
-            .ok_or_else(|| format!("App not found: {app}"))?;
-        if a.config.routes.is_empty() {
-            return Err(format!("Cannot rollback '{app}': no routes are configured"));
-        }
-        let releases = self.data.app_releases(app);
-        let current_root = releases.join(&a.config.version);
-        let subdir = Path::new(&a.config.path)
-            .strip_prefix(&current_root)
-            .ok()
-            .map(Path::to_path_buf)
-            .or_else(|| {
-                // The stored path is canonical; the root may not be.
-                std::fs::canonicalize(&current_root).ok().and_then(|root| {
-                    Path::new(&a.config.path)
-                        .strip_prefix(root)
-                        .ok()
-                        .map(Path::to_path_buf)
-                })
-            })
-            .unwrap_or_default();
-        let target = releases.join(version).join(subdir);
-        if !target.is_dir() {
-            return Err(format!("Release '{version}' not found for app '{app}'"));
-        }
-        let path = std::fs::canonicalize(&target)
-            .map_err(|_| format!("Release '{version}' not found for app '{app}'"))?
-            .display()
-            .to_string();
-        let route_keys = a
-            .config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                tako_ipc::route::parse_route(r)
-                    .ok()
-                    .map(|p| p.identity_key())
-            })
-            .collect();
-        Ok(DeployRequest {
-            app: app.to_string(),
-            version: version.to_string(),
-            path,
-            routes: a.config.routes.clone(),
-            route_keys,
-            env: a.config.env.clone(),
-            instances: a.config.min_instances,
-            idle_timeout: a.config.idle_timeout_secs,
-            kind: ReleaseKind::Rollback,
-        })
-    }
-
-    /// `list_releases` (§8.13).
-    pub async fn list_releases(&self, app: &str) -> Result<Value, String> {
-        let (current, subdir) = {
+        let (config_path, routes, route_keys, env, instances, idle_timeout) = {
             let reg = lock(&self.apps);
             let a = reg
                 .visible(app)
                 .ok_or_else(|| format!("App not found: {app}"))?;
-            let root = self.data.app_releases(app).join(&a.config.version);
-            let root = std::fs::canonicalize(&root).unwrap_or(root);
-            let sub = Path::new(&a.config.path)
-                .strip_prefix(&root)
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            (a.config.version.clone(), sub)
+            if a.config.routes.is_empty() {
+                return Err(format!("Cannot rollback '{app}': no routes are configured"));
+            }
+            let route_keys = a
+                .config
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    tako_ipc::route::parse_route(r)
+                        .ok()
+                        .map(|p| p.identity_key())
+                })
+                .collect();
+            (
+                a.config.path.clone(),
+                a.config.routes.clone(),
+                route_keys,
+                a.config.env.clone(),
+                a.config.min_instances,
+                a.config.idle_timeout_secs,
+            )
         };
-        let dir = self.data.app_releases(app);
+        let target = self
+            .data
+            .app_releases(app)
+            .join(version)
+            .join(self.release_subdir(app, &config_path));
+        let target = target.display().to_string();
+        match self.data.open_release(app, &target) {
+            Ok(_) => {}
+            Err(ReleasePathError::Refused(e)) if e.is_missing() => {
+                return Err(format!("Release '{version}' not found for app '{app}'"))
+            }
+            Err(ReleasePathError::Refused(WalkError::NotDirectory(_))) => {
+                return Err(format!("Release '{version}' not found for app '{app}'"))
+            }
+            Err(e) => return Err(format!("Invalid release path: {e}")),
+        }
+        Ok(DeployRequest {
+            app: app.to_string(),
+            version: version.to_string(),
+            path: target,
+            routes,
+            route_keys,
+            env,
+            instances,
+            idle_timeout,
+            kind: ReleaseKind::Rollback,
+        })
+    }
+
+    /// The part of the app's release path below `releases/<version>` (a monorepo app runs
+    /// in a subdirectory of its release); empty when the stored path has none.
+    fn release_subdir(&self, app: &str, stored: &str) -> PathBuf {
+        self.data
+            .release_rel(app, stored)
+            .map(|rel| rel.components().skip(1).collect())
+            .unwrap_or_default()
+    }
+
+    /// `list_releases` (§8.13). Only real directories below the app's `releases` are listed,
+    /// read through descriptors.
+    pub async fn list_releases(&self, app: &str) -> Result<Value, String> {
+        let (current, stored) = {
+            let reg = lock(&self.apps);
+            let a = reg
+                .visible(app)
+                .ok_or_else(|| format!("App not found: {app}"))?;
+            (a.config.version.clone(), a.config.path.clone())
+        };
+        let subdir = self.release_subdir(app, &stored);
         let history = self
             .store
             .releases(app.to_string())
             .await
             .unwrap_or_default();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(json!({"app": app, "releases": []}))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "Failed to read releases directory '{}': {e}",
-                    dir.display()
-                ))
-            }
+        let releases = match self.data.open_releases(app) {
+            Ok(d) => d,
+            Err(e) if e.is_missing() => return Ok(json!({"app": app, "releases": []})),
+            Err(e) => return Err(format!("Failed to read releases directory: {e}")),
         };
+        let entries = releases
+            .entries(MAX_LISTED_RELEASES)
+            .map_err(|e| format!("Failed to read releases directory: {e}"))?;
         let mut rows: Vec<(Option<u64>, String, Value)> = Vec::new();
-        for entry in entries.flatten() {
-            let Ok(ft) = entry.file_type() else { continue };
-            if !ft.is_dir() {
+        for (name, kind, st) in entries {
+            if kind != Kind::Dir {
                 continue;
             }
-            let version = entry.file_name().to_string_lossy().into_owned();
+            let version = name.to_string_lossy().into_owned();
             let deployed = history
                 .iter()
                 .filter(|r| r.version == version && r.result == ReleaseResult::Success)
                 .map(|r| r.deployed_at_unix_secs)
                 .max()
-                .or_else(|| {
-                    entry
-                        .metadata()
-                        .ok()
-                        .and_then(|m| m.modified().ok())
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs())
-                });
-            let info = manifest::release_info(&entry.path().join(&subdir));
+                .or_else(|| u64::try_from(st.st_mtime).ok());
+            let info = releases
+                .open_dir(&name)
+                .and_then(|d| d.walk(&subdir))
+                .and_then(|d| d.read_file(OsStr::new("app.json"), manifest::MANIFEST_LIMIT))
+                .map(|b| manifest::release_info(&b))
+                .unwrap_or_default();
             rows.push((
                 deployed,
                 version.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::ports::{free_base, is_valid_base};
 use super::registry::{App, AppConfig, Registry};
 use crate::core::{lock, unix_now, Master};
+use crate::datadir::ReleasePathError;
 use crate::state::StoredApp;
 
 /// Phase 1: builds the registry. Returns it with the port bases that must be persisted.
@@ -104,8 +105,15 @@ async fn restore_app(master: &Arc<Master>, app: &str) {
         (a.config.build(), a.config.min_instances)
     };
     let mut failed = None;
-    if !std::path::Path::new(&build.path).is_dir() {
-        failed = Some(format!("release directory {} is missing", build.path));
+    // The stored path is opened like a deploy's: the release may have been swapped for a
+    // symlink while the server was down.
+    if let Err(e) = master.data.open_release(app, &build.path) {
+        failed = Some(match e {
+            ReleasePathError::Refused(w) if w.is_missing() => {
+                format!("release directory {} is missing", build.path)
+            }
+            e => format!("release directory refused: {e}"),
+        });
     } else {
         for _ in 0..count {
             match master.spawn_instance(app, build.clone(), true) {

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use tako_ipc::route::{parse_route, RouteError, RoutePattern};
 
+use crate::beneath::WalkError;
+use crate::datadir::{DataDir, ReleasePathError};
+
 use super::protocol::{DeployRequest, Request};
 
 pub const MAX_APP_NAME_LEN: usize = 63;
@@ -46,6 +49,9 @@ pub enum ValidationError {
     PathNotDirectory(String),
     #[error("Invalid release path: '{path}' must stay under '{root}'")]
     PathOutsideRoot { path: String, root: String },
+    /// A symlink or another entry that must not be followed; the text names it and why.
+    #[error("Invalid release path: {0}")]
+    PathRefused(String),
 
     #[error("Deploy rejected: instances must be at most 32")]
     TooManyInstances,
@@ -103,7 +109,7 @@ impl ValidRoutes {
 pub struct ValidDeploy {
     pub app: String,
     pub version: String,
-    /// Canonical release directory, strictly below `<data-dir>/apps/<app>/releases`.
+    /// Release directory strictly below `<data-dir>/apps/<app>/releases`, as reached there.
     pub path: PathBuf,
     pub routes: ValidRoutes,
     pub env: BTreeMap<String, String>,
@@ -171,33 +177,29 @@ pub fn releases_root(data_dir: &Path, app: &str) -> PathBuf {
     data_dir.join("apps").join(app).join("releases")
 }
 
-/// Checks a deploy `path` and returns it canonicalized. Both the path and the releases root
-/// are canonicalized (symlinks resolved) and compared component-wise, so `..`, a symlink out
-/// of the tree or a sibling like `releases-x` cannot pass. The app name must already be valid.
+/// Checks a deploy `path` and returns it as it is below the configured data dir. The path
+/// is split by text alone (no `.` or `..`, strictly below the releases root), then opened
+/// one component at a time from the data dir without following a symlink: the deploy user
+/// owns that tree, and a name there must never lead root elsewhere. The app name must
+/// already be valid.
 pub fn validate_release_path(
     data_dir: &Path,
     app: &str,
     path: &str,
 ) -> Result<PathBuf, ValidationError> {
-    let given = Path::new(path);
-    if !given.is_absolute() {
-        return Err(ValidationError::PathNotAbsolute(path.to_string()));
-    }
-    let canonical = match std::fs::canonicalize(given) {
-        Ok(c) if c.is_dir() => c,
-        _ => return Err(ValidationError::PathNotDirectory(path.to_string())),
+    let data = DataDir {
+        root: data_dir.to_path_buf(),
     };
-    let root = releases_root(data_dir, app);
-    let outside = |root: &Path| ValidationError::PathOutsideRoot {
-        path: path.to_string(),
-        root: root.display().to_string(),
-    };
-    // A missing root has nothing below it.
-    let root = std::fs::canonicalize(&root).map_err(|_| outside(&root))?;
-    if canonical != root && canonical.starts_with(&root) {
-        Ok(canonical)
-    } else {
-        Err(outside(&root))
+    match data.open_release(app, path) {
+        Ok(release) => Ok(release.path),
+        Err(ReleasePathError::NotAbsolute(p)) => Err(ValidationError::PathNotAbsolute(p)),
+        Err(ReleasePathError::OutsideRoot { path, root }) => {
+            Err(ValidationError::PathOutsideRoot { path, root })
+        }
+        Err(ReleasePathError::Refused(WalkError::Missing(_) | WalkError::NotDirectory(_))) => {
+            Err(ValidationError::PathNotDirectory(path.to_string()))
+        }
+        Err(ReleasePathError::Refused(e)) => Err(ValidationError::PathRefused(e.to_string())),
     }
 }
 
@@ -276,7 +278,7 @@ pub fn validate_upgrade_owner(owner: &str) -> Result<(), ValidationError> {
 }
 
 /// Every §6 check of a deploy, in order: app name, version, path, instances, routes, env.
-/// Touches the file system (canonicalize), so callers on the runtime may prefer
+/// Touches the file system (opens the release), so callers on the runtime may prefer
 /// `spawn_blocking`.
 pub fn validate_deploy(
     data_dir: &Path,
@@ -436,15 +438,29 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("escape")).expect("symlink");
         std::os::unix::fs::symlink(&v1, root.join("alias")).expect("symlink");
         std::fs::create_dir_all(data.join("apps/web/releases-x/v1")).expect("mkdir");
-        let croot = std::fs::canonicalize(&root).expect("canon");
         let s = |p: &Path| p.display().to_string();
 
+        assert_eq!(validate_release_path(&data, "web", &s(&v1)), Ok(v1.clone()));
         assert_eq!(
-            validate_release_path(&data, "web", &s(&v1)),
-            Ok(std::fs::canonicalize(&v1).expect("canon"))
+            validate_release_path(&data, "web", &format!("{}/", s(&v1))),
+            Ok(v1.clone())
         );
         assert!(validate_release_path(&data, "web", &s(&v1.join("sub"))).is_ok());
-        assert!(validate_release_path(&data, "web", &s(&root.join("alias"))).is_ok());
+        // A symlink is refused wherever it is, even one that stays inside.
+        for link in [root.join("alias"), root.join("escape")] {
+            assert_eq!(
+                msg(validate_release_path(&data, "web", &s(&link))),
+                format!("Invalid release path: '{}' is a symbolic link", s(&link))
+            );
+        }
+        std::fs::rename(&root, data.join("apps/web/moved")).expect("move");
+        std::os::unix::fs::symlink(data.join("apps/web/moved"), &root).expect("symlink");
+        assert_eq!(
+            msg(validate_release_path(&data, "web", &s(&v1))),
+            format!("Invalid release path: '{}' is a symbolic link", s(&root))
+        );
+        std::fs::remove_file(&root).expect("unlink");
+        std::fs::rename(data.join("apps/web/moved"), &root).expect("move back");
 
         assert_eq!(
             msg(validate_release_path(&data, "web", "releases/v1")),
@@ -466,7 +482,7 @@ mod tests {
         );
         let outside_cases = [
             s(&root),
-            s(&root.join("escape")),
+            format!("{}/../v1", s(&v1)),
             format!("{}/../../../../../outside", s(&v1)),
             s(&data.join("apps/web/releases-x/v1")),
             s(&outside),
@@ -474,10 +490,7 @@ mod tests {
         for p in outside_cases {
             assert_eq!(
                 msg(validate_release_path(&data, "web", &p)),
-                format!(
-                    "Invalid release path: '{p}' must stay under '{}'",
-                    s(&croot)
-                ),
+                format!("Invalid release path: '{p}' must stay under '{}'", s(&root)),
             );
         }
         // Another app's releases are outside this app's root.

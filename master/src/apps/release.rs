@@ -1,0 +1,127 @@
+//! What the master does inside a release directory, all through the descriptor it opened
+//! ([`crate::datadir::Release`]): read `app.json`, look for the Bun files, and lend the
+//! directory to the app user for the install step.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use super::manifest::{self, Manifest, MANIFEST_LIMIT, WRAPPER};
+use crate::beneath::WalkError;
+use crate::datadir::Release;
+use crate::users::Users;
+
+/// How far the hand-back after an install walks: a dependency tree is large but finite,
+/// and an app that keeps creating files must not keep the master busy forever.
+const GIVE_BACK_MAX_ENTRIES: usize = 2_000_000;
+const GIVE_BACK_MAX_DEPTH: usize = 256;
+
+impl Release {
+    /// Reads and resolves `app.json`. Errors are the detail after `Invalid app release: `.
+    pub fn manifest(&self) -> Result<Manifest, String> {
+        let shown = self.path.join("app.json");
+        let bytes = match self.dir.read_file(OsStr::new("app.json"), MANIFEST_LIMIT) {
+            Ok(b) => b,
+            Err(WalkError::Missing(_)) => {
+                return Err(format!("missing deploy manifest {}", shown.display()))
+            }
+            Err(e) => return Err(format!("deploy manifest {e}")),
+        };
+        let text = String::from_utf8(bytes).map_err(|_| {
+            format!(
+                "failed to read deploy manifest {}: not UTF-8 text",
+                shown.display()
+            )
+        })?;
+        manifest::parse(&text, &self.path, &|| self.bun_wrapper())
+    }
+
+    /// The first `node_modules/tako.sh/src/wrapper.ts` from the app's directory up to the
+    /// top of the release (a monorepo keeps `node_modules` above the app). Nothing above
+    /// the release is looked at.
+    pub fn bun_wrapper(&self) -> PathBuf {
+        let parts: Vec<&OsStr> = self.subdir.iter().collect();
+        for depth in (0..=parts.len()).rev() {
+            let rel: PathBuf = parts[..depth].iter().collect();
+            if self.top.has_file(&rel.join(WRAPPER)) {
+                return self.path_at(depth).join(WRAPPER);
+            }
+        }
+        self.path.join(WRAPPER)
+    }
+
+    /// Whether the app's directory holds the Bun wrapper itself.
+    pub fn has_wrapper(&self) -> bool {
+        self.dir.has_file(Path::new(WRAPPER))
+    }
+
+    /// Whether the app's directory has a Bun lockfile.
+    pub fn has_bun_lockfile(&self) -> bool {
+        self.dir.has_file(Path::new("bun.lockb")) || self.dir.has_file(Path::new("bun.lock"))
+    }
+
+    /// The path of the directory `depth` components below the top of the release.
+    fn path_at(&self, depth: usize) -> PathBuf {
+        let up = self.subdir.iter().count() - depth;
+        let mut p = self.path.clone();
+        for _ in 0..up {
+            p.pop();
+        }
+        p
+    }
+}
+
+/// The release directory lent to the app user for the install step, and given back after
+/// it. Both ends go through the held descriptor; a no-op without privilege separation.
+pub struct Lease<'a> {
+    release: &'a Release,
+    users: Option<Users>,
+}
+
+impl<'a> Lease<'a> {
+    /// Lends the app's directory to the app user. It must belong to the deploy user: root
+    /// hands nothing else to the app.
+    pub fn lend(users: Option<&Users>, release: &'a Release) -> Result<Lease<'a>, String> {
+        if let Some(u) = users {
+            let st = release.dir.stat().map_err(|e| e.to_string())?;
+            if st.st_uid != u.deploy.uid {
+                return Err(format!(
+                    "'{}' belongs to uid {}, not to the deploy user (uid {}); its install step does not run",
+                    release.path.display(),
+                    st.st_uid,
+                    u.deploy.uid
+                ));
+            }
+            release
+                .dir
+                .chown(u.app.uid, u.app.gid)
+                .map_err(|e| format!("cannot lend the release directory to the app user: {e}"))?;
+        }
+        Ok(Lease {
+            release,
+            users: users.cloned(),
+        })
+    }
+
+    /// Gives the directory and whatever the app user made in it back to the deploy user.
+    pub fn give_back(self) {
+        let Some(u) = &self.users else { return };
+        let dir = &self.release.dir;
+        let deploy = (u.deploy.uid, u.deploy.gid);
+        if let Err(e) = dir.chown(deploy.0, deploy.1) {
+            tracing::warn!(path = %self.release.path.display(), error = %e, "cannot give the release directory back");
+        }
+        match dir.give_tree(
+            u.app.uid,
+            deploy,
+            GIVE_BACK_MAX_ENTRIES,
+            GIVE_BACK_MAX_DEPTH,
+        ) {
+            Ok(n) => {
+                tracing::debug!(path = %self.release.path.display(), entries = n, "install output given back to the deploy user")
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.release.path.display(), error = %e, "cannot give the install output back")
+            }
+        }
+    }
+}
