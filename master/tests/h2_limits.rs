@@ -580,3 +580,44 @@ fn h2_continuation_flood_is_cut_off() {
     );
     h2_get_works(&server);
 }
+
+#[test]
+fn h2_oversized_header_list_is_refused() {
+    let server = server_with("10000,60000,60000");
+    let mut c = connect(&server);
+    c.start();
+    c.server_settings();
+    // 70 KiB of one header, past the 64 KiB header-list limit, in HEADERS + CONTINUATION.
+    let big = "a".repeat(70 * 1024);
+    let block = request_block("GET", "/", HOST, &[("x-big", &big)]);
+    let pieces: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        let (kind, mut flags) = if i == 0 {
+            (HEADERS, END_STREAM)
+        } else {
+            (CONTINUATION, 0)
+        };
+        if last {
+            flags |= END_HEADERS;
+        }
+        out.extend(frame_bytes(kind, flags, 1, piece));
+    }
+    c.send(&out).expect("send the header block");
+    let answer = c.wait_for(Duration::from_secs(8), "the refusal", true, |n| match n {
+        Next::Frame(f) if f.stream == 1 && f.kind == HEADERS => Some(f.payload.clone()),
+        _ => None,
+    });
+    // `:status: 431`, its value plain or Huffman-coded (0x69 0x90 0xff is "431").
+    let is_431 = |w: &[u8]| w == b"431" || w == [0x69, 0x90, 0xff];
+    assert!(answer.windows(3).any(is_431), "a 431 answer: {answer:?}");
+    // The connection goes on.
+    c.request(3, "GET", "/next", &[], true);
+    let next = c.stream_end(
+        3,
+        Duration::from_secs(10),
+        "the next request on the connection",
+    );
+    assert_ne!(next.kind, RST_STREAM, "{next:?}");
+}
