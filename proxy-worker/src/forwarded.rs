@@ -111,8 +111,19 @@ pub fn effective_https(headers: &HeaderMap, tls: bool, trusted: bool, hostname: 
     is_private_host(hostname) && xff_present && !has_proto_info(headers)
 }
 
-/// Rewrites the forwarded headers of a request about to go upstream.
-/// `request_host` is the host as received (port kept).
+/// The host a request was routed by cannot be a header value. Not reachable with a host
+/// that came from a parsed request, but checked rather than assumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request host is not a valid header value")]
+pub struct UnsendableHost;
+
+/// Rewrites `Host` and the forwarded headers of a request about to go upstream.
+/// `routed_host` is the host the request was routed by, as received (port kept).
+///
+/// `Host` becomes `routed_host` whatever the client sent (RFC 9112 §3.2.2: an absolute-form
+/// target's authority replaces `Host`; in HTTP/2 `:authority` wins over `host`): the app and
+/// the cache key must agree on the host, or one request could have a page made for one host
+/// stored under another.
 ///
 /// Each of these names is looked up once (an entry), not once to read and again to write:
 /// hashing a name `http` does not know costs a pass over its bytes.
@@ -121,14 +132,21 @@ pub fn apply(
     conn: &ConnInfo,
     trusted: bool,
     https: bool,
-    request_host: &str,
-) {
-    // Usually the Host header itself: its value is shared, not copied.
-    let host = headers
-        .get(HOST)
-        .filter(|v| v.as_bytes() == request_host.as_bytes())
-        .cloned()
-        .or_else(|| HeaderValue::from_str(request_host).ok());
+    routed_host: &str,
+) -> Result<(), UnsendableHost> {
+    // Usually the Host header already says it: its value is kept and shared, not copied.
+    let host = match headers.entry(HOST) {
+        Entry::Occupied(mut given) => {
+            if given.get().as_bytes() != routed_host.as_bytes() {
+                // `insert` also drops any further values.
+                given.insert(HeaderValue::from_str(routed_host).map_err(|_| UnsendableHost)?);
+            }
+            given.get().clone()
+        }
+        Entry::Vacant(slot) => slot
+            .insert(HeaderValue::from_str(routed_host).map_err(|_| UnsendableHost)?)
+            .clone(),
+    };
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Occupied(mut list) => {
             let prev = if trusted {
@@ -164,18 +182,11 @@ pub fn apply(
     headers.insert(X_FORWARDED_PROTO.clone(), proto);
     match headers.entry(&X_FORWARDED_HOST) {
         Entry::Occupied(_) if trusted => {}
-        Entry::Occupied(mut given) => match host {
-            Some(host) => {
-                given.insert(host);
-            }
-            None => {
-                given.remove();
-            }
-        },
+        Entry::Occupied(mut given) => {
+            given.insert(host);
+        }
         Entry::Vacant(slot) => {
-            if let Some(host) = host {
-                slot.insert(host);
-            }
+            slot.insert(host);
         }
     }
     if !trusted {
@@ -183,6 +194,7 @@ pub fn apply(
         headers.remove(&X_REAL_IP);
         headers.remove(&X_FORWARDED_PORT);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -308,7 +320,8 @@ mod tests {
             false,
             false,
             "Example.com:8080",
-        );
+        )
+        .unwrap();
         assert_eq!(m["x-forwarded-for"], "203.0.113.5");
         assert_eq!(m["x-forwarded-proto"], "http");
         assert_eq!(m["x-forwarded-host"], "Example.com:8080");
@@ -327,7 +340,7 @@ mod tests {
             ("x-real-ip", "1.1.1.1"),
             ("x-forwarded-port", "443"),
         ]);
-        apply(&mut m, &conn("::ffff:127.0.0.1"), true, true, "e.com");
+        apply(&mut m, &conn("::ffff:127.0.0.1"), true, true, "e.com").unwrap();
         assert_eq!(m["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(m.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(m["x-forwarded-proto"], "https");
@@ -336,9 +349,41 @@ mod tests {
         assert_eq!(m["x-real-ip"], "1.1.1.1");
         assert_eq!(m["x-forwarded-port"], "443");
         let mut m = HeaderMap::new();
-        apply(&mut m, &conn("::1"), true, false, "e.com");
+        apply(&mut m, &conn("::1"), true, false, "e.com").unwrap();
+        assert_eq!(m["host"], "e.com");
         assert_eq!(m["x-forwarded-for"], "::1");
         assert_eq!(m["x-forwarded-host"], "e.com");
         assert_eq!(m["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn host_is_the_routed_host_whatever_the_client_sent() {
+        for (given, trusted) in [
+            (&["evil.example"][..], false),
+            (&["evil.example"][..], true),
+            (&["evil.example", "other.example"][..], false),
+            (&[][..], false),
+            (&["B.com:8"][..], false),
+        ] {
+            let mut m = HeaderMap::new();
+            for g in given {
+                m.append(HOST, HeaderValue::from_str(g).unwrap());
+            }
+            apply(&mut m, &conn("203.0.113.5"), trusted, true, "b.com:8").unwrap();
+            assert_eq!(m.get_all(HOST).iter().count(), 1, "{given:?}");
+            assert_eq!(m[HOST], "b.com:8", "{given:?}");
+            assert_eq!(m["x-forwarded-host"], "b.com:8", "{given:?}");
+        }
+        // A trusted proxy's X-Forwarded-Host is its own account of the original host.
+        let mut m = h(&[("host", "evil.example"), ("x-forwarded-host", "orig.com")]);
+        apply(&mut m, &conn("10.0.0.1"), true, true, "b.com").unwrap();
+        assert_eq!(m[HOST], "b.com");
+        assert_eq!(m["x-forwarded-host"], "orig.com");
+        for bad in ["a\nb", "a\u{7f}b"] {
+            assert_eq!(
+                apply(&mut HeaderMap::new(), &conn("10.0.0.1"), false, true, bad),
+                Err(UnsendableHost)
+            );
+        }
     }
 }

@@ -9,7 +9,8 @@ use http::{Request, Version};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHost {
-    /// As received, port kept: for `X-Forwarded-Host`.
+    /// As received, port kept: the `Host` and `X-Forwarded-Host` sent upstream and the
+    /// host of the cache key, so the app never sees a host the request was not routed by.
     pub received: HostText,
     /// Lower-cased, port and trailing dot removed, IPv6 brackets kept.
     pub hostname: HostText,
@@ -111,6 +112,9 @@ impl fmt::Display for HostText {
 }
 
 /// Finds the request host. `None` is a 400: missing, duplicated, empty or unreadable.
+///
+/// An absolute-form target's authority (HTTP/1) and `:authority` (HTTP/2) win over the
+/// `Host` header, which then only has to be there once (HTTP/1) and readable.
 pub fn request_host<B>(req: &Request<B>) -> Option<RequestHost> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let first = hosts.next();
@@ -220,12 +224,19 @@ mod tests {
         let h = request_host(&req(Version::HTTP_11, "http://b.com:8/x", &["a.com"])).unwrap();
         assert_eq!(h.hostname, "b.com");
         assert_eq!(h.received, "b.com:8");
+        let h = request_host(&req(Version::HTTP_11, "http://u@b.com/x", &["a.com"])).unwrap();
+        assert_eq!(h.received, "b.com", "userinfo is not part of the host");
     }
 
     #[test]
     fn http2_uses_authority_then_host() {
         let h = request_host(&req(Version::HTTP_2, "https://b.com/x", &[])).unwrap();
         assert_eq!(h.hostname, "b.com");
+        let h = request_host(&req(Version::HTTP_2, "https://b.com/x", &["evil.com"])).unwrap();
+        assert_eq!(
+            (h.hostname.as_str(), h.received.as_str()),
+            ("b.com", "b.com")
+        );
         let h = request_host(&req(Version::HTTP_2, "/x", &["c.com"])).unwrap();
         assert_eq!(h.hostname, "c.com");
         assert_eq!(request_host(&req(Version::HTTP_2, "/x", &[])), None);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::UPGRADE;
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
 use tako_ipc::cidr::{any_contains, canonical_ip};
 
@@ -275,21 +275,17 @@ async fn proxy(
     if let Some(proto) = &upgrade {
         tunnel::restore_headers(&mut headers, proto);
     }
-    forwarded::apply(
+    // `Host` upstream is the host the request was routed by, the one its cache key names.
+    if forwarded::apply(
         &mut headers,
         ctx.conn,
         ctx.trusted,
         ctx.https,
         &ctx.host.received,
-    );
-    if !headers.contains_key(HOST) {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 upstream needs it as a header.
-        match HeaderValue::from_str(&ctx.host.received) {
-            Ok(v) => {
-                headers.insert(HOST, v);
-            }
-            Err(_) => return Proxied::Own(Canned::BadRequest.response(head)),
-        }
+    )
+    .is_err()
+    {
+        return Proxied::Own(Canned::BadRequest.response(head));
     }
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     // Only a body needs the hand-over state; most requests have none.
