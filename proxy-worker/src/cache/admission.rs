@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use http::header::{
-    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPIRES, UPGRADE,
+    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, DATE, EXPIRES,
+    UPGRADE,
 };
 use http::{Method, StatusCode};
 
@@ -37,6 +38,13 @@ pub fn request_eligibility(method: &Method, headers: &HeaderMap) -> Eligibility 
     Eligibility::Eligible
 }
 
+/// Whether the request carries credentials (`Cookie` or `Authorization`, any value). Its
+/// answer may be made for that user alone, so only an answer that says `public` is shared
+/// with it or from it.
+pub fn credentialed(headers: &HeaderMap) -> bool {
+    headers.contains_key(COOKIE) || headers.contains_key(AUTHORIZATION)
+}
+
 /// Methods whose success invalidates (§7): all but the safe ones.
 pub fn invalidates(method: &Method) -> bool {
     !matches!(
@@ -56,10 +64,8 @@ pub enum Refusal {
     MalformedCacheControl,
     #[error("response sets a cookie")]
     SetCookie,
-    #[error(
-        "request had Authorization and the response lacks public, s-maxage or must-revalidate"
-    )]
-    Authorization,
+    #[error("request had Cookie or Authorization and the response does not say public")]
+    Credentials,
     #[error("no explicit freshness above 0 s")]
     NoFreshness,
     #[error("Age header is invalid")]
@@ -78,6 +84,8 @@ pub struct Freshness {
     pub lifetime: Duration,
     /// Upstream `Age`, before the transit time is added.
     pub upstream_age: Duration,
+    /// `Cache-Control: public`: the entry may be served to requests with credentials.
+    pub public: bool,
 }
 
 /// Applies rules 1-7 of §4 (the ones decidable from the head) to a response to a GET.
@@ -104,10 +112,11 @@ pub fn admit(
     if headers.contains_key(http::header::SET_COOKIE) || headers.contains_key(&SET_COOKIE2) {
         return Err(Refusal::SetCookie);
     }
-    if req_headers.contains_key(AUTHORIZATION)
-        && !(cc.public || cc.must_revalidate || cc.s_maxage != Delta::Absent)
-    {
-        return Err(Refusal::Authorization);
+    // Stricter than RFC 9111 §3.5, which also lets `s-maxage` and `must-revalidate` through
+    // for Authorization: an app that sets either for its CDN still may not mean "the same
+    // for every user", and a cookie-personalized page is the common leak.
+    if credentialed(req_headers) && !cc.public {
+        return Err(Refusal::Credentials);
     }
     let lifetime = lifetime(&cc, headers, now_unix).ok_or(Refusal::NoFreshness)?;
     if lifetime.is_zero() {
@@ -126,6 +135,7 @@ pub fn admit(
     Ok(Freshness {
         lifetime,
         upstream_age,
+        public: cc.public,
     })
 }
 
@@ -312,13 +322,39 @@ mod tests {
     }
 
     #[test]
-    fn rule4_authorization() {
-        let req = h(&[("authorization", "Bearer x")]);
-        let r = |cc: &'static str| admit(&req, StatusCode::OK, &h(&[("cache-control", cc)]), NOW);
-        assert_eq!(r("max-age=60"), Err(Refusal::Authorization));
-        assert!(r("public, max-age=60").is_ok());
-        assert!(r("s-maxage=60").is_ok());
-        assert!(r("max-age=60, must-revalidate").is_ok());
+    fn rule4_credentials_need_public() {
+        for (name, value) in [
+            ("authorization", "Bearer x"),
+            ("cookie", "s=1"),
+            ("cookie", ""),
+        ] {
+            let req = h(&[(name, value)]);
+            assert!(credentialed(&req), "{name}");
+            let r =
+                |cc: &'static str| admit(&req, StatusCode::OK, &h(&[("cache-control", cc)]), NOW);
+            for cc in [
+                "max-age=60",
+                "s-maxage=60",
+                "max-age=60, must-revalidate",
+                "max-age=60, x-public",
+            ] {
+                assert_eq!(r(cc), Err(Refusal::Credentials), "{name}: {cc}");
+            }
+            let f = r("PUBLIC, max-age=60").expect("public is stored");
+            assert!(f.public);
+            assert_eq!(
+                r("public"),
+                Err(Refusal::NoFreshness),
+                "public is not freshness"
+            );
+        }
+        assert!(!credentialed(&h(&[("x-cookie", "s=1")])));
+        assert!(!ok(&[("cache-control", "max-age=60")]).unwrap().public);
+        assert!(
+            ok(&[("cache-control", "public, max-age=60")])
+                .unwrap()
+                .public
+        );
     }
 
     #[test]

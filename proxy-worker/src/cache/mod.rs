@@ -132,11 +132,15 @@ impl Cache {
             Eligibility::Eligible => {
                 let key = primary_key(https, &host, target);
                 let head = method == Method::HEAD;
+                let credentialed = admission::credentialed(headers);
                 let mut waited = false;
                 loop {
                     let now = Instant::now();
                     let found = self.store().lookup(&key, headers, now);
                     let label = match found {
+                        // Made for whoever asked first, maybe for that user alone: a request
+                        // with credentials of its own goes upstream (RFC 9211 `fwd=request`).
+                        Found::Hit(entry) if credentialed && !entry.public => "fwd=request",
                         Found::Hit(entry) => {
                             self.count(&self.hits, 1);
                             return Lookup::Hit(serve::hit(&entry, headers, head, waited, now));
@@ -149,9 +153,11 @@ impl Cache {
                     // expires: no copy of the request headers per miss (flight.rs).
                     let may_store =
                         method == Method::GET && !self.flights.known_uncacheable(&key, now);
-                    // Only a plain GET leads: its answer is the one most likely stored.
+                    // Only a plain GET leads: its answer is the one most likely stored. Not
+                    // one with credentials: its answer is stored only when `public`.
                     let may_lead = may_store
                         && !waited
+                        && !credentialed
                         && ![RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE]
                             .iter()
                             .any(|h| headers.contains_key(h));
@@ -388,7 +394,11 @@ impl Ticket {
                 match admitted {
                     Err(why) => {
                         tracing::debug!(%key, %why, "Response not stored");
-                        cache.flights.mark_uncacheable(&key);
+                        // A personal answer says nothing about the URL: the next anonymous
+                        // request may still lead and store.
+                        if why != admission::Refusal::Credentials {
+                            cache.flights.mark_uncacheable(&key);
+                        }
                         drop(flight);
                         append_forward_status(&mut parts.headers, label, false);
                         Response::from_parts(parts, body)
@@ -410,6 +420,7 @@ impl Ticket {
                             initial_age: fresh.upstream_age
                                 + now.saturating_duration_since(sent_at),
                             lifetime: fresh.lifetime,
+                            public: fresh.public,
                         };
                         cache.flights.clear_uncacheable(&key);
                         append_forward_status(&mut parts.headers, label, true);

@@ -283,6 +283,7 @@ mod tests {
             stored_at: Instant::now(),
             initial_age: Duration::from_secs(3),
             lifetime: Duration::from_secs(60),
+            public: false,
         }
     }
 

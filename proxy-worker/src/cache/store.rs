@@ -28,6 +28,8 @@ pub struct Entry {
     /// Upstream `Age` plus the time the response took to arrive.
     pub initial_age: Duration,
     pub lifetime: Duration,
+    /// The response said `Cache-Control: public`: requests with credentials may have it.
+    pub public: bool,
 }
 
 impl Entry {
@@ -262,6 +264,7 @@ mod tests {
             stored_at: Instant::now(),
             initial_age: Duration::ZERO,
             lifetime: Duration::from_secs(lifetime),
+            public: false,
         }
     }
 

@@ -263,3 +263,55 @@ async fn disabled_cache_is_invisible() {
     assert!(!hit && !hs.contains_key("cache-status"));
     assert!(c.take_stats_if_dirty().is_none());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn credentials_neither_read_nor_write_a_non_public_entry() {
+    let (c, _) = cache(1 << 20);
+    let private = || upstream(200, &[("cache-control", "max-age=60")], "anon");
+    let public = || upstream(200, &[("cache-control", "public, max-age=60")], "all");
+    let anon = HeaderMap::new();
+    for creds in [
+        h(&[("cookie", "s=alice")]),
+        h(&[("authorization", "Bearer alice")]),
+    ] {
+        c.purge_app("web");
+        // Stored for an anonymous request; a request with credentials goes upstream.
+        run(&c, Method::GET, "/p", &anon, private()).await;
+        let (hit, _, hs, body) = run(&c, Method::GET, "/p", &creds, private()).await;
+        assert!(!hit);
+        assert_eq!(body, "anon", "answered upstream");
+        assert_eq!(hs["cache-status"], "tako; fwd=request");
+        assert!(run(&c, Method::GET, "/p", &anon, private()).await.0);
+
+        // A personal answer is not stored, and the URL stays cacheable for the next one.
+        let (_, _, hs, _) = run(&c, Method::GET, "/q", &creds, private()).await;
+        assert_eq!(hs["cache-status"], "tako; fwd=uri-miss");
+        let (hit, _, hs, _) = run(&c, Method::GET, "/q", &anon, private()).await;
+        assert!(!hit);
+        assert_eq!(hs["cache-status"], "tako; fwd=uri-miss; stored");
+
+        // `public` is for everyone, both ways.
+        let (_, _, hs, _) = run(&c, Method::GET, "/s", &creds, public()).await;
+        assert_eq!(hs["cache-status"], "tako; fwd=uri-miss; stored");
+        assert!(run(&c, Method::GET, "/s", &anon, public()).await.0);
+        assert!(run(&c, Method::GET, "/s", &creds, public()).await.0);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_with_credentials_does_not_lead() {
+    let (c, _) = cache(1 << 20);
+    let Lookup::Forward(first) = get(&c, Method::GET, "/l", &h(&[("cookie", "s=1")])).await else {
+        panic!("first is a miss")
+    };
+    // Not queued behind a fetch whose answer is most likely not shared.
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        get(&c, Method::GET, "/l", &HeaderMap::new()),
+    )
+    .await;
+    let Ok(Lookup::Forward(second)) = second else {
+        panic!("the second request waited for the first, or was a hit")
+    };
+    drop((first, second));
+}
