@@ -168,6 +168,12 @@ async fn route(
     };
     log.app = Some(Arc::clone(&app.name));
 
+    // §8: dotfiles are never served (`/.well-known/` aside). Answered here, not by the app,
+    // so no probe for `.env` or `.git/` learns whether the release has one.
+    if static_files::is_hidden(req.method(), path) {
+        return Canned::NotFound.response(head);
+    }
+
     // §8: a file from the live release's public/ never reaches an instance.
     // Boxed, like the hold below: a rare path's future would otherwise make every request's
     // future as large as its own.

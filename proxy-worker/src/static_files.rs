@@ -6,6 +6,11 @@
 //! symlinks) and kept only when the result is still below the canonical `public/`. Files
 //! are opened after that check and described by the opened handle, so the size and mtime
 //! belong to the file that is read. Filesystem work runs off the runtime threads.
+//!
+//! Dotfiles are never served: a request path with a segment that starts with `.` (other than
+//! `.well-known`) is answered 404 before any file is looked at, and a file whose path below
+//! `public/` has such a segment once symlinks are resolved is not served either. Builds leave
+//! `.env`, `.git/` and editor files in `public/` by accident far more often than on purpose.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -115,8 +120,38 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decodes one candidate and applies the refusal rules.
-pub fn decode(path: &str) -> Decoded {
+/// The one dot directory a site publishes on purpose (RFC 8615).
+const WELL_KNOWN: &[u8] = b".well-known";
+
+/// Whether a path segment names a dotfile or dot directory.
+fn is_hidden_segment(segment: &[u8]) -> bool {
+    segment.first() == Some(&b'.') && segment != WELL_KNOWN
+}
+
+/// Whether a GET or HEAD for `path` is answered 404 without looking at `public/` or asking
+/// the app: some segment, percent-decoded, starts with `.` and is not `.well-known`.
+pub fn is_hidden(method: &Method, path: &str) -> bool {
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    // The usual path has neither: no decoding, no allocation.
+    if !path.contains("/.") && !path.contains('%') {
+        return false;
+    }
+    let (decoded, _) = percent_decode(path);
+    // A path the static stage refuses (traversal, NUL, backslash) keeps its 400 (§8).
+    !refused(&decoded) && decoded.split(|c| *c == b'/').any(is_hidden_segment)
+}
+
+/// A decoded path with a NUL, a backslash or a `..` segment: never a file, always a 400.
+fn refused(decoded: &[u8]) -> bool {
+    decoded.contains(&0)
+        || decoded.contains(&b'\\')
+        || decoded.split(|c| *c == b'/').any(|s| s == b"..")
+}
+
+/// `path` with every valid `%XX` decoded, and whether one of them was a `/`.
+fn percent_decode(path: &str) -> (Vec<u8>, bool) {
     let raw = path.as_bytes();
     let mut out = Vec::with_capacity(raw.len());
     let mut encoded_slash = false;
@@ -137,7 +172,13 @@ pub fn decode(path: &str) -> Decoded {
         out.push(b);
         i += 1;
     }
-    if out.contains(&0) || out.contains(&b'\\') || out.split(|c| *c == b'/').any(|s| s == b"..") {
+    (out, encoded_slash)
+}
+
+/// Percent-decodes one candidate and applies the refusal rules.
+pub fn decode(path: &str) -> Decoded {
+    let (out, encoded_slash) = percent_decode(path);
+    if refused(&out) {
         return Decoded::Refused;
     }
     if encoded_slash {
@@ -161,8 +202,13 @@ enum Lookup {
     ReadFailed(std::io::Error),
 }
 
+/// Below `root`, and not a dotfile there: a symlink with an ordinary name may point at one.
 fn inside(root: &Path, p: &Path) -> bool {
-    p.starts_with(root)
+    use std::os::unix::ffi::OsStrExt;
+    p.strip_prefix(root).is_ok_and(|rel| {
+        !rel.components()
+            .any(|c| is_hidden_segment(c.as_os_str().as_bytes()))
+    })
 }
 
 /// Resolves one decoded candidate; `Ok(None)` means try the next one.
@@ -520,6 +566,66 @@ mod tests {
         // A stray `%` stays literal.
         assert_eq!(decode("/100%.js"), Decoded::File(b"100%.js".to_vec()));
         assert_eq!(decode("/a%2.js"), Decoded::File(b"a%2.js".to_vec()));
+    }
+
+    #[test]
+    fn dotfiles_are_hidden() {
+        for path in [
+            "/.env",
+            "/.git/config",
+            "/a/.secret",
+            "/a/b/.x.js",
+            "/%2eenv",
+            "/%2Egit/HEAD",
+            "/a%2F.env",
+            "/.well-known/.inner",
+            "/.well-known/a/.b",
+            "/./a.js",
+            "/.well-knownx/a",
+            "/.Well-Known/a",
+        ] {
+            assert!(is_hidden(&Method::GET, path), "{path}");
+            assert!(is_hidden(&Method::HEAD, path), "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "/a.js",
+            "/a/b.c/d",
+            "/a./b",
+            "/a/x.env",
+            "/.well-known/security.txt",
+            "/.well-known/acme-challenge/tok",
+            "/a/.well-known/x",
+            "/100%.js",
+            "/%2",
+            "/a%2e",
+        ] {
+            assert!(!is_hidden(&Method::GET, path), "{path}");
+        }
+        // Traversal keeps its own answer (400 from the static stage).
+        for path in [
+            "/../.env",
+            "/%2e%2e/secret.txt",
+            "/.git/../a.js",
+            "/..%5csecret.txt",
+            "/.env%00.js",
+        ] {
+            assert!(!is_hidden(&Method::GET, path), "{path}");
+        }
+        // Other methods are the app's business: nothing is served from public/ for them.
+        assert!(!is_hidden(&Method::POST, "/.env"));
+    }
+
+    #[test]
+    fn inside_refuses_dot_segments_after_resolution() {
+        let root = Path::new("/r/public");
+        assert!(inside(root, Path::new("/r/public/a/b.js")));
+        assert!(inside(root, Path::new("/r/public/.well-known/x.txt")));
+        assert!(!inside(root, Path::new("/r/public/.env")));
+        assert!(!inside(root, Path::new("/r/public/a/.git/config")));
+        assert!(!inside(root, Path::new("/r/publicx/a.js")));
+        assert!(!inside(root, Path::new("/r/secret.txt")));
     }
 
     #[test]
