@@ -184,8 +184,9 @@ enum Item {
     Flush(oneshot::Sender<()>),
 }
 
-struct SendSide {
-    queue: mpsc::Sender<Item>,
+/// What the senders and the writer task share. Not the queue's sending end: the writer
+/// must see the queue close when the last [`Sender`] goes, and end (closing the socket).
+struct State {
     queued_bytes: AtomicUsize,
     limits: Limits,
     /// The first failure; every later send reports it.
@@ -193,7 +194,12 @@ struct SendSide {
     failed: watch::Sender<bool>,
 }
 
-impl SendSide {
+struct SendSide {
+    queue: mpsc::Sender<Item>,
+    state: Arc<State>,
+}
+
+impl State {
     fn fail(&self, why: SendError) {
         let mut slot = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
@@ -254,7 +260,8 @@ impl<T: Serialize> Sender<T> {
 
 impl<T> Sender<T> {
     fn push(&self, item: Item) -> Result<(), SendError> {
-        let side = &*self.side;
+        let queue = &self.side.queue;
+        let side = &*self.side.state;
         if let Some(why) = side.failure() {
             return Err(why);
         }
@@ -264,7 +271,7 @@ impl<T> Sender<T> {
         };
         let queued = side.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
         let full = || SendError::QueueFull {
-            frames: side.limits.queue_frames - side.queue.capacity(),
+            frames: side.limits.queue_frames - queue.capacity(),
             bytes: queued,
         };
         if queued > side.limits.queue_bytes {
@@ -273,7 +280,7 @@ impl<T> Sender<T> {
             side.fail(why.clone());
             return Err(why);
         }
-        match side.queue.try_send(item) {
+        match queue.try_send(item) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 side.queued_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -299,20 +306,16 @@ impl<T> Sender<T> {
 
     /// The failure that closed the channel, if any.
     pub fn failure(&self) -> Option<SendError> {
-        self.side.failure()
+        self.side.state.failure()
     }
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.side.queued_bytes.load(Ordering::Acquire)
+        self.side.state.queued_bytes.load(Ordering::Acquire)
     }
 }
 
-async fn write_loop(
-    side: Arc<SendSide>,
-    mut rx: mpsc::Receiver<Item>,
-    mut writer: FrameWriter<()>,
-) {
+async fn write_loop(side: Arc<State>, mut rx: mpsc::Receiver<Item>, mut writer: FrameWriter<()>) {
     let bound = side.limits.drain_bound;
     while let Some(item) = rx.recv().await {
         match item {
@@ -364,18 +367,18 @@ where
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(limits.queue_frames.max(1));
         let (failed_tx, failed) = watch::channel(false);
-        let side = Arc::new(SendSide {
-            queue: tx,
+        let state = Arc::new(State {
             queued_bytes: AtomicUsize::new(0),
             limits,
             failure: Mutex::new(None),
             failed: failed_tx,
         });
         tokio::spawn(write_loop(
-            Arc::clone(&side),
+            Arc::clone(&state),
             rx,
             FrameWriter::<()>::new(write),
         ));
+        let side = Arc::new(SendSide { queue: tx, state });
         let mut channel = Channel {
             reader: FrameReader::<In>::new(read),
             sender: Sender {
@@ -623,6 +626,22 @@ mod tests {
             .send(&MasterToLauncher::Shutdown { grace_ms: 1 })
             .is_err());
         peer.abort();
+    }
+
+    #[tokio::test]
+    async fn the_socket_closes_when_the_channel_and_every_sender_are_gone() {
+        let (master, mut child) = pair().await;
+        let tx = master.sender();
+        drop(master);
+        tx.send(&MasterToLauncher::Shutdown { grace_ms: 1 })
+            .unwrap();
+        drop(tx);
+        let (m, _) = child.recv().await.unwrap().unwrap();
+        assert!(matches!(m, MasterToLauncher::Shutdown { grace_ms: 1 }));
+        let end = tokio::time::timeout(Duration::from_secs(5), child.recv())
+            .await
+            .expect("EOF once the master's side is gone");
+        assert!(matches!(end, Ok(None)), "{end:?}");
     }
 
     #[test]
