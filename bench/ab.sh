@@ -11,7 +11,7 @@
 # tako users. Ports: BASE_PORT (default 29700) upstream, +1 nginx, +2/+3 A, +4/+5 B.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+HARNESS=${BENCH_HARNESS:-$ROOT/bench/harness}
 A_BIN=$(readlink -f "${1:?usage: bench/ab.sh OLD_BIN NEW_BIN}")
 B_BIN=$(readlink -f "${2:?usage: bench/ab.sh OLD_BIN NEW_BIN}")
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} CONNS=${CONNS:-64} BASE_PORT=${BASE_PORT:-29700}
@@ -30,7 +30,7 @@ trap cleanup EXIT
 
 # The bench upstream, where the tako app user can run it.
 UP_TARGET=${XDG_CACHE_HOME:-$HOME/.cache}/bench-upstream-target
-cargo build --release --quiet --manifest-path "$SHARED/upstream/Cargo.toml" --target-dir "$UP_TARGET"
+cargo build --release --quiet --manifest-path "$HARNESS/upstream/Cargo.toml" --target-dir "$UP_TARGET"
 install -m 755 "$UP_TARGET/release/bench-upstream" "$TMP/bench-upstream"
 setsid "$TMP/bench-upstream" "127.0.0.1:$BASE_PORT" >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!)
@@ -43,7 +43,7 @@ mkdir -p "$TMP/nginx"
 sed -e "s#@TMP@#$TMP#g" -e "s#@WORKERS@#1#g" -e "s#@UPSTREAM@#127.0.0.1:$BASE_PORT#g" \
   -e "s#@PORT@#$((BASE_PORT + 1))#g" -e "s#@TLS_PORT@#$((BASE_PORT + 361))#g" \
   -e "s#@CERT@#$TMP/cert.pem#g" -e "s#@KEY@#$TMP/key.pem#g" -e "s#@PEM@#$TMP/cert.pem#g" \
-  "$SHARED/conf/nginx.conf.tmpl" >"$TMP/nginx.conf"
+  "$HARNESS/conf/nginx.conf.tmpl" >"$TMP/nginx.conf"
 sed -i "s#^pid .*#pid $TMP/nginx.pid;#" "$TMP/nginx.conf"
 nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log"
 
@@ -52,7 +52,7 @@ start_tako() { # name bin port
   mkdir -p "$dir" && chmod 755 "$dir"
   TAKO_SERVER_BIN=$2 OURS_PORT=$3 OURS_TLS_PORT=$(($3 + 1)) BENCH_TMP=$dir BENCH_CERT=$TMP/cert.pem \
     BENCH_KEY=$TMP/key.pem BENCH_HOST=localhost WORKERS=1 BENCH_UPSTREAM_BIN=$TMP/bench-upstream \
-    setsid "$SHARED/ours-tako.sh" >"$dir/ours.log" 2>&1 &
+    setsid "$HARNESS/ours-tako.sh" >"$dir/ours.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 300); do
     curl -s -o /dev/null -w '%{http_code}' -H "$HDR" "http://localhost:$3/" 2>/dev/null | grep -q 200 && return 0

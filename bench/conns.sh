@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # High-concurrency keep-alive load and RSS with many idle TLS connections:
 # nginx vs tako-server ("ours"), side by side, ratios to nginx from the same run.
-# It measures what /work/shared/bench/run.sh does not (that harness runs 64
+# It measures what bench/run.sh (the harness in bench/harness/) does not (that harness runs 64
 # connections and records RSS only when idle or after its loads).
 #
 #   bench/conns.sh                     # defaults below
 #   CONNS_LIST="200" RSS_CONNS=300 DURATION=3 bench/conns.sh     # a quick check
 #
 # Knobs (environment):
-#   TAKO_SERVER_BIN=/work/main/target/release/tako-server
+#   TAKO_SERVER_BIN=target/release/tako-server (of this repo; build it with
+#                           cargo build --release -p tako-server)
 #   CONNS_LIST="1000 5000"  wrk connection counts for the HTTP keep-alive load
 #   DURATION=10 WARMUP=2    seconds per measurement / per unmeasured warm-up wrk run
 #   THREADS=2               wrk threads
@@ -20,7 +21,7 @@
 #   NOFILE=200000           fd limit set for this script and everything it starts
 #   TAKO_EXTRA_ARGS=        extra tako-server args (default: --instance-port-offset so
 #                           that app instances listen from BASE_PORT+100 up)
-#   SHARED_BENCH=/work/shared/bench   the shared harness (nginx template, adapter, upstream)
+#   BENCH_HARNESS=bench/harness   the harness (nginx template, adapter, upstream)
 #   OUT=bench/out/conns-<timestamp>
 #
 # What counts as the proxy: nginx = master + workers; ours = the tako-server
@@ -32,7 +33,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-SHARED_BENCH=${SHARED_BENCH:-/work/shared/bench}
+BENCH_HARNESS=${BENCH_HARNESS:-$HERE/harness}
 TAKO_SERVER_BIN=${TAKO_SERVER_BIN:-$REPO/target/release/tako-server}
 CONNS_LIST=${CONNS_LIST:-"1000 5000"}
 DURATION=${DURATION:-10}
@@ -47,10 +48,10 @@ NOFILE=${NOFILE:-200000}
 BENCH_HOST=localhost
 OUT=${OUT:-$HERE/out/conns-$(date +%Y%m%d-%H%M%S)}
 
-UPSTREAM_BIN=$SHARED_BENCH/upstream/target/release/bench-upstream
-WRK_LUA=$SHARED_BENCH/lib/wrk-report.lua
-NGINX_TMPL=$SHARED_BENCH/conf/nginx.conf.tmpl
-OURS_ADAPTER=$SHARED_BENCH/ours-tako.sh
+UPSTREAM_BIN=$BENCH_HARNESS/upstream/target/release/bench-upstream
+WRK_LUA=$BENCH_HARNESS/lib/wrk-report.lua
+NGINX_TMPL=$BENCH_HARNESS/conf/nginx.conf.tmpl
+OURS_ADAPTER=$BENCH_HARNESS/ours-tako.sh
 HOLD=$HERE/lib-conns/tls_hold.py
 
 B=$BASE_PORT
@@ -66,6 +67,10 @@ XH=()
 for t in wrk nginx openssl curl nc python3 ss setsid; do
   command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 2; }
 done
+if [[ ! -x $UPSTREAM_BIN || $BENCH_HARNESS/upstream/src/main.rs -nt $UPSTREAM_BIN ]]; then
+  echo "building the bench upstream (cargo build --release)" >&2
+  cargo build --release --quiet --manifest-path "$BENCH_HARNESS/upstream/Cargo.toml" >&2
+fi
 for f in "$UPSTREAM_BIN" "$WRK_LUA" "$NGINX_TMPL" "$OURS_ADAPTER" "$HOLD"; do
   [[ -e $f ]] || { echo "missing: $f" >&2; exit 2; }
 done
