@@ -95,11 +95,13 @@ impl Limits {
         accept_fds: false,
     };
 
-    /// A child's side towards the master.
+    /// A child's side towards the master. The master is trusted and a child that gives up on
+    /// it stops serving (the launcher stops every app), so a busy master gets a minute, not
+    /// the five seconds a child gets from the master.
     pub const CHILD: Limits = Limits {
         queue_frames: 16 * 1024,
         queue_bytes: 32 * 1024 * 1024,
-        drain_bound: Duration::from_secs(5),
+        drain_bound: Duration::from_secs(60),
         hello_timeout: Duration::from_secs(30),
         accept_fds: true,
     };
