@@ -32,6 +32,24 @@ fn require_root(test: &str) -> bool {
     false
 }
 
+/// The common start of an attack: root (or a skip), a victim, a server and the deploy user.
+fn setup(test: &str) -> Option<(PathBuf, Server, (u32, u32))> {
+    if !require_root(test) {
+        return None;
+    }
+    let victim = victim_dir();
+    let server = Server::start_default();
+    let tako = server.deploy_owner();
+    Some((victim, server, tako))
+}
+
+/// The refusal names what it refused and why.
+fn assert_refusal(msg: &str, words: &[&str]) {
+    for w in words {
+        assert!(msg.contains(w), "the refusal should say {w:?}: {msg}");
+    }
+}
+
 /// A root-owned directory outside every data dir, with a release-looking tree in it.
 fn victim_dir() -> PathBuf {
     let d = temp_dir().join("victim");
@@ -98,22 +116,18 @@ fn serves(server: &Server, host: &str, version: &str) {
 
 #[test]
 fn symlinked_releases_root_cannot_make_root_chown_outside() {
-    if !require_root("symlinked_releases_root_cannot_make_root_chown_outside") {
+    let Some((victim, server, tako)) =
+        setup("symlinked_releases_root_cannot_make_root_chown_outside")
+    else {
         return;
-    }
-    let victim = victim_dir();
-    let server = Server::start_default();
-    let tako = server.deploy_owner();
+    };
     let app_dir = server.data_dir.join("apps/web");
     fs::create_dir_all(&app_dir).expect("app dir");
     fixture::chown(&app_dir, tako);
     // `releases -> <victim>`: a path "below releases" is then anywhere the link points.
     plant_symlink(&victim, &app_dir.join("releases"), tako);
     let msg = server.err(&deploy_at("web", "v9", &app_dir.join("releases/v9")));
-    assert!(
-        msg.contains("symbolic link") && msg.contains("releases"),
-        "the refusal names the symlink: {msg}"
-    );
+    assert_refusal(&msg, &["symbolic link", "releases"]);
     assert_root_owned_tree(&victim);
     // Nothing was registered.
     let list = server.ok(&json!({"command": "list"}));
@@ -122,39 +136,29 @@ fn symlinked_releases_root_cannot_make_root_chown_outside() {
 
 #[test]
 fn symlinked_release_directory_is_refused() {
-    if !require_root("symlinked_release_directory_is_refused") {
+    let Some((victim, server, tako)) = setup("symlinked_release_directory_is_refused") else {
         return;
-    }
-    let victim = victim_dir();
-    let server = Server::start_default();
-    let tako = server.deploy_owner();
+    };
     let releases = server.data_dir.join("apps/web/releases");
     server.release("web", "v1");
     plant_symlink(&victim.join("v9"), &releases.join("v9"), tako);
     let msg = server.err(&deploy_at("web", "v9", &releases.join("v9")));
-    assert!(
-        msg.contains("symbolic link") && msg.contains("v9"),
-        "the refusal names the symlink: {msg}"
-    );
+    assert_refusal(&msg, &["symbolic link", "v9"]);
     assert_root_owned_tree(&victim);
 }
 
 #[test]
 fn rollback_to_symlinked_release_is_refused_and_keeps_serving() {
-    if !require_root("rollback_to_symlinked_release_is_refused_and_keeps_serving") {
+    let Some((victim, server, tako)) =
+        setup("rollback_to_symlinked_release_is_refused_and_keeps_serving")
+    else {
         return;
-    }
-    let victim = victim_dir();
-    let server = Server::start_default();
-    let tako = server.deploy_owner();
+    };
     server.deploy("web", "v1", &["web.example.com"], 1, &[]);
     let releases = server.data_dir.join("apps/web/releases");
     plant_symlink(&victim.join("v9"), &releases.join("v9"), tako);
     let msg = server.err(&json!({"command": "rollback", "app": "web", "version": "v9"}));
-    assert!(
-        msg.contains("symbolic link") && msg.contains("v9"),
-        "the refusal names the symlink: {msg}"
-    );
+    assert_refusal(&msg, &["symbolic link", "v9"]);
     assert_root_owned_tree(&victim);
     serves(&server, "web.example.com", "v1");
     let status = server.app_status("web");
@@ -177,22 +181,16 @@ fn fifo_manifest_is_refused_without_blocking() {
     fixture::chown(&dir.join("app.json"), server.deploy_owner());
     // A reader of the FIFO would block until a writer comes; the answer must come first.
     let msg = server.err(&deploy_at("web", "v1", &dir));
-    assert!(
-        msg.contains("app.json") && msg.contains("not a regular file"),
-        "the refusal names the FIFO: {msg}"
-    );
+    assert_refusal(&msg, &["app.json", "not a regular file"]);
     // The server is not stuck: another command answers.
     server.ok(&json!({"command": "list"}));
 }
 
 #[test]
 fn symlinked_manifest_is_not_followed() {
-    if !require_root("symlinked_manifest_is_not_followed") {
+    let Some((victim, server, tako)) = setup("symlinked_manifest_is_not_followed") else {
         return;
-    }
-    let victim = victim_dir();
-    let server = Server::start_default();
-    let tako = server.deploy_owner();
+    };
     server.deploy("web", "v1", &["web.example.com"], 1, &[]);
     // A second release whose app.json points at a root-only file: neither deploy nor the
     // release listing may read it.
@@ -200,10 +198,7 @@ fn symlinked_manifest_is_not_followed() {
     fs::remove_file(v2.join("app.json")).expect("remove manifest");
     plant_symlink(&victim.join("secret.json"), &v2.join("app.json"), tako);
     let msg = server.err(&deploy_at("web", "v2", &v2));
-    assert!(
-        msg.contains("app.json") && msg.contains("symbolic link"),
-        "the refusal names the symlink: {msg}"
-    );
+    assert_refusal(&msg, &["app.json", "symbolic link"]);
     let list = server.ok(&json!({"command": "list_releases", "app": "web"}));
     assert!(
         !list.to_string().contains("root-only secret"),
@@ -229,20 +224,15 @@ fn oversized_manifest_is_refused() {
         &json,
     );
     let msg = server.err(&deploy_at("web", "v1", &dir));
-    assert!(
-        msg.contains("app.json") && msg.contains("1 MiB"),
-        "the refusal names the size limit: {msg}"
-    );
+    assert_refusal(&msg, &["app.json", "1 MiB"]);
 }
 
 #[test]
 fn releases_listing_does_not_follow_a_symlinked_root() {
-    if !require_root("releases_listing_does_not_follow_a_symlinked_root") {
+    let Some((victim, server, tako)) = setup("releases_listing_does_not_follow_a_symlinked_root")
+    else {
         return;
-    }
-    let victim = victim_dir();
-    let server = Server::start_default();
-    let tako = server.deploy_owner();
+    };
     server.deploy("web", "v1", &["web.example.com"], 1, &[]);
     let releases = server.data_dir.join("apps/web/releases");
     // Swap the releases directory for a symlink to the victim after the deploy.
@@ -273,10 +263,7 @@ fn symlinked_shared_dir_cannot_make_root_create_or_chown_outside() {
     // `shared -> <victim>`: the server makes `shared/logs` on every spawn.
     plant_symlink(&victim, &server.data_dir.join("apps/web/shared"), tako);
     let msg = server.err(&deploy_at("web", "v1", &dir));
-    assert!(
-        msg.contains("shared") && msg.contains("symbolic link"),
-        "the refusal names the symlink: {msg}"
-    );
+    assert_refusal(&msg, &["shared", "symbolic link"]);
     assert!(
         fs::read_dir(&victim).expect("victim").next().is_none(),
         "the server created something in a directory outside the data dir"
