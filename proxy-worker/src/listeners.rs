@@ -257,7 +257,7 @@ where
         conn,
         Arc::clone(&server.shared),
         server.shutdown.clone(),
-        FIRST_REQUEST_GRACE,
+        DRAIN_IDLE_GRACE,
     )
 }
 
@@ -278,8 +278,12 @@ where
     )
 }
 
-/// How long a draining worker waits for the first request of a fresh HTTP/1 connection.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long an HTTP/1 connection must have been idle before a draining worker closes it
+/// (docs/limits.md, "Draining"). A client that sends on it before then gets its answer, with
+/// `Connection: close`. Counted from the last answer (or from the accept for a connection
+/// that has sent nothing yet), so a connection idle for longer closes at once and a restart
+/// is not held up by it.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

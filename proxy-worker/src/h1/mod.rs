@@ -106,6 +106,10 @@ enum Wait {
 
 /// Serves HTTP/1 requests on `io` until the client or a drain closes the connection.
 ///
+/// A drain never closes a connection under a client that may be sending: the next request on
+/// it is answered with `Connection: close`, and a connection that stays idle is closed once it
+/// has been idle for `drain_grace` (docs/limits.md, "Draining").
+///
 /// Not an `async fn`: those keep every argument twice in their future, and `io` (a TLS
 /// stream is 1.4 KB) is in every connection's.
 #[allow(clippy::manual_async_fn)]
@@ -114,7 +118,7 @@ pub fn serve<I: Io>(
     conn: ConnInfo,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-    first_request_grace: Duration,
+    drain_grace: Duration,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let opened = Instant::now();
@@ -168,8 +172,7 @@ pub fn serve<I: Io>(
                             stop: stop.as_mut(),
                             stopping: &mut stopping,
                         },
-                        served,
-                        first_request_grace,
+                        idle_since + drain_grace,
                         (&mut read_timer, deadline),
                     )
                     .await
@@ -322,31 +325,27 @@ struct Stop<'a, F> {
     stopping: &'a mut bool,
 }
 
-/// Waits for the first bytes of the next request until `deadline`; a drain closes an idle
-/// connection, except that a fresh one gets a moment for its first request (it may be on its
-/// way).
+/// Waits for the first bytes of the next request until `deadline`. Once the worker drains,
+/// the wait ends at `drain_close` too (the connection has then been idle for the drain grace):
+/// closing at once would race a client that is sending its next request right now, which
+/// gets no answer and cannot know whether the request was processed.
 async fn wait_for_request<I: Io, F: std::future::Future<Output = ()>>(
     io: &mut I,
     rbuf: &mut BytesMut,
     stop: Stop<'_, F>,
-    served: bool,
-    first_request_grace: Duration,
+    drain_close: Instant,
     (timer, deadline): (&mut LazyTimer, Instant),
 ) -> Wait {
     let Stop { mut stop, stopping } = stop;
     if !*stopping {
+        // The read first: bytes that already arrived are a request to answer.
         tokio::select! {
             biased;
             wait = read_by(io, rbuf, timer, deadline) => return wait,
             () = stop.as_mut() => *stopping = true,
         }
     }
-    if served {
-        return Wait::Closed;
-    }
-    tokio::time::timeout(first_request_grace, read_by(io, rbuf, timer, deadline))
-        .await
-        .unwrap_or(Wait::Closed)
+    read_by(io, rbuf, timer, deadline.min(drain_close)).await
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
