@@ -101,15 +101,35 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, u64, u32, u64)> {
     out
 }
 
+/// Whether every component of `rel` below `inside` before the last is a real directory
+/// and the last is free: the tree is built without following what it planted.
+fn free_slot(inside: &Path, rel: &Path) -> bool {
+    let mut at = inside.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if i + 1 < parts.len() && m.is_dir() => {}
+            Err(_) if i + 1 == parts.len() => return true,
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn build_tree(base: &Path, bytes: &mut impl Iterator<Item = u8>) {
     let inside = base.join("inside");
     let outside = base.join("outside");
     let count = bytes.next().unwrap_or(0) % 12;
     for _ in 0..count {
-        let at = inside.join(rel(bytes));
-        let _ = at.parent().map(fs::create_dir_all);
-        let _ = match bytes.next().unwrap_or(0) % 6 {
-            0 => fs::create_dir_all(&at),
+        let r = rel(bytes);
+        let kind = bytes.next().unwrap_or(0) % 6;
+        if !free_slot(&inside, &r) {
+            continue;
+        }
+        let at = inside.join(&r);
+        let _ = match kind {
+            0 => fs::create_dir(&at),
             1 => fs::write(&at, br#"{"runtime":"node","main":"m"}"#),
             2 => std::os::unix::fs::symlink(&outside, &at),
             3 => std::os::unix::fs::symlink(outside.join("app.json"), &at),
