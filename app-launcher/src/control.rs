@@ -1,11 +1,13 @@
 //! The IPC loop with the master: hello, then orders until `Shutdown` or the master is gone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tako_ipc::{Channel, InstanceEvent, LauncherToMaster, MasterToLauncher, IPC_VERSION};
+use tako_ipc::{
+    AppIds, Channel, InstallResult, InstanceEvent, LauncherToMaster, MasterToLauncher, IPC_VERSION,
+};
 use tokio::net::UnixStream;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -16,6 +18,7 @@ use crate::instance::{self, Command};
 use crate::logs::LogWriterThread;
 use crate::reaper::Reaper;
 use crate::signal::AFTER_KILL_BOUND;
+use crate::sweep::{self, Range};
 use crate::{install, Limits};
 
 /// How long the last events and log lines may take to be written out at exit.
@@ -108,31 +111,36 @@ async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
 
     tracing::info!("launcher ready");
     let mut supervisor = Supervisor::new(ctx);
-    let (grace, code) = loop {
+    // Without the master's word, no sweep: a successor may already run the same apps
+    // under the same uids.
+    let (grace, code, sweep) = loop {
         tokio::select! {
             msg = channel.recv() => match msg {
                 Ok(Some((msg, _))) => {
-                    if let Some(grace) = supervisor.handle(msg) {
-                        tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested; stopping every instance");
-                        break (grace, 0);
+                    if let Some(Exit { grace, sweep }) = supervisor.handle(msg) {
+                        tracing::info!(grace_ms = grace.as_millis() as u64, sweep, "shutdown requested; stopping every instance");
+                        break (grace, 0, sweep);
                     }
                 }
                 Ok(None) => {
                     tracing::warn!("the master closed the IPC channel; stopping every instance");
-                    break (limits.master_gone_grace, 0);
+                    break (limits.master_gone_grace, 0, false);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "IPC channel failed; stopping every instance");
-                    break (limits.master_gone_grace, 1);
+                    break (limits.master_gone_grace, 1, false);
                 }
             },
             _ = next_signal(&mut sigterm) => {
                 tracing::warn!("SIGTERM: the master is gone; stopping every instance");
-                break (limits.master_gone_grace, 0);
+                break (limits.master_gone_grace, 0, false);
             }
         }
     };
     supervisor.shutdown(grace).await;
+    if sweep {
+        supervisor.sweep_all();
+    }
 
     let _ = tokio::time::timeout(FLUSH_BOUND, events.0.flush()).await;
     log_thread.close(FLUSH_BOUND);
@@ -157,6 +165,17 @@ struct Supervisor {
     instances: HashMap<(String, u32), instance::Handle>,
     installs: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<Option<Duration>>,
+    /// The range app uids must come from (`AppIdRange`); `None` refuses every app uid.
+    range: Option<Range>,
+    /// The uid of every app this launcher ran, for the sweep at shutdown.
+    uids: BTreeMap<String, u32>,
+}
+
+/// How the control loop ends.
+struct Exit {
+    grace: Duration,
+    /// Sweep every app uid after the instances stopped.
+    sweep: bool,
 }
 
 impl Supervisor {
@@ -166,11 +185,61 @@ impl Supervisor {
             instances: HashMap::new(),
             installs: Vec::new(),
             shutdown: watch::channel(None).0,
+            range: None,
+            uids: BTreeMap::new(),
         }
     }
 
-    /// Handles one order. `Some(grace)` means shut down.
-    fn handle(&mut self, msg: MasterToLauncher) -> Option<Duration> {
+    /// Checks an app's ids against the range and remembers its uid for the final sweep.
+    fn admit(&mut self, app: &str, ids: Option<&AppIds>) -> Result<(), sweep::IdError> {
+        if let Some(ids) = ids {
+            sweep::check_ids(app, ids, self.range)?;
+            self.uids.insert(app.to_string(), ids.uid);
+        }
+        Ok(())
+    }
+
+    /// Ends every process of `uid`, which must be in the range.
+    fn sweep(&self, app: &str, uid: u32) {
+        let known = self.range.is_some_and(|r| {
+            sweep::check_ids(
+                app,
+                &AppIds {
+                    uid,
+                    gid: uid,
+                    groups: Vec::new(),
+                    limits: tako_ipc::AppLimits {
+                        nproc: 0,
+                        nofile: 0,
+                    },
+                },
+                Some(r),
+            )
+            .is_ok()
+        });
+        if !known {
+            tracing::error!(
+                app,
+                uid,
+                "refusing to sweep a uid outside the app uid range"
+            );
+            return;
+        }
+        match sweep::sweep_uid(&self.ctx.reaper, uid) {
+            Ok(()) => tracing::info!(app, uid, "every process of the app's uid was sent SIGKILL"),
+            Err(e) => tracing::error!(app, uid, error = %e, "cannot end the app's processes"),
+        }
+    }
+
+    /// The sweep at shutdown: every app uid this launcher ran.
+    fn sweep_all(&self) {
+        for (app, uid) in &self.uids {
+            self.sweep(app, *uid);
+        }
+    }
+
+    /// Handles one order. `Some(_)` means shut down.
+    fn handle(&mut self, msg: MasterToLauncher) -> Option<Exit> {
         self.instances.retain(|_, h| !h.task.is_finished());
         self.installs.retain(|t| !t.is_finished());
         match msg {
@@ -188,6 +257,15 @@ impl Supervisor {
                                 "instance {} of app '{}' is already running",
                                 spec.instance_id, spec.app
                             ),
+                        },
+                    );
+                } else if let Err(e) = self.admit(&spec.app, spec.ids.as_ref()) {
+                    tracing::error!(app = %spec.app, instance = spec.instance_id, error = %e, "refusing to spawn");
+                    self.ctx.events.instance(
+                        &spec.app,
+                        spec.instance_id,
+                        InstanceEvent::SpawnFailed {
+                            error: e.to_string(),
                         },
                     );
                 } else if let Some(handle) = instance::start(spec, self.ctx.clone()) {
@@ -209,11 +287,41 @@ impl Supervisor {
                 self.command(app, instance_id, Command::Kill)
             }
             MasterToLauncher::Install(spec) => {
-                let task = install::start(spec, self.ctx.clone(), self.shutdown.subscribe());
-                self.installs.push(task);
+                if let Err(e) = self.admit(&spec.app, spec.ids.as_ref()) {
+                    tracing::error!(app = %spec.app, error = %e, "refusing to install");
+                    self.ctx.events.send(LauncherToMaster::InstallDone {
+                        request_id: spec.request_id,
+                        result: InstallResult::SpawnError {
+                            error: e.to_string(),
+                        },
+                    });
+                } else {
+                    let task = install::start(spec, self.ctx.clone(), self.shutdown.subscribe());
+                    self.installs.push(task);
+                }
             }
             MasterToLauncher::Shutdown { grace_ms } => {
-                return Some(Duration::from_millis(grace_ms));
+                return Some(Exit {
+                    grace: Duration::from_millis(grace_ms),
+                    sweep: false,
+                });
+            }
+            MasterToLauncher::ShutdownAndSweep { grace_ms } => {
+                return Some(Exit {
+                    grace: Duration::from_millis(grace_ms),
+                    sweep: true,
+                });
+            }
+            MasterToLauncher::AppIdRange { first, last } => {
+                if first == 0 || first > last {
+                    tracing::error!(first, last, "ignoring an invalid app uid range");
+                } else {
+                    self.range = Some(Range { first, last });
+                }
+            }
+            MasterToLauncher::Sweep { app, uid } => {
+                self.sweep(&app, uid);
+                self.uids.remove(&app);
             }
         }
         None

@@ -45,6 +45,7 @@ async fn run(spec: &InstallSpec, ctx: &Ctx, mut shutdown: ShutdownSignal) -> Ins
         argv: &spec.argv,
         env: &spec.env,
         cwd: &spec.cwd,
+        ids: spec.ids.as_ref(),
         run_as: ctx.config.app_user.as_ref(),
     };
     let spawned = match spawn(&process, &ctx.reaper) {

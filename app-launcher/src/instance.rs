@@ -47,6 +47,7 @@ pub fn start(spec: SpawnSpec, ctx: Arc<Ctx>) -> Option<Handle> {
         argv: &spec.argv,
         env: &spec.env,
         cwd: &spec.cwd,
+        ids: spec.ids.as_ref(),
         run_as: ctx.config.app_user.as_ref(),
     };
     let spawned = match spawn(&process, &ctx.reaper) {

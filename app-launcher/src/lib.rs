@@ -20,6 +20,7 @@ mod reaper;
 mod redact;
 mod signal;
 mod spawn;
+mod sweep;
 
 use std::os::unix::net::UnixStream;
 use std::time::Duration;

@@ -58,6 +58,33 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// Forks a child that runs `child` and exits with its code, and waits for it here, on
+    /// this thread. Only for children that end at once (a few syscalls): the reaping lock is
+    /// held throughout, so the reaping task cannot steal the status. `child` runs after a
+    /// fork of a threaded process: it may make async-signal-safe calls only.
+    pub fn run_short_child(&self, child: impl FnOnce() -> i32) -> io::Result<ExitStatus> {
+        let _waiters = self.lock();
+        // SAFETY: the child runs `child` (async-signal-safe calls only) and _exits; it
+        // never returns into the runtime.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            let code = child();
+            // SAFETY: ends the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        loop {
+            match waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ExitStatus::Signal(sig as i32)),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Reaps every child that has exited.
     fn reap_ready(&self) {
         let mut waiters = self.lock();

@@ -1,7 +1,8 @@
 //! Starting a process the way instances and installs run (instances.md §1, §3): argv
 //! without a shell, exactly the given environment, stdin `/dev/null`, stdout and stderr piped,
-//! its own session and process group, the app user with the user's groups, an empty
-//! capability bounding set, no_new_privs and umask 0022.
+//! its own session and process group, the app's own uid and gid (or the app user with the
+//! user's groups), the app's resource limits, an empty capability bounding set, no_new_privs
+//! and umask 0022.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -12,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tako_ipc::{ExitStatus, RunAs};
+use tako_ipc::{AppIds, ExitStatus, RunAs};
 use tokio::sync::oneshot;
 
 use crate::reaper::Reaper;
@@ -49,6 +50,9 @@ pub struct ProcessSpec<'a> {
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
     pub cwd: &'a str,
+    /// The app's own ids; they win over `run_as`.
+    pub ids: Option<&'a AppIds>,
+    /// The shared app user, when the app has no ids of its own.
     pub run_as: Option<&'a RunAs>,
 }
 
@@ -70,16 +74,23 @@ struct Ids {
 /// async-signal-safe calls are allowed.
 struct ChildSetup {
     ids: Option<Ids>,
+    /// `(resource, limit)` pairs, set as soft and hard limit before the user switch.
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     cwd: CString,
     launcher_pid: libc::pid_t,
 }
 
 pub fn spawn(spec: &ProcessSpec<'_>, reaper: &Reaper) -> Result<Spawned, SpawnError> {
     let arg0 = spec.argv.first().ok_or(SpawnError::EmptyArgv)?;
-    let ids = spec.run_as.map(user_ids).transpose()?;
+    let ids = match (spec.ids, spec.run_as) {
+        (Some(app), _) => Some(app_ids(app)),
+        (None, Some(user)) => Some(user_ids(user)?),
+        (None, None) => None,
+    };
     let program = resolve_program_for(arg0, spec.env, ids.as_ref())?;
     let setup = ChildSetup {
         ids,
+        rlimits: spec.ids.map(|i| rlimits(&i.limits)).unwrap_or_default(),
         cwd: CString::new(spec.cwd).map_err(|_| SpawnError::BadCwd)?,
         launcher_pid: std::process::id() as libc::pid_t,
     };
@@ -107,6 +118,45 @@ pub fn spawn(spec: &ProcessSpec<'_>, reaper: &Reaper) -> Result<Spawned, SpawnEr
         stderr: stderr.into(),
         exit,
     })
+}
+
+/// The app's own uid and gid, its gid again and the extra groups as supplementary groups.
+fn app_ids(app: &AppIds) -> Ids {
+    let mut groups = vec![app.gid];
+    for g in &app.groups {
+        if !groups.contains(g) {
+            groups.push(*g);
+        }
+    }
+    Ids {
+        uid: app.uid,
+        gid: app.gid,
+        groups,
+    }
+}
+
+/// The app's limits, each lowered to what the launcher itself may hold: without
+/// CAP_SYS_RESOURCE a hard limit can only go down, and a spawn must not fail over it.
+fn rlimits(limits: &tako_ipc::AppLimits) -> Vec<(libc::__rlimit_resource_t, libc::rlim_t)> {
+    [
+        (libc::RLIMIT_NPROC, limits.nproc),
+        (libc::RLIMIT_NOFILE, limits.nofile),
+    ]
+    .into_iter()
+    .map(|(res, want)| {
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: getrlimit writes into `now`, which outlives the call.
+        let hard = if unsafe { libc::getrlimit(res, &mut now) } == 0 {
+            now.rlim_max
+        } else {
+            libc::RLIM_INFINITY
+        };
+        (res, (want as libc::rlim_t).min(hard))
+    })
+    .collect()
 }
 
 fn user_ids(user: &RunAs) -> Result<Ids, SpawnError> {
@@ -214,6 +264,13 @@ fn child_setup(s: &ChildSetup) -> io::Result<()> {
             // capability still there is dropped, or the spawn fails rather than start an
             // app that keeps it.
             empty_bounding_set()?;
+            for &(res, limit) in &s.rlimits {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                check(libc::setrlimit(res, &lim))?;
+            }
             check(libc::setgroups(ids.groups.len(), ids.groups.as_ptr()))?;
             check(libc::setresgid(ids.gid, ids.gid, ids.gid))?;
             check(libc::setresuid(ids.uid, ids.uid, ids.uid))?;

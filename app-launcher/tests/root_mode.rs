@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use tako_ipc::privilege::{lookup_user, restrict_to_launcher_caps, running_as_root};
-use tako_ipc::{InstallResult, InstanceEvent, LauncherConfig, MasterToLauncher};
+use tako_ipc::{
+    AppIds, AppLimits, ExitStatus, InstallResult, InstanceEvent, LauncherConfig, MasterToLauncher,
+};
 
 fn status_field(pid: i32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -106,5 +108,116 @@ fn instances_run_as_the_app_user_and_logs_belong_to_the_deploy_user() {
         m.event("app", 1, Duration::from_secs(5)),
         InstanceEvent::Exited { .. }
     ));
+    assert_eq!(m.join(Duration::from_secs(5)), 0);
+}
+
+/// An app with ids of its own: it runs as exactly those, with the shared group and its
+/// limits; a uid outside the range the master sent is refused; a sweep ends every process
+/// of the uid.
+#[test]
+fn apps_run_under_their_own_ids_within_the_range_and_are_swept() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (Ok(Some(app_user)), Ok(Some(deploy))) = (lookup_user("tako-app"), lookup_user("tako"))
+    else {
+        eprintln!("skipped: users tako-app and tako are needed");
+        return;
+    };
+    if !running_as_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let world = World::new("ids");
+    std::fs::set_permissions(&world.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = LauncherConfig {
+        app_user: Some(app_user.clone()),
+        log_owner: Some(deploy.clone()),
+    };
+    let mut m = Master::start_with(test_limits(), config, || {
+        tako_app_launcher::empty_bounding_set().expect("empty the bounding set");
+        restrict_to_launcher_caps().expect("restrict the launcher thread's capabilities")
+    });
+    // No uid another test process could hold.
+    let first = 3_000_000_000 + (std::process::id() % 1_000_000) * 16;
+    let ids = |uid: u32| AppIds {
+        uid,
+        gid: uid,
+        groups: vec![app_user.gid],
+        limits: AppLimits {
+            nproc: 100,
+            nofile: 256,
+        },
+    };
+    let mut spec = world.spec("own", 1, "ok", &[]);
+    spec.ids = Some(ids(first));
+    m.send(MasterToLauncher::Spawn(spec));
+    match m.event("own", 1, Duration::from_secs(5)) {
+        InstanceEvent::SpawnFailed { error } => assert!(error.contains("no uid range"), "{error}"),
+        other => panic!("a uid without a range must be refused, got {other:?}"),
+    }
+
+    m.send(MasterToLauncher::AppIdRange {
+        first,
+        last: first + 15,
+    });
+    let mut spec = world.spec("own", 2, "ok", &[]);
+    spec.ids = Some(ids(first));
+    m.send(MasterToLauncher::Spawn(spec));
+    let pid = spawned_pid(m.event("own", 2, Duration::from_secs(5)));
+    assert_ready(&mut m, "own", 2);
+    for field in ["Uid", "Gid"] {
+        let ids = status_field(pid, field);
+        assert!(
+            ids.split_whitespace().all(|u| u == first.to_string()),
+            "{field}: {ids}"
+        );
+    }
+    let groups = status_field(pid, "Groups");
+    assert!(
+        groups
+            .split_whitespace()
+            .any(|g| g == app_user.gid.to_string()),
+        "{groups}"
+    );
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().rev().nth(1).unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (
+            limit("Max processes").as_str(),
+            limit("Max open files").as_str()
+        ),
+        ("100", "256"),
+        "{limits}"
+    );
+
+    for bad in [0, 1000, first + 16] {
+        let mut spec = world.spec("other", bad, "ok", &[]);
+        spec.ids = Some(ids(bad));
+        m.send(MasterToLauncher::Spawn(spec));
+        match m.event("other", bad, Duration::from_secs(5)) {
+            InstanceEvent::SpawnFailed { error } => {
+                assert!(error.contains("outside the app uid range"), "{error}")
+            }
+            other => panic!("uid {bad} must be refused, got {other:?}"),
+        }
+    }
+
+    m.send(MasterToLauncher::Sweep {
+        app: "own".into(),
+        uid: first,
+    });
+    match m.event("own", 2, Duration::from_secs(5)) {
+        InstanceEvent::Exited { status, .. } => {
+            assert_eq!(status, ExitStatus::Signal(libc::SIGKILL))
+        }
+        other => panic!("the sweep ends the instance, got {other:?}"),
+    }
+    m.send(MasterToLauncher::Shutdown { grace_ms: 2000 });
     assert_eq!(m.join(Duration::from_secs(5)), 0);
 }

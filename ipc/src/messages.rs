@@ -262,6 +262,26 @@ pub struct RunAs {
     pub home: String,
 }
 
+/// The identity an app's processes run under when the server runs as root: a uid and gid
+/// of the app's own (allocated by the master from `--app-uid-range`), the supplementary
+/// groups (the `--app-user` group), and the app's resource limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub limits: AppLimits,
+}
+
+/// Per-app resource limits, set as both soft and hard limit on every app process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppLimits {
+    /// `RLIMIT_NPROC`: processes (threads included) of the app's uid.
+    pub nproc: u64,
+    /// `RLIMIT_NOFILE`: open descriptors per process.
+    pub nofile: u64,
+}
+
 /// Everything needed to start one instance. The environment is complete: the launcher
 /// adds nothing and inherits nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,6 +295,8 @@ pub struct SpawnSpec {
     pub port: u16,
     /// `<data-dir>/apps/<app>/shared/logs`
     pub log_dir: String,
+    /// The app's own ids (root); `None` runs it as [`LauncherConfig::app_user`], if any.
+    pub ids: Option<AppIds>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,6 +309,8 @@ pub struct InstallSpec {
     pub env: Vec<(String, String)>,
     pub log_dir: String,
     pub timeout_ms: u64,
+    /// The app's own ids, as for its instances.
+    pub ids: Option<AppIds>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -311,6 +335,25 @@ pub enum MasterToLauncher {
     Install(InstallSpec),
     /// Stop every instance (SIGTERM, SIGKILL after `grace_ms`) and exit.
     Shutdown {
+        grace_ms: u64,
+    },
+    /// The range app uids come from. Sent right after the hello when apps run under ids of
+    /// their own: until then, and outside it, the launcher refuses every app uid.
+    AppIdRange {
+        first: u32,
+        last: u32,
+    },
+    /// End every process of the app's uid now (helpers that left the instance's session
+    /// included): a child takes the uid and calls `kill(-1, SIGKILL)`. Sent after the app's
+    /// instances were stopped, never while another instance of the app should live.
+    Sweep {
+        app: String,
+        uid: u32,
+    },
+    /// `Shutdown`, then a [`MasterToLauncher::Sweep`] of every app uid this launcher ran.
+    /// Sent instead of `Shutdown` when no other server runs the same apps (no successor of
+    /// a re-exec, no upgrade candidate).
+    ShutdownAndSweep {
         grace_ms: u64,
     },
 }

@@ -513,14 +513,20 @@ async fn shutdown(
     if !keep_socket {
         let _ = std::fs::remove_file(&socket);
     }
+    // Apps' stray processes (helpers outside their instances) end with the server, unless
+    // another server runs the same apps under the same uids.
+    let sweep = master.sweep_at_shutdown(keep_socket).await;
     let graceful = async {
         workers::drain_all(&master, WORKER_DRAIN);
         if stop_listening {
             crate::listeners::stop_listening(&master.listeners);
         }
         workers::wait_all_gone(&master, WORKER_DRAIN + Duration::from_secs(2)).await;
-        let _ = master.launcher.send(tako_ipc::MasterToLauncher::Shutdown {
-            grace_ms: INSTANCE_GRACE.as_millis() as u64,
+        let grace_ms = INSTANCE_GRACE.as_millis() as u64;
+        let _ = master.launcher.send(if sweep {
+            tako_ipc::MasterToLauncher::ShutdownAndSweep { grace_ms }
+        } else {
+            tako_ipc::MasterToLauncher::Shutdown { grace_ms }
         });
         let deadline = tokio::time::Instant::now() + INSTANCE_GRACE + Duration::from_secs(3);
         while master.launcher.info().is_some_and(|l| l.ready)

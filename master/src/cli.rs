@@ -59,6 +59,26 @@ fn parse_h2_timeouts(s: &str) -> Result<tako_ipc::H2Timeouts, String> {
     }
 }
 
+/// The default `--app-uid-range`: systemd's range for dynamic users, which no package or
+/// `useradd` hands out.
+pub const DEFAULT_APP_UID_RANGE: (u32, u32) = (61184, 65519);
+/// Default per-app limits (docs/isolation.md): processes of the app's uid, open files per
+/// process.
+pub const DEFAULT_APP_MAX_PROCESSES: u64 = 4096;
+pub const DEFAULT_APP_MAX_OPEN_FILES: u64 = 65536;
+
+fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
+    let err = || "must be FIRST-LAST, two uids from 1 to 4294967294 with FIRST <= LAST".to_string();
+    let (a, b) = s.split_once('-').ok_or_else(err)?;
+    let first: u32 = a.trim().parse().map_err(|_| err())?;
+    let last: u32 = b.trim().parse().map_err(|_| err())?;
+    // 0 is root; u32::MAX is (uid_t)-1, "no change" to the kernel.
+    if first == 0 || last == u32::MAX || first > last {
+        return Err(err());
+    }
+    Ok((first, last))
+}
+
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -92,9 +112,12 @@ pub struct ServerFlags {
     /// User of the proxy workers (root only) [default: tako-proxy]
     #[arg(long = "proxy-user", value_name = "USER")]
     pub proxy_user: Option<String>,
-    /// User of app processes and install steps (root only) [default: tako-app]
+    /// Group every app process also carries, the primary group of this user; apps run under uids of their own (root only) [default: tako-app]
     #[arg(long = "app-user", value_name = "USER")]
     pub app_user: Option<String>,
+    /// Uids (and gids) given to apps, one each, skipping any that exist in passwd or group (root only) [default: 61184-65519]
+    #[arg(long = "app-uid-range", value_name = "FIRST-LAST", value_parser = parse_uid_range)]
+    pub app_uid_range: Option<(u32, u32)>,
     /// User the Tako CLI logs in as; its primary group owns the socket (root only) [default: tako]
     #[arg(long = "deploy-user", value_name = "USER")]
     pub deploy_user: Option<String>,
@@ -145,6 +168,18 @@ struct ConfigFile {
     server: ServerSection,
     #[serde(default)]
     acme: AcmeSection,
+    #[serde(default)]
+    apps: AppsSection,
+}
+
+/// `[apps]`: limits every app process gets (root only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppsSection {
+    /// `RLIMIT_NPROC`: processes and threads of the app's uid.
+    max_processes: Option<u64>,
+    /// `RLIMIT_NOFILE`: open files per process.
+    max_open_files: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +216,10 @@ pub struct Settings {
     pub workers: usize,
     pub proxy_user: String,
     pub app_user: String,
+    /// `--app-uid-range`: the uids (and gids) apps get, inclusive.
+    pub app_uid_range: (u32, u32),
+    /// `[apps]` limits of every app process.
+    pub app_limits: tako_ipc::AppLimits,
     pub deploy_user: String,
     /// User flags given explicitly, for the non-root warning.
     pub explicit_user_flags: Vec<&'static str>,
@@ -217,6 +256,7 @@ impl ServerFlags {
             trusted_proxy: !self.trusted_proxy.is_empty(),
             acme_directory: self.acme_directory.is_some(),
             acme_ca_root: self.acme_ca_root.is_some(),
+            app_uid_range: self.app_uid_range.is_some(),
         }
     }
 
@@ -256,6 +296,19 @@ impl ServerFlags {
         if self.deploy_user.is_some() {
             explicit.push("--deploy-user");
         }
+        let app_limits = tako_ipc::AppLimits {
+            nproc: file.apps.max_processes.unwrap_or(DEFAULT_APP_MAX_PROCESSES),
+            nofile: file
+                .apps
+                .max_open_files
+                .unwrap_or(DEFAULT_APP_MAX_OPEN_FILES),
+        };
+        // A limit of 0 would stop the app from starting at all.
+        if app_limits.nproc == 0 || app_limits.nofile < 16 {
+            return Err(ConfigError::Usage(
+                "[apps] max_processes must be at least 1 and max_open_files at least 16".into(),
+            ));
+        }
         let listen_given = !self.listen.is_empty();
         let listen = if listen_given {
             self.listen.clone()
@@ -283,6 +336,8 @@ impl ServerFlags {
             workers: self.workers.unwrap_or_else(usable_cpus),
             proxy_user: self.proxy_user.unwrap_or_else(|| "tako-proxy".into()),
             app_user: self.app_user.unwrap_or_else(|| "tako-app".into()),
+            app_uid_range: self.app_uid_range.unwrap_or(DEFAULT_APP_UID_RANGE),
+            app_limits,
             deploy_user: self.deploy_user.unwrap_or_else(|| "tako".into()),
             explicit_user_flags: explicit,
             trusted_proxies,
@@ -359,6 +414,25 @@ mod tests {
     }
 
     #[test]
+    fn app_uid_range() {
+        let dir = std::env::temp_dir().join("tako-cli-test-none");
+        let d = dir.to_str().unwrap();
+        let s = flags(&["--data-dir", d]).resolve().unwrap();
+        assert_eq!(s.app_uid_range, DEFAULT_APP_UID_RANGE);
+        assert_eq!((s.app_limits.nproc, s.app_limits.nofile), (4096, 65536));
+        let s = flags(&["--data-dir", d, "--app-uid-range", "70000-70009"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.app_uid_range, (70000, 70009));
+        for bad in ["0-10", "10-5", "x-3", "5", "1-4294967295"] {
+            assert!(
+                Cli::try_parse_from(["tako-server", "--app-uid-range", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_cidr_names_the_flag() {
         let e = Cli::try_parse_from(["tako-server", "--trusted-proxy", "nope"])
             .unwrap_err()
@@ -384,6 +458,15 @@ mod tests {
             .resolve()
             .unwrap();
         assert_eq!(s.http_port, 9000, "flags win over the file");
+        std::fs::write(&cfg, "[apps]\nmax_processes = 100\nmax_open_files = 1024\n").unwrap();
+        let s = flags(&["--config", cfg.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!((s.app_limits.nproc, s.app_limits.nofile), (100, 1024));
+        std::fs::write(&cfg, "[apps]\nmax_processes = 0\n").unwrap();
+        assert!(flags(&["--config", cfg.to_str().unwrap()])
+            .resolve()
+            .is_err());
         std::fs::write(&cfg, "[server]\nbogus = 1\n").unwrap();
         let e = flags(&["--config", cfg.to_str().unwrap()])
             .resolve()

@@ -159,6 +159,20 @@ pub fn inherit_settings(
             settings.acme_ca_root = Some(PathBuf::from(p));
         }
     }
+    // The apps' stored uids come from the primary's range: a candidate with another range
+    // would give them new ones.
+    if !explicit.app_uid_range {
+        let ids = v["app_uid_range"].as_array().map(|r| {
+            r.iter()
+                .filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect::<Vec<_>>()
+        });
+        if let Some([first, last]) = ids.as_deref() {
+            if *first != 0 && first <= last {
+                settings.app_uid_range = (*first, *last);
+            }
+        }
+    }
 }
 
 /// Which server flags were given on the command line.
@@ -172,6 +186,7 @@ pub struct ExplicitFlags {
     pub trusted_proxy: bool,
     pub acme_directory: bool,
     pub acme_ca_root: bool,
+    pub app_uid_range: bool,
 }
 
 /// The primary's effective settings, as stored for candidates: the `server_info` keys and
@@ -182,6 +197,7 @@ pub fn settings_json(s: &Settings) -> String {
         "acme_directory": s.acme_directory,
         "acme_email": s.acme_email,
         "acme_staging": s.acme_staging,
+        "app_uid_range": [s.app_uid_range.0, s.app_uid_range.1],
         "app_user": s.app_user,
         "data_dir": s.data_dir.display().to_string(),
         "deploy_user": s.deploy_user,
@@ -294,6 +310,8 @@ pub fn server_info(
     let mut v: Value = serde_json::from_str(&settings_json(s)).unwrap_or(json!({}));
     if let Some(o) = v.as_object_mut() {
         o.remove("acme_ca_root");
+        // For candidates only, like the CA root: not a server_info key.
+        o.remove("app_uid_range");
         o.insert("mode".into(), json!(mode));
         o.insert("role".into(), json!(role));
         o.insert("privilege_separation".into(), json!(privilege_separation));

@@ -224,6 +224,7 @@ impl World {
             env,
             port,
             log_dir: self.log_dir(app).display().to_string(),
+            ids: None,
         }
     }
 
@@ -242,6 +243,7 @@ impl World {
                 .display()
                 .to_string(),
             timeout_ms,
+            ids: None,
         }
     }
 }

@@ -95,6 +95,7 @@ impl Master {
             Ok(argv) => argv,
             Err(e) => {
                 self.record_failure(&req, &e).await;
+                self.forget_unused_uid(&req.app);
                 return Err(e);
             }
         };
@@ -109,6 +110,7 @@ impl Master {
             .await;
         if let Err(e) = &result {
             self.record_failure(&req, e).await;
+            self.forget_unused_uid(&req.app);
         }
         result
     }
@@ -164,12 +166,17 @@ impl Master {
             .prepare_app_logs(&req.app, self.users.as_ref())
             .map_err(|e| format!("Invalid app release: cannot prepare the log directory: {e}"))?;
         let custom = argv.first().map(String::as_str) == Some("sh");
+        let identity = self
+            .app_identity(&req.app)
+            .map_err(|e| format!("Invalid app release: {e}"))?;
         let env = super::env::build_env(
             &req.env,
             &req.version,
-            &super::env::home_of(self.users.as_ref()),
+            &identity.home,
+            identity.cache.as_deref(),
             None,
         );
+        let uid = identity.ids.as_ref().map(|i| i.uid);
         let spec = tako_ipc::InstallSpec {
             request_id: 0,
             app: req.app.clone(),
@@ -178,10 +185,15 @@ impl Master {
             env,
             log_dir: log_dir.display().to_string(),
             timeout_ms: INSTALL_TIMEOUT_MS,
+            ids: identity.ids,
         };
-        let lease = Lease::lend(self.users.as_ref(), release)
+        let lease = Lease::lend(self.users.as_ref(), uid, release)
             .map_err(|e| format!("Invalid app release: {e}"))?;
         let result = self.launcher.install(spec).await;
+        // What the install left running (a helper in a session of its own) ends with it,
+        // unless instances of the app run under the same uid (a redeploy): those must live,
+        // and the app's next stop or delete ends such leftovers.
+        self.sweep_app(&req.app);
         lease.give_back();
         let what = if custom {
             "Release dependency install"
@@ -342,6 +354,7 @@ impl Master {
                 idle_timeout_secs: req.idle_timeout,
                 stopped: false,
                 routes: req.routes.clone(),
+                uid: self.app_uid_of(app),
             };
             if let Err(e) = self.store.commit_deploy(stored, req.kind, unix_now()).await {
                 self.abandon(app, &started, new_app).await;
@@ -442,6 +455,10 @@ impl Master {
             .collect();
         for s in stops {
             let _ = s.await;
+        }
+        if new_app {
+            // A first deploy that failed leaves nothing running under the app's uid.
+            self.sweep_app(app);
         }
         {
             let mut reg = lock(&self.apps);

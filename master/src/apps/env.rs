@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What an instance or install step gets. `instance` is `(port, id)` for an instance and
-/// `None` for an install step (no PORT, HOST or TAKO_INSTANCE).
+/// `None` for an install step (no PORT, HOST or TAKO_INSTANCE). `cache` is the app's
+/// `XDG_CACHE_HOME` when it has a home of its own; the deploy env may override both.
 pub fn build_env(
     deploy_env: &BTreeMap<String, String>,
     version: &str,
     home: &str,
+    cache: Option<&str>,
     instance: Option<(u16, u32)>,
 ) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -18,6 +20,9 @@ pub fn build_env(
         std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
     );
     env.insert("HOME".into(), home.to_string());
+    if let Some(cache) = cache {
+        env.insert("XDG_CACHE_HOME".into(), cache.to_string());
+    }
     env.insert(
         "LANG".into(),
         std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
@@ -40,7 +45,8 @@ pub fn build_env(
     env.into_iter().collect()
 }
 
-/// Home of the user instances run as.
+/// HOME of apps without a home of their own: the server's, as the server runs them as
+/// itself. (As root every app has its own, see [`super::identity`].)
 pub fn home_of(users: Option<&crate::users::Users>) -> String {
     match users {
         Some(u) => u.app.home.clone(),
@@ -58,16 +64,25 @@ mod tests {
         deploy.insert("PORT".to_string(), "1".to_string());
         deploy.insert("NODE_ENV".to_string(), "staging".to_string());
         deploy.insert("TAKO_APP_SOCKET".to_string(), "/x".to_string());
-        let env: BTreeMap<_, _> = build_env(&deploy, "v1", "/home/app", Some((10001, 3)))
-            .into_iter()
-            .collect();
+        let env: BTreeMap<_, _> = build_env(
+            &deploy,
+            "v1",
+            "/home/app",
+            Some("/home/app/.cache"),
+            Some((10001, 3)),
+        )
+        .into_iter()
+        .collect();
         assert_eq!(env["PORT"], "10001");
         assert_eq!(env["NODE_ENV"], "staging");
         assert_eq!(env["TAKO_BUILD"], "v1");
         assert_eq!(env["TAKO_INSTANCE"], "3");
         assert_eq!(env["HOST"], "127.0.0.1");
+        assert_eq!(env["XDG_CACHE_HOME"], "/home/app/.cache");
         assert!(!env.contains_key("TAKO_APP_SOCKET"));
-        let install: BTreeMap<_, _> = build_env(&deploy, "v1", "/h", None).into_iter().collect();
+        let install: BTreeMap<_, _> = build_env(&deploy, "v1", "/h", None, None)
+            .into_iter()
+            .collect();
         assert!(!install.contains_key("HOST") && !install.contains_key("TAKO_INSTANCE"));
     }
 }

@@ -10,7 +10,7 @@ use tako_ipc::{
 };
 use tokio::sync::oneshot;
 
-use super::env::{build_env, home_of};
+use super::env::build_env;
 use super::ports::free_slot;
 use super::registry::{Build, InstState, Instance};
 use crate::core::{lock, Master};
@@ -66,6 +66,9 @@ impl Master {
             .map_err(|e| {
                 format!("Failed to spawn instance: cannot prepare the log directory: {e}")
             })?;
+        let identity = self
+            .app_identity(app)
+            .map_err(|e| format!("Failed to spawn instance: {e}"))?;
         let (tx, rx) = oneshot::channel();
         let spec = {
             let mut reg = lock(&self.apps);
@@ -85,7 +88,8 @@ impl Master {
             let env = build_env(
                 &build.env,
                 &build.version,
-                &home_of(self.users.as_ref()),
+                &identity.home,
+                identity.cache.as_deref(),
                 Some((port, id)),
             );
             let spec = SpawnSpec {
@@ -97,6 +101,7 @@ impl Master {
                 env,
                 port,
                 log_dir: log_dir.display().to_string(),
+                ids: identity.ids,
             };
             let now = Instant::now();
             a.instances.insert(

@@ -4,10 +4,11 @@
 pub mod deploy;
 pub mod env;
 pub mod events;
+pub mod identity;
 pub mod idle;
 pub mod manifest;
 pub mod ops;
 pub mod ports;
-pub mod release;
 pub mod registry;
+pub mod release;
 pub mod restore;

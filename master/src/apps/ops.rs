@@ -95,6 +95,8 @@ impl Master {
         self.publish();
         self.purge_cache(app);
         self.stop_all(app, ids).await;
+        // Helpers that left the instances' sessions end too.
+        self.sweep_app(app);
         Ok(json!({"app": app, "status": "stopped"}))
     }
 
@@ -125,14 +127,19 @@ impl Master {
                 .delete_app(app.to_string())
                 .await
                 .map_err(|e| format!("Delete failed: {e}"))?;
+            // A home left by a first deploy that failed.
+            self.release_app_identity(app);
             return Ok(json!({"app": app, "existed": false, "status": "deleted"}));
         };
         self.stop_all(app, ids).await;
+        // Every process of the app's uid ends before the uid is free for another app.
+        self.sweep_app(app);
         self.store
             .delete_app(app.to_string())
             .await
             .map_err(|e| format!("Delete failed: {e}"))?;
         lock(&self.apps).apps.remove(app);
+        self.release_app_identity(app);
         self.publish();
         self.purge_cache(app);
         Ok(json!({"app": app, "existed": true, "status": "deleted"}))

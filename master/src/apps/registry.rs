@@ -165,6 +165,9 @@ pub struct Registry {
     pub apps: BTreeMap<String, App>,
     /// Apps with an operation running (the per-app try-lock).
     pub busy: HashSet<String>,
+    /// The uid (and gid) of each app, root only: stored ones from restore, new ones from
+    /// [`super::identity`]. An app in its first deploy is here before it is in `apps`.
+    pub ids: BTreeMap<String, u32>,
 }
 
 impl Registry {

@@ -70,18 +70,25 @@ impl Release {
     }
 }
 
-/// The release directory lent to the app user for the install step, and given back after
-/// it. Both ends go through the held descriptor; a no-op without privilege separation.
+/// The release directory lent to the app's own uid for the install step, and given back
+/// after it. Both ends go through the held descriptor; a no-op without privilege separation.
 pub struct Lease<'a> {
     release: &'a Release,
     users: Option<Users>,
+    /// The app's uid and gid (the same number).
+    app_uid: u32,
 }
 
 impl<'a> Lease<'a> {
-    /// Lends the app's directory to the app user. It must belong to the deploy user: root
-    /// hands nothing else to the app.
-    pub fn lend(users: Option<&Users>, release: &'a Release) -> Result<Lease<'a>, String> {
-        if let Some(u) = users {
+    /// Lends the app's directory to the app's uid. It must belong to the deploy user: root
+    /// hands nothing else to the app. `app_uid` is `None` without privilege separation.
+    pub fn lend(
+        users: Option<&Users>,
+        app_uid: Option<u32>,
+        release: &'a Release,
+    ) -> Result<Lease<'a>, String> {
+        let users = users.zip(app_uid);
+        if let Some((u, app_uid)) = users {
             let st = release.dir.stat().map_err(|e| e.to_string())?;
             if st.st_uid != u.deploy.uid {
                 return Err(format!(
@@ -93,16 +100,17 @@ impl<'a> Lease<'a> {
             }
             release
                 .dir
-                .chown(u.app.uid, u.app.gid)
-                .map_err(|e| format!("cannot lend the release directory to the app user: {e}"))?;
+                .chown(app_uid, app_uid)
+                .map_err(|e| format!("cannot lend the release directory to the app: {e}"))?;
         }
         Ok(Lease {
             release,
-            users: users.cloned(),
+            users: users.map(|(u, _)| u.clone()),
+            app_uid: app_uid.unwrap_or(0),
         })
     }
 
-    /// Gives the directory and whatever the app user made in it back to the deploy user.
+    /// Gives the directory and whatever the app made in it back to the deploy user.
     pub fn give_back(self) {
         let Some(u) = &self.users else { return };
         let dir = &self.release.dir;
@@ -111,7 +119,7 @@ impl<'a> Lease<'a> {
             tracing::warn!(path = %self.release.path.display(), error = %e, "cannot give the release directory back");
         }
         match dir.give_tree(
-            u.app.uid,
+            self.app_uid,
             deploy,
             GIVE_BACK_MAX_ENTRIES,
             GIVE_BACK_MAX_DEPTH,

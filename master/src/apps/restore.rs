@@ -58,6 +58,16 @@ pub fn register(stored: Vec<StoredApp>) -> (Registry, Vec<(String, u16)>) {
             routes,
             stopped: s.stopped,
         };
+        // Two rows with one uid (a file edited by hand): the second app gets a new one.
+        match s.uid {
+            Some(uid) if !reg.ids.values().any(|u| *u == uid) => {
+                reg.ids.insert(s.name.clone(), uid);
+            }
+            Some(uid) => {
+                tracing::warn!(app = %s.name, uid, "another app holds the stored uid; the app gets a new one")
+            }
+            None => {}
+        }
         let mut app = App::new(s.name.clone(), config, true);
         app.last_error = last_error;
         app.restoring = !app.config.stopped && app.config.min_instances > 0;

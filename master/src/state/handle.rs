@@ -97,6 +97,10 @@ impl StateHandle {
         self.call(move |s| s.delete_app(&app)).await
     }
 
+    pub async fn set_app_uid(&self, app: String, uid: u32) -> Result<bool, StateError> {
+        self.call(move |s| s.set_app_uid(&app, uid)).await
+    }
+
     pub async fn set_base_port(&self, app: String, base_port: u16) -> Result<bool, StateError> {
         self.call(move |s| s.set_base_port(&app, base_port)).await
     }

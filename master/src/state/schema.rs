@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS apps (
   base_port INTEGER NOT NULL,
   idle_timeout_secs INTEGER NOT NULL,
   stopped INTEGER NOT NULL DEFAULT 0,
-  updated_at_unix_secs INTEGER NOT NULL DEFAULT 0
+  updated_at_unix_secs INTEGER NOT NULL DEFAULT 0,
+  app_uid INTEGER
 );
 CREATE TABLE IF NOT EXISTS app_routes (
   app_name TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
@@ -66,18 +67,31 @@ const DEFAULT_SERVER_STATE: &str =
 pub fn create_v2(conn: &mut Connection, binary_version: &str) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA_V2)?;
+    add_app_uid(&tx)?;
     write_meta(&tx, binary_version)?;
     tx.execute(DEFAULT_SERVER_STATE, [])?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()
 }
 
-/// Version 2: make sure every table exists; update nothing.
+/// Version 2: make sure every table exists and add what later binaries of schema 2 added
+/// (the app uid); change no row.
 pub fn check_v2(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA_V2)?;
+    add_app_uid(&tx)?;
     tx.execute(DEFAULT_SERVER_STATE, [])?;
     tx.commit()
+}
+
+/// `apps.app_uid`: the uid and gid the app's processes run under (root only), allocated by
+/// the master and kept for the app's life. NULL until one is allocated: a row written by an
+/// older binary gets one at its next restore or deploy. A nullable column added in place
+/// keeps the schema at version 2, so an older binary of schema 2 still opens the file (and
+/// leaves the column alone). The unique index makes sure no two apps ever share a uid.
+fn add_app_uid(tx: &Connection) -> rusqlite::Result<()> {
+    add_column(tx, "apps", "app_uid", "INTEGER")?;
+    tx.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS apps_app_uid ON apps (app_uid)")
 }
 
 /// Step 1 → 2. Written against the 0.0.1-alpha layout, but each addition first checks that it
@@ -112,6 +126,7 @@ pub fn migrate_v1_to_v2(conn: &mut Connection, binary_version: &str) -> rusqlite
         "INTEGER",
     )?;
     add_column(&tx, "server_state", "primary_ready_at_unix_secs", "INTEGER")?;
+    add_app_uid(&tx)?;
     tx.execute(DEFAULT_SERVER_STATE, [])?;
 
     write_meta(&tx, binary_version)?;

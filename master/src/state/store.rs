@@ -135,7 +135,7 @@ impl Store {
         {
             let mut stmt = tx.prepare(
                 "SELECT name, version, path, cwd, command_json, env_json, min_instances,
-                        base_port, idle_timeout_secs, stopped
+                        base_port, idle_timeout_secs, stopped, app_uid
                  FROM apps ORDER BY name",
             )?;
             let mut routes_stmt = tx.prepare(
@@ -179,14 +179,15 @@ impl Store {
         tx.execute(
             "INSERT INTO apps (name, version, path, cwd, command_json, env_json, min_instances,
                                max_instances, base_port, idle_timeout_secs, stopped,
-                               updated_at_unix_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11)
+                               updated_at_unix_secs, app_uid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12)
              ON CONFLICT(name) DO UPDATE SET
                version = excluded.version, path = excluded.path, cwd = excluded.cwd,
                command_json = excluded.command_json, env_json = excluded.env_json,
                min_instances = excluded.min_instances, max_instances = excluded.max_instances,
                base_port = excluded.base_port, idle_timeout_secs = excluded.idle_timeout_secs,
-               stopped = 0, updated_at_unix_secs = excluded.updated_at_unix_secs",
+               stopped = 0, updated_at_unix_secs = excluded.updated_at_unix_secs,
+               app_uid = COALESCE(excluded.app_uid, apps.app_uid)",
             params![
                 app.name,
                 app.version,
@@ -198,7 +199,8 @@ impl Store {
                 STORED_MAX_INSTANCES,
                 app.base_port,
                 app.idle_timeout_secs,
-                now
+                now,
+                app.uid
             ],
         )?;
         tx.execute("DELETE FROM app_routes WHERE app_name = ?1", [&app.name])?;
@@ -286,6 +288,18 @@ impl Store {
         tx.execute("DELETE FROM app_routes WHERE app_name = ?1", [app])?;
         let n = tx.execute("DELETE FROM apps WHERE name = ?1", [app])?;
         tx.execute("DELETE FROM releases WHERE app_name = ?1", [app])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Stores the uid allocated to an app that had none (a row of an older binary), or a
+    /// replacement for one outside the configured range. Returns whether the app exists.
+    pub fn set_app_uid(&mut self, app: &str, uid: u32) -> Result<bool, StateError> {
+        let tx = self.write_tx()?;
+        let n = tx.execute(
+            "UPDATE apps SET app_uid = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
+            params![app, uid, to_i64(super::unix_now())],
+        )?;
         tx.commit()?;
         Ok(n > 0)
     }
@@ -481,6 +495,7 @@ fn decode_app(row: &rusqlite::Row<'_>) -> Result<StoredApp, String> {
     let base_port: i64 = row.get(7).map_err(get_err)?;
     let idle: i64 = row.get(8).map_err(get_err)?;
     let stopped: i64 = row.get(9).map_err(get_err)?;
+    let uid: Option<i64> = row.get(10).map_err(get_err)?;
     Ok(StoredApp {
         name: row.get(0).map_err(get_err)?,
         version: row.get(1).map_err(get_err)?,
@@ -496,6 +511,8 @@ fn decode_app(row: &rusqlite::Row<'_>) -> Result<StoredApp, String> {
             .map_err(|_| format!("idle_timeout_secs {idle} out of range"))?,
         stopped: stopped != 0,
         routes: Vec::new(),
+        // A value that is no uid is dropped: the app gets a fresh one.
+        uid: uid.and_then(|u| u32::try_from(u).ok()).filter(|u| *u != 0),
     })
 }
 

@@ -57,6 +57,7 @@ fn app(name: &str, version: &str, routes: &[&str]) -> StoredApp {
         idle_timeout_secs: 300,
         stopped: false,
         routes: routes.iter().map(|r| r.to_string()).collect(),
+        uid: None,
     }
 }
 
@@ -116,6 +117,7 @@ fn new_file_gets_schema_v2_with_pragmas_and_mode_0600() {
         [
             "app_routes",
             "apps",
+            "apps_app_uid",
             "releases",
             "releases_app",
             "schema_meta",
@@ -600,7 +602,11 @@ fn v1_file_is_backed_up_then_migrated_to_v2() {
     assert!(tables(conn).contains(&"releases_app".to_string()));
     assert_eq!(
         columns(conn, "apps")[10..],
-        ["stopped".to_string(), "updated_at_unix_secs".to_string()]
+        [
+            "stopped".to_string(),
+            "updated_at_unix_secs".to_string(),
+            "app_uid".to_string()
+        ]
     );
     assert_eq!(
         columns(conn, "app_routes"),
@@ -705,4 +711,45 @@ async fn handle_runs_calls_on_the_state_thread() {
         .expect("call");
     assert_eq!(thread.as_deref(), Some("tako-state"));
     assert!(h.delete_app("web".into()).await.expect("delete"));
+}
+
+/// A schema-2 file written before apps had uids of their own: it gains the column in place,
+/// its apps load without a uid (one is allocated at restore), and a uid once stored stays
+/// through later deploys that do not name one.
+#[test]
+fn app_uid_column_is_added_in_place_and_kept() {
+    let dir = TempDir::new("uid");
+    {
+        let mut s = Store::open(dir.path(), BIN).expect("create");
+        s.commit_deploy(
+            &app("web", "v1", &["web.example.com"]),
+            ReleaseKind::Deploy,
+            1,
+        )
+        .expect("deploy");
+        // What a binary before the column left behind.
+        s.conn()
+            .execute_batch("DROP INDEX apps_app_uid; ALTER TABLE apps DROP COLUMN app_uid;")
+            .expect("drop the column");
+    }
+    let mut s = Store::open(dir.path(), BIN).expect("reopen");
+    assert!(columns(s.conn(), "apps").contains(&"app_uid".to_string()));
+    assert_eq!(s.load_apps().expect("load")[0].uid, None);
+    assert!(s.set_app_uid("web", 61184).expect("set"));
+    s.commit_deploy(
+        &app("web", "v2", &["web.example.com"]),
+        ReleaseKind::Deploy,
+        2,
+    )
+    .expect("redeploy");
+    assert_eq!(s.load_apps().expect("load")[0].uid, Some(61184));
+    let mut other = app("api", "v1", &["api.example.com"]);
+    other.uid = Some(61184);
+    assert!(
+        s.commit_deploy(&other, ReleaseKind::Deploy, 3).is_err(),
+        "two apps never share a uid"
+    );
+    s.delete_app("web").expect("delete");
+    s.commit_deploy(&other, ReleaseKind::Deploy, 4)
+        .expect("a deleted app's uid is free again");
 }

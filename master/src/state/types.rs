@@ -22,6 +22,9 @@ pub struct StoredApp {
     pub stopped: bool,
     /// Normalized route strings in deploy order.
     pub routes: Vec<String>,
+    /// The app's own uid (and gid), root only; `None` until one is allocated. A deploy
+    /// with `None` keeps the stored one.
+    pub uid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

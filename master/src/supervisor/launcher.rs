@@ -178,6 +178,13 @@ async fn run_one(master: &Arc<Master>, generation: u32) -> String {
             return format!("no valid hello: {e}");
         }
     };
+    // Before anything can be spawned: the uids the launcher may run apps as.
+    if master.users.is_some() {
+        let (first, last) = master.settings.app_uid_range;
+        let _ = channel
+            .sender()
+            .send(&MasterToLauncher::AppIdRange { first, last });
+    }
     {
         let link = &master.launcher;
         let mut st = link.lock();

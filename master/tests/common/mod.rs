@@ -74,6 +74,17 @@ pub fn instance_port_offset() -> u32 {
 }
 
 static DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
+static RANGE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Uids for one server's apps (`--app-uid-range`), none shared with another server: the
+/// server ends every process of an app's uid on stop, delete and shutdown, so two test
+/// servers must never give apps the same uid. Test processes run at the same time have
+/// different pids; the counter tells apart the servers of one test.
+pub fn app_uid_range() -> (u32, u32) {
+    let n = RANGE_COUNTER.fetch_add(1, Ordering::Relaxed) % 4;
+    let first = 1_000_000 + std::process::id() * 64 + n * 16;
+    (first, first + 15)
+}
 
 /// A fresh directory under /tmp named after the running test, mode 0755 so the app user
 /// can reach the releases below it.
@@ -179,6 +190,8 @@ pub struct Server {
     pub http_port: u16,
     pub tls_port: u16,
     pub offset: u32,
+    /// `--app-uid-range` of this server, inclusive.
+    pub app_uid_range: (u32, u32),
     pub stderr_path: PathBuf,
     pub opts: ServerOpts,
     /// uid and gid the server process runs as.
@@ -245,6 +258,7 @@ impl Server {
             http_port,
             tls_port,
             offset: instance_port_offset(),
+            app_uid_range: app_uid_range(),
             opts,
             run_ids,
             seen: std::sync::Mutex::new(Vec::new()),
@@ -274,6 +288,8 @@ impl Server {
             a.push("--no-acme".into());
         }
         a.extend(["--instance-port-offset".into(), self.offset.to_string()]);
+        let (first, last) = self.app_uid_range;
+        a.extend(["--app-uid-range".into(), format!("{first}-{last}")]);
         a.extend(self.opts.args.iter().cloned());
         a
     }
