@@ -30,6 +30,41 @@ pub struct WorkerConfig {
     /// HTTP/2 connection timers other than the documented ones; `None` (always, outside the
     /// integration tests) means the documented 10 s / 60 s / 60 s.
     pub h2_timeouts: Option<H2Timeouts>,
+    /// How the worker confines itself after the privilege drop (docs/isolation.md).
+    pub sandbox: SandboxConfig,
+}
+
+/// How strictly a worker confines itself (`--sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SandboxMode {
+    /// Every part of the sandbox or no worker: a kernel without Landlock or seccomp stops it.
+    Strict,
+    /// What the kernel offers, with one warning line naming what it does not.
+    #[default]
+    BestEffort,
+    /// No sandbox beyond the privilege drop.
+    Off,
+}
+
+/// What a worker's sandbox lets through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    pub mode: SandboxMode,
+    /// `<data-dir>/apps`: the only place files can be opened, read-only (static files).
+    pub apps_dir: String,
+    /// The first and last port an app instance can get: the only TCP connect targets.
+    pub instance_ports: (u16, u16),
+}
+
+impl SandboxConfig {
+    /// No sandbox: for a worker run inside a test process, which must not be confined.
+    pub fn off() -> SandboxConfig {
+        SandboxConfig {
+            mode: SandboxMode::Off,
+            apps_dir: String::new(),
+            instance_ports: (0, 0),
+        }
+    }
 }
 
 /// The HTTP/2 connection timers in milliseconds, set only by the hidden `--test-h2-timeouts-ms`

@@ -29,6 +29,10 @@ pub struct Cli {
 pub enum Command {
     /// Talk to a running server over its management socket
     Ctl(crate::ctl::CtlArgs),
+    /// Apply the proxy worker's sandbox to this process, try what it must refuse and print
+    /// the outcomes as JSON (tests and diagnosis)
+    #[command(name = "sandbox-selftest", hide = true)]
+    SandboxSelftest(crate::sandbox_selftest::SelftestArgs),
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -77,6 +81,15 @@ fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
         return Err(err());
     }
     Ok((first, last))
+}
+
+fn parse_sandbox(s: &str) -> Result<tako_ipc::SandboxMode, String> {
+    match s {
+        "strict" => Ok(tako_ipc::SandboxMode::Strict),
+        "best-effort" => Ok(tako_ipc::SandboxMode::BestEffort),
+        "off" => Ok(tako_ipc::SandboxMode::Off),
+        _ => Err("must be strict, best-effort or off".into()),
+    }
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -150,6 +163,10 @@ pub struct ServerFlags {
     /// Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off
     #[arg(long = "cache-size", value_name = "BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_size: u64,
+    /// Proxy worker sandbox (Landlock, seccomp, rlimits): strict refuses to start on a kernel
+    /// without it, best-effort warns once and goes on, off applies none
+    #[arg(long, value_name = "MODE", default_value = "best-effort", value_parser = parse_sandbox)]
+    pub sandbox: tako_ipc::SandboxMode,
     /// Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds
     /// (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit.
     #[arg(long = "test-h2-timeouts-ms", value_name = "MS,MS,MS", hide = true,
@@ -235,6 +252,23 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// HTTP/2 timers from the hidden test flag; `None` = the documented limits.
     pub h2_timeouts: Option<tako_ipc::H2Timeouts>,
+    /// `--sandbox`: how the proxy workers confine themselves.
+    pub sandbox: tako_ipc::SandboxMode,
+}
+
+impl Settings {
+    /// What each proxy worker's sandbox lets through: `<data-dir>/apps` to read, and the
+    /// instance ports (instances.md §6, moved by `--instance-port-offset`) to connect to.
+    pub fn worker_sandbox(&self) -> tako_ipc::SandboxConfig {
+        use crate::apps::ports::{BLOCK, BLOCKS, FIRST_BASE};
+        let first = FIRST_BASE.saturating_add(self.instance_port_offset);
+        let last = (FIRST_BASE + BLOCK * BLOCKS - 1).saturating_add(self.instance_port_offset);
+        tako_ipc::SandboxConfig {
+            mode: self.sandbox,
+            apps_dir: self.data_dir.join("apps").display().to_string(),
+            instance_ports: (first, last),
+        }
+    }
 }
 
 fn usable_cpus() -> usize {
@@ -267,6 +301,16 @@ impl ServerFlags {
         for (name, port) in [("http_port", http_port), ("https_port", https_port)] {
             if port == 0 {
                 return Err(ConfigError::Usage(format!("{name} must be 1-65535")));
+            }
+        }
+        if self.sandbox == tako_ipc::SandboxMode::Strict {
+            let missing = tako_proxy_worker::sandbox::kernel_missing();
+            if !missing.is_empty() {
+                return Err(ConfigError::Usage(format!(
+                    "--sandbox strict: this kernel lacks {}; the proxy workers cannot be \
+                     confined (use --sandbox best-effort to run without it)",
+                    missing.join(" and ")
+                )));
             }
         }
         if http_port == https_port {
@@ -350,6 +394,7 @@ impl ServerFlags {
             instance_port_offset: self.instance_port_offset,
             cache_bytes: self.cache_size,
             h2_timeouts: self.test_h2_timeouts_ms,
+            sandbox: self.sandbox,
         })
     }
 

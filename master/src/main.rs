@@ -16,6 +16,7 @@ mod logging;
 mod mgmt;
 mod reexec;
 mod role;
+mod sandbox_selftest;
 mod state;
 mod status;
 mod supervisor;
@@ -32,6 +33,7 @@ fn main() {
     let cli = cli::Cli::parse();
     let code = match cli.command {
         Some(cli::Command::Ctl(a)) => ctl::run(a),
+        Some(cli::Command::SandboxSelftest(a)) => sandbox_selftest::run(a),
         None => boot::run(cli.server),
     };
     std::process::exit(code);

@@ -139,6 +139,7 @@ fn main() {
             server_started_unix_secs: 0,
             cache_bytes: 0,
             h2_timeouts: None,
+            sandbox: tako_ipc::SandboxConfig::off(),
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,

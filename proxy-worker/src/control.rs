@@ -50,6 +50,11 @@ pub async fn run(ipc: UnixStream) -> i32 {
         generation = config.generation,
         "Worker connected to the master"
     );
+    // Before the first certificate, route or network byte: the sandbox binds this thread and
+    // the threads it starts, and this is the only thread so far.
+    if !crate::sandbox::enter(&config.sandbox) {
+        return 1;
+    }
     let shared = Arc::new(Shared::new(config, channel.sender()));
     let tls_config = match tls::server_config(Arc::clone(&shared.certs)) {
         Ok(c) => c,

@@ -22,6 +22,7 @@ mod pipeline;
 mod redirect;
 mod responses;
 mod rewind;
+pub mod sandbox;
 mod shared;
 mod static_files;
 mod table;

@@ -163,6 +163,7 @@ impl Master {
             server_started_unix_secs: 0,
             cache_bytes: 0,
             h2_timeouts: None,
+            sandbox: tako_ipc::SandboxConfig::off(),
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,
@@ -667,6 +668,7 @@ fn version_mismatch_exits_one() {
                 server_started_unix_secs: 0,
                 cache_bytes: 0,
                 h2_timeouts: None,
+                sandbox: tako_ipc::SandboxConfig::off(),
             },
         })
         .await

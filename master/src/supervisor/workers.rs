@@ -271,6 +271,7 @@ fn worker_config(master: &Master, index: u32, generation: u32) -> WorkerConfig {
         // cache.md §1: floor(budget / workers) each.
         cache_bytes: s.cache_bytes / (s.workers.max(1) as u64),
         h2_timeouts: s.h2_timeouts,
+        sandbox: s.worker_sandbox(),
     }
 }
 
