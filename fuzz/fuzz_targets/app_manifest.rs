@@ -2,17 +2,15 @@
 //! non-empty argv or refuses it with a message, never panics; `install_argv` of an accepted
 //! manifest is total.
 //!
-//! The master is a binary crate; `apps/manifest.rs` is a pure module compiled here from its
-//! source file. `manifest::parse` is the text half of `manifest::load`.
+//! The parser comes from the `tako-protocol` crate the server uses; `manifest::parse` is the
+//! text half of reading a release's manifest.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../master/src/apps/manifest.rs"]
-mod manifest;
+use tako_protocol::manifest;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -3,8 +3,7 @@
 //! yields goes through `parse_request`, which must answer Ok or an `Invalid command` error,
 //! never panic.
 //!
-//! The master is a binary crate; its protocol and line reader are pure modules, compiled here
-//! from their own source files so nothing in the master changes for the fuzzer.
+//! The protocol and the line reader come from the `tako-protocol` crate the server and ctl use.
 #![no_main]
 
 use std::pin::Pin;
@@ -13,16 +12,8 @@ use std::task::{Context, Poll, Waker};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 
-#[allow(dead_code)]
-#[path = "../../master/src/mgmt/protocol.rs"]
-mod protocol;
-
-// `linereader.rs` reaches `super::protocol`: at the crate root that is the module above.
-#[allow(dead_code)]
-#[path = "../../master/src/mgmt/linereader.rs"]
-mod linereader;
-
-use linereader::{LineEvent, LineReader};
+use tako_protocol::line::{LineEvent, LineReader};
+use tako_protocol::request as protocol;
 
 /// Hands out the input `step` bytes per read, to move the reader's buffer boundaries.
 struct Drip<'a> {

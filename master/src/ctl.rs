@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use tako_protocol::{parse_response, DeployRequest, Request, Response, PROTOCOL_VERSION};
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -259,9 +259,10 @@ impl EnvSources {
     }
 }
 
-/// The request line of `cmd`, with env values read from their files and variables.
-fn request(cmd: &CtlCommand) -> Result<Value, EnvError> {
-    Ok(match cmd {
+/// The request of `cmd`, with env values read from their files and variables. `None` for
+/// `raw`, which is sent as given.
+fn request(cmd: &CtlCommand) -> Result<Option<Request>, EnvError> {
+    Ok(Some(match cmd {
         CtlCommand::Deploy {
             app,
             version,
@@ -270,9 +271,15 @@ fn request(cmd: &CtlCommand) -> Result<Value, EnvError> {
             env,
             instances,
             idle_timeout,
-        } => json!({
-            "command": "deploy", "app": app, "version": version, "path": path, "routes": routes,
-            "env": env.gather()?, "instances": instances, "idle_timeout": idle_timeout}),
+        } => Request::Deploy(DeployRequest {
+            app: app.clone(),
+            version: version.clone(),
+            path: path.clone(),
+            routes: routes.clone(),
+            env: env.gather()?,
+            instances: *instances,
+            idle_timeout: *idle_timeout,
+        }),
         CtlCommand::UpdateSecrets {
             app,
             secrets,
@@ -284,39 +291,41 @@ fn request(cmd: &CtlCommand) -> Result<Value, EnvError> {
             if secrets.is_empty() {
                 return Err(EnvError::NoSecrets);
             }
-            json!({"command": "update_secrets", "app": app, "secrets": secrets.gather()?})
+            Request::UpdateSecrets {
+                app: app.clone(),
+                secrets: secrets.gather()?,
+            }
         }
-        other => plain_request(other),
-    })
+        CtlCommand::Status { app: a } => Request::Status { app: a.clone() },
+        CtlCommand::List => Request::List,
+        CtlCommand::Routes => Request::Routes,
+        CtlCommand::ServerInfo => Request::ServerInfo,
+        CtlCommand::Stop { app: a } => Request::Stop { app: a.clone() },
+        CtlCommand::Delete { app: a } => Request::Delete { app: a.clone() },
+        CtlCommand::Reload { app: a } => Request::Reload { app: a.clone() },
+        CtlCommand::Rollback { app: a, version } => Request::Rollback {
+            app: a.clone(),
+            version: version.clone(),
+        },
+        CtlCommand::Releases { app: a } => Request::ListReleases { app: a.clone() },
+        CtlCommand::RestartWorkers => Request::RestartWorkers,
+        CtlCommand::Processes => Request::Processes,
+        CtlCommand::ReloadCerts => Request::ReloadCerts,
+        CtlCommand::EnterUpgrading { owner } => Request::EnterUpgrading {
+            owner: owner.clone(),
+        },
+        CtlCommand::ExitUpgrading { owner } => Request::ExitUpgrading {
+            owner: owner.clone(),
+        },
+        CtlCommand::Upgrade => Request::Upgrade,
+        CtlCommand::Raw { .. } => return Ok(None),
+    }))
 }
 
-/// The request line of a command that carries no env values.
-fn plain_request(cmd: &CtlCommand) -> Value {
-    match cmd {
-        CtlCommand::Status { app } => json!({"command": "status", "app": app}),
-        CtlCommand::List => json!({"command": "list"}),
-        CtlCommand::Routes => json!({"command": "routes"}),
-        CtlCommand::ServerInfo => json!({"command": "server_info"}),
-        CtlCommand::Stop { app } => json!({"command": "stop", "app": app}),
-        CtlCommand::Delete { app } => json!({"command": "delete", "app": app}),
-        CtlCommand::Reload { app } => json!({"command": "reload", "app": app}),
-        CtlCommand::Rollback { app, version } => {
-            json!({"command": "rollback", "app": app, "version": version})
-        }
-        CtlCommand::Releases { app } => json!({"command": "list_releases", "app": app}),
-        CtlCommand::RestartWorkers => json!({"command": "restart_workers"}),
-        CtlCommand::Processes => json!({"command": "processes"}),
-        CtlCommand::ReloadCerts => json!({"command": "reload_certs"}),
-        CtlCommand::EnterUpgrading { owner } => {
-            json!({"command": "enter_upgrading", "owner": owner})
-        }
-        CtlCommand::ExitUpgrading { owner } => json!({"command": "exit_upgrading", "owner": owner}),
-        CtlCommand::Upgrade => json!({"command": "upgrade"}),
-        // Built by `request`, or sent as given.
-        CtlCommand::Deploy { .. } | CtlCommand::UpdateSecrets { .. } | CtlCommand::Raw { .. } => {
-            Value::Null
-        }
-    }
+/// One request as its line.
+fn line_of(req: &Request) -> String {
+    // A request holds strings, numbers and string maps only: it always serializes.
+    serde_json::to_string(req).unwrap_or_default()
 }
 
 /// The `raw -` line: the first line of stdin.
@@ -366,7 +375,8 @@ pub fn run(args: CtlArgs) -> i32 {
         },
         CtlCommand::Raw { line } => line.clone(),
         cmd => match request(cmd) {
-            Ok(v) => v.to_string(),
+            Ok(Some(req)) => line_of(&req),
+            Ok(None) => String::new(),
             Err(e) => {
                 eprintln!("{e}");
                 return 2;
@@ -392,9 +402,7 @@ pub fn run(args: CtlArgs) -> i32 {
         return match conn.exchange(&line) {
             Ok(resp) => {
                 println!("{resp}");
-                let ok = serde_json::from_str::<Value>(&resp)
-                    .ok()
-                    .is_some_and(|v| v["status"] == "ok");
+                let ok = matches!(parse_response(&resp), Ok(Response::Ok { .. }));
                 if ok {
                     0
                 } else {
@@ -407,14 +415,13 @@ pub fn run(args: CtlArgs) -> i32 {
             }
         };
     }
-    let hello = json!({"command": "hello", "protocol_version": 3}).to_string();
-    match conn
-        .exchange(&hello)
-        .map(|r| serde_json::from_str::<Value>(&r))
-    {
-        Ok(Ok(v)) if v["status"] == "ok" => {}
-        Ok(Ok(v)) => {
-            eprintln!("{}", v["message"].as_str().unwrap_or("hello failed"));
+    let hello = line_of(&Request::Hello {
+        protocol_version: PROTOCOL_VERSION,
+    });
+    match conn.exchange(&hello).map(|r| parse_response(&r)) {
+        Ok(Ok(Response::Ok { .. })) => {}
+        Ok(Ok(Response::Error { message })) => {
+            eprintln!("{message}");
             return 1;
         }
         Ok(Err(e)) => {
@@ -433,124 +440,28 @@ pub fn run(args: CtlArgs) -> i32 {
             return 3;
         }
     };
-    let v: Value = match serde_json::from_str(&resp) {
-        Ok(v) => v,
+    match parse_response(&resp) {
+        Ok(Response::Ok { data }) => {
+            if args.json {
+                println!("{resp}");
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            }
+            0
+        }
+        Ok(Response::Error { message }) => {
+            if args.json {
+                println!("{resp}");
+            }
+            eprintln!("{message}");
+            1
+        }
         Err(e) => {
             eprintln!("Cannot connect to {shown}: invalid response line: {e}");
-            return 3;
+            3
         }
-    };
-    if v["status"] == "ok" {
-        if args.json {
-            println!("{resp}");
-        } else {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v["data"]).unwrap_or_default()
-            );
-        }
-        0
-    } else {
-        if args.json {
-            println!("{resp}");
-        }
-        eprintln!("{}", v["message"].as_str().unwrap_or("error"));
-        1
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn env_text_skips_comments_and_blank_lines() {
-        let text = "# secrets\n\n  # indented comment\nA=1\r\nexport B=two words \n   \nC=\n";
-        assert_eq!(
-            parse_env_text(text),
-            Ok(pairs(&[("A", "1"), ("B", "two words "), ("C", "")]))
-        );
-        assert_eq!(parse_env_text(""), Ok(Vec::new()));
-    }
-
-    #[test]
-    fn env_values_are_taken_verbatim_after_the_first_equals() {
-        let text = "URL=postgres://u:p@h/db?x=1#frag\nQ=\"quoted value\"\nS='single'\nHALF=\"open\nONE=\"\n";
-        assert_eq!(
-            parse_env_text(text),
-            Ok(pairs(&[
-                ("URL", "postgres://u:p@h/db?x=1#frag"),
-                ("Q", "quoted value"),
-                ("S", "single"),
-                ("HALF", "\"open"),
-                ("ONE", "\""),
-            ]))
-        );
-    }
-
-    #[test]
-    fn env_text_errors_name_the_line_only() {
-        assert_eq!(
-            parse_env_text("A=1\nno equals here\n"),
-            Err((2, SyntaxError::NoEquals))
-        );
-        assert_eq!(parse_env_text("1A=x"), Err((1, SyntaxError::BadName)));
-        assert_eq!(parse_env_text("MY KEY=x"), Err((1, SyntaxError::BadName)));
-        assert_eq!(parse_env_text("=x"), Err((1, SyntaxError::BadName)));
-        assert_eq!(parse_env_text("A=x\0y"), Err((1, SyntaxError::Nul)));
-        let err = EnvError::Syntax {
-            name: "prod.env".into(),
-            line: 2,
-            reason: SyntaxError::NoEquals,
-        };
-        assert_eq!(err.to_string(), "prod.env:2: expected KEY=VALUE");
-    }
-
-    #[test]
-    fn a_value_on_the_command_line_is_refused_without_echoing_it() {
-        let sources = EnvSources {
-            files: Vec::new(),
-            names: vec!["OK_NAME".into(), "DB_PASSWORD=hunter2".into()],
-        };
-        let err = sources.gather().expect_err("refused");
-        let text = err.to_string();
-        assert!(matches!(err, EnvError::ValueOnCommandLine { .. }), "{text}");
-        assert!(
-            text.contains("--env-file") && text.contains("DB_PASSWORD"),
-            "{text}"
-        );
-        assert!(!text.contains("hunter2") && !text.contains('\n'), "{text}");
-    }
-
-    #[test]
-    fn names_come_from_the_environment_and_win_over_files() {
-        let dir = std::env::temp_dir().join(format!("tako-ctl-env-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let file = dir.join("a.env");
-        std::fs::write(&file, "PATH=from-file\nONLY_FILE=x\n").expect("write");
-        let sources = EnvSources {
-            files: vec![file],
-            names: vec!["PATH".into()],
-        };
-        let env = sources.gather().expect("gathered");
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(env.get("ONLY_FILE").map(String::as_str), Some("x"));
-        assert_eq!(env.get("PATH"), std::env::var("PATH").ok().as_ref());
-        let unset = EnvSources {
-            files: Vec::new(),
-            names: vec!["TAKO_CTL_TEST_SURELY_UNSET_VARIABLE".into()],
-        };
-        assert!(matches!(unset.gather(), Err(EnvError::Unset(_))));
-        // A second `-` is refused before reading anything.
-        assert!(matches!(
-            read_env_file(Path::new("-"), &mut true),
-            Err(EnvError::StdinTwice)
-        ));
     }
 }

@@ -333,9 +333,9 @@ fn stand_in_info(s: &Settings) -> Value {
 
 async fn stand_in_connection(stream: tokio::net::UnixStream, info: Arc<Value>) {
     let (rd, mut wr) = stream.into_split();
-    let mut lines = crate::mgmt::linereader::LineReader::new(rd);
-    use crate::mgmt::linereader::LineEvent;
-    use crate::mgmt::protocol::{self, Request};
+    let mut lines = tako_protocol::line::LineReader::new(rd);
+    use tako_protocol::line::LineEvent;
+    use tako_protocol::request::{self as protocol, Request};
     loop {
         let resp = match tokio::time::timeout(Duration::from_secs(600), lines.next_line()).await {
             Ok(Ok(LineEvent::Line(line))) => match protocol::parse_request(&line) {

@@ -8,13 +8,13 @@ use serde_json::{json, Value};
 use tako_ipc::InstallResult;
 
 use super::events::describe_exit;
-use super::manifest;
 use super::ports::free_base;
 use super::registry::{App, AppConfig, Build, InstState};
 use super::release::Lease;
 use crate::core::{lock, unix_now, Master};
 use crate::datadir::Release;
 use crate::state::{ReleaseKind, StoredApp};
+use tako_protocol::manifest;
 
 pub const INSTALL_TIMEOUT_MS: u64 = 600_000;
 

@@ -6,7 +6,6 @@ pub mod env;
 pub mod events;
 pub mod identity;
 pub mod idle;
-pub mod manifest;
 pub mod ops;
 pub mod ports;
 pub mod registry;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::deploy::DeployRequest;
-use super::manifest;
 use crate::beneath::{Kind, WalkError};
 use crate::core::{lock, Master};
 use crate::datadir::ReleasePathError;
 use crate::state::{ReleaseKind, ReleaseResult};
+use tako_protocol::manifest;
 
 /// At most this many entries of `releases/` are read for a listing.
 const MAX_LISTED_RELEASES: usize = 10_000;

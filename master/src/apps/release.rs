@@ -5,10 +5,10 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use super::manifest::{self, Manifest, MANIFEST_LIMIT, WRAPPER};
 use crate::beneath::WalkError;
 use crate::datadir::Release;
 use crate::users::Users;
+use tako_protocol::manifest::{self, Manifest, MANIFEST_LIMIT, WRAPPER};
 
 /// How far the hand-back after an install walks: a dependency tree is large but finite,
 /// and an app that keeps creating files must not keep the master busy forever.

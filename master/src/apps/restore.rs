@@ -16,7 +16,7 @@ pub fn register(stored: Vec<StoredApp>) -> (Registry, Vec<(String, u16)>) {
     let mut fixes = Vec::new();
     let mut used: HashSet<u16> = HashSet::new();
     for s in stored {
-        if let Err(e) = crate::mgmt::validate::validate_app_name(&s.name) {
+        if let Err(e) = tako_protocol::validate::validate_app_name(&s.name) {
             tracing::error!(app = %s.name, error = %e, "skipping a stored app with an invalid name");
             continue;
         }

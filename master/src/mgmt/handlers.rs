@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::protocol::{Request, CAPABILITIES, PROTOCOL_VERSION};
 use super::validate;
 use crate::apps::deploy::DeployRequest;
 use crate::core::{lock, Master};
 use crate::state::{EnterOutcome, ExitOutcome, ReleaseKind, ServerMode};
+use tako_protocol::request::{Request, CAPABILITIES, PROTOCOL_VERSION};
+use tako_protocol::validate as fields;
 
 fn busy_message(req: &Request, app: &str) -> String {
     match req {
@@ -34,7 +35,7 @@ pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String>
             return Err(req.upgrade_gate_message().unwrap_or_default());
         }
     }
-    validate::validate_fields(&req)?;
+    fields::validate_fields(&req)?;
     match req {
         Request::Hello { protocol_version } => {
             if protocol_version != PROTOCOL_VERSION {

@@ -1,7 +1,6 @@
-//! The management socket: protocol, validation, and the server that runs commands.
+//! The management socket: the server that runs commands, and the release-path check. The
+//! protocol itself is the `tako-protocol` crate.
 
 pub mod handlers;
-pub mod linereader;
-pub mod protocol;
 pub mod server;
 pub mod validate;

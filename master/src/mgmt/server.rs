@@ -11,10 +11,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use super::linereader::{LineEvent, LineReader};
-use super::protocol::{self, parse_request, LINE_TOO_LONG};
 use crate::core::Master;
 use crate::users::Users;
+use tako_protocol::line::{LineEvent, LineReader};
+use tako_protocol::request::{self as protocol, parse_request, LINE_TOO_LONG};
 
 const MAX_CONNECTIONS: usize = 64;
 /// How long an extra connection waits for a slot before it is refused.
@@ -200,7 +200,7 @@ async fn connection(master: Arc<Master>, mut stream: UnixStream) {
     }
 }
 
-async fn run(master: &Arc<Master>, peer: &Peer, req: super::protocol::Request) -> String {
+async fn run(master: &Arc<Master>, peer: &Peer, req: protocol::Request) -> String {
     let name = req.name();
     if master.is_shutting_down() {
         return protocol::error(&format!("Server is shutting down; '{name}' was not run."));
@@ -209,9 +209,7 @@ async fn run(master: &Arc<Master>, peer: &Peer, req: super::protocol::Request) -
     let app = req.app().map(str::to_string);
     let version = req.version().map(str::to_string);
     let keys: Option<Vec<String>> = match &req {
-        super::protocol::Request::UpdateSecrets { secrets, .. } => {
-            Some(secrets.keys().cloned().collect())
-        }
+        protocol::Request::UpdateSecrets { secrets, .. } => Some(secrets.keys().cloned().collect()),
         _ => None,
     };
     let started = Instant::now();

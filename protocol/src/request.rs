@@ -1,9 +1,6 @@
 //! The management protocol's wire types (management-protocol.md §2-3, §8): requests parsed
 //! from one JSON line, responses written as one compact JSON line.
 
-// Parts of this API wait for the master's socket loop to call them; remove once it does.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -34,7 +31,7 @@ pub const MAX_LINE_LEN: usize = 1_048_576;
 pub const LINE_TOO_LONG: &str = "Invalid command: json line exceeds max length (1048576 bytes)";
 
 /// Fields of `deploy` (§8.4).
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployRequest {
     pub app: String,
     pub version: String,
@@ -65,7 +62,7 @@ impl fmt::Debug for DeployRequest {
 
 /// One request line. The variant order is the order serde lists in its `unknown variant`
 /// message, which must start with `hello` (the CLI matches on it). Unknown fields are ignored.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Hello {
@@ -234,38 +231,51 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     serde_json::from_str(text).map_err(|e| format!("Invalid command: {e}"))
 }
 
-#[derive(Serialize)]
-struct OkEnvelope<'a> {
-    status: &'static str,
-    data: &'a Value,
+/// One answer line: `{"status":"ok","data":…}` or `{"status":"error","message":…}`. The
+/// server writes it with [`ok`] and [`error`]; a client reads it with [`parse_response`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok {
+        #[serde(default)]
+        data: Value,
+    },
+    Error {
+        message: String,
+    },
 }
 
-#[derive(Serialize)]
-struct ErrorEnvelope<'a> {
-    status: &'static str,
-    message: &'a str,
+impl Response {
+    /// The line, `\n` included. Object keys inside `data` come out sorted because
+    /// serde_json's map is a BTreeMap (the `preserve_order` feature stays off).
+    pub fn to_line(&self) -> String {
+        // Serializing a Value cannot fail: its keys are always strings.
+        let body = serde_json::to_string(self).unwrap_or_else(|_| match self {
+            Response::Ok { .. } => r#"{"status":"ok","data":{}}"#.to_string(),
+            Response::Error { .. } => {
+                r#"{"status":"error","message":"internal error"}"#.to_string()
+            }
+        });
+        body + "\n"
+    }
 }
 
-/// `{"status":"ok","data":<data>}` plus `\n`. Object keys inside `data` come out sorted
-/// because serde_json's map is a BTreeMap (the `preserve_order` feature stays off).
+/// `{"status":"ok","data":<data>}` plus `\n`.
 pub fn ok(data: Value) -> String {
-    let body = serde_json::to_string(&OkEnvelope {
-        status: "ok",
-        data: &data,
-    })
-    // Serializing a Value cannot fail: its keys are always strings.
-    .unwrap_or_else(|_| r#"{"status":"ok","data":{}}"#.to_string());
-    body + "\n"
+    Response::Ok { data }.to_line()
 }
 
 /// `{"status":"error","message":<msg>}` plus `\n`.
 pub fn error(msg: &str) -> String {
-    let body = serde_json::to_string(&ErrorEnvelope {
-        status: "error",
-        message: msg,
-    })
-    .unwrap_or_else(|_| r#"{"status":"error","message":"internal error"}"#.to_string());
-    body + "\n"
+    Response::Error {
+        message: msg.to_string(),
+    }
+    .to_line()
+}
+
+/// Reads one answer line (without or with its `\n`).
+pub fn parse_response(line: &str) -> Result<Response, serde_json::Error> {
+    serde_json::from_str(line.trim_end_matches('\n'))
 }
 
 #[cfg(test)]
@@ -275,6 +285,32 @@ mod tests {
 
     fn parse(s: &str) -> Result<Request, String> {
         parse_request(s.as_bytes())
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let lines = [
+            r#"{"command":"hello","protocol_version":3}"#,
+            r#"{"command":"list"}"#,
+            r#"{"app":"web","command":"rollback","version":"v1"}"#,
+            r#"{"app":"web","command":"update_secrets","secrets":{"K":"v"}}"#,
+            r#"{"app":"web","command":"deploy","env":{},"idle_timeout":300,"instances":1,"path":"/p","routes":["a.com"],"version":"v1"}"#,
+        ];
+        for line in lines {
+            let req = parse(line).expect(line);
+            let back = serde_json::to_value(&req).expect("serialize");
+            let want: Value = serde_json::from_str(line).expect("json");
+            assert_eq!(back, want, "{line}");
+        }
+        let answers = [ok(json!({"a": 1})), error("App not found: web")];
+        for a in answers {
+            let r = parse_response(&a).expect("parse");
+            assert_eq!(r.to_line(), a);
+        }
+        assert_eq!(
+            parse_response(r#"{"status":"ok"}"#).expect("no data"),
+            Response::Ok { data: Value::Null }
+        );
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! Reads request lines with the 1 MiB cap enforced while reading (management-protocol.md §2):
 //! at most one line's worth of bytes is ever held, however long the peer's line is.
 
-// Parts of this API wait for the master's socket loop to call them; remove once it does.
-#![allow(dead_code)]
-
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use super::protocol::MAX_LINE_LEN;
+use crate::request::MAX_LINE_LEN;
 
 /// What one [`LineReader::next_line`] call produced.
 #[derive(Debug, PartialEq, Eq)]
