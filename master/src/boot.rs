@@ -248,6 +248,16 @@ async fn serve(boot: Boot) -> i32 {
         self_exec,
         ready_fd,
     } = boot;
+    // Before anything can be asked of this server: a SIGTERM that arrives while the workers
+    // start (a `systemctl stop` right after a start) must wait its turn, not end the master
+    // by the default action and leave its children behind.
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return 1;
+        }
+    };
     let successor = ready_fd.is_some();
     // Sockets from a service manager (not from a re-executing predecessor, which is gone)
     // are still held by it: they must stay listening when we shut down.
@@ -383,10 +393,10 @@ async fn serve(boot: Boot) -> i32 {
             _ = upgrade::candidate_until_done(master.clone(), owner) => {
                 tracing::info!("upgrade finished; candidate shutting down");
             }
-            _ = wait_for_shutdown(&master) => {}
+            _ = wait_for_shutdown(&master, &mut signals) => {}
         }
     } else {
-        keep_socket = wait_for_shutdown(&master).await == Stop::HandedOver;
+        keep_socket = wait_for_shutdown(&master, &mut signals).await == Stop::HandedOver;
     }
     // After a hand-over the successor serves from the very same sockets.
     let stop_listening = !keep_socket && !listeners_shared;
@@ -454,16 +464,32 @@ enum Stop {
     HandedOver,
 }
 
-async fn wait_for_shutdown(master: &Arc<Master>) -> Stop {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return Stop::Signal;
-    };
+/// The signals the master acts on, registered once at startup.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
+async fn wait_for_shutdown(master: &Arc<Master>, signals: &mut Signals) -> Stop {
+    let Signals {
+        term,
+        int,
+        hup,
+        usr2,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Stop::Signal; }
