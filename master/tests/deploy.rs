@@ -332,7 +332,8 @@ fn instance_environment_is_built_from_scratch() {
     assert_eq!(env["APP_MODE"], json!("test"), "{env}");
     assert!(env["PATH"].is_string() && env["LANG"].is_string(), "{env}");
     let expected_home = if users::is_root() {
-        users::user(APP_USER).home
+        // Each app has a private HOME of its own (docs/isolation.md).
+        server.data_dir.join("app-homes/web").display().to_string()
     } else {
         nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
@@ -515,8 +516,8 @@ fn restart_restores_apps_without_a_deploy_and_answers_first() {
 }
 
 #[test]
-fn root_instances_run_as_the_app_user() {
-    users::require_root("the app user of instances");
+fn root_instances_run_as_the_apps_own_uid() {
+    users::require_root("the uid of instances");
     let app = users::user(APP_USER);
     let tako = users::user(DEPLOY_USER);
     let server = Server::start_default();
@@ -526,8 +527,14 @@ fn root_instances_run_as_the_app_user() {
     for (id, pid, _) in server.instances("web") {
         let pid = pid.expect("pid");
         let s = procfs::status(pid).expect("instance status");
-        assert_eq!(s.uids, [app.uid; 4], "instance {id} uid: {s:?}");
-        assert_eq!(s.gids, [app.gid; 4], "instance {id} gid: {s:?}");
+        // A uid and gid of the app's own from the server's range, never the app user's;
+        // the app user's group comes along as a supplementary group.
+        let own = s.uids[0];
+        let (first, last) = server.app_uid_range;
+        assert!((first..=last).contains(&own), "instance {id} uid: {s:?}");
+        assert_eq!(s.uids, [own; 4], "instance {id} uid: {s:?}");
+        assert_eq!(s.gids, [own; 4], "instance {id} gid: {s:?}");
+        assert!(s.groups.contains(&app.gid), "instance {id} groups: {s:?}");
         assert_eq!(s.cap_eff, 0, "instance {id} CapEff: {s:?}");
         assert_eq!(s.no_new_privs, 1, "instance {id} NoNewPrivs: {s:?}");
         let (ppid, _, pgid) = procfs::stat(pid).expect("instance stat");
@@ -538,7 +545,13 @@ fn root_instances_run_as_the_app_user() {
         );
     }
     let r = server.app_get("web.example.com", "/").expect("request");
-    assert_eq!(r.json()["uid"], json!(app.uid));
+    let uid = r.json()["uid"].as_u64().expect("uid") as u32;
+    let (first, last) = server.app_uid_range;
+    assert!(
+        (first..=last).contains(&uid),
+        "the app answers as its own uid, not {}",
+        app.uid
+    );
     // The release is handed back to the deploy user after the install step.
     let meta = fs::metadata(server.data_dir.join("apps/web/releases/v1")).expect("release");
     assert_eq!(meta.uid(), tako.uid, "release owner after deploy");
