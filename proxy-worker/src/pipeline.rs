@@ -168,16 +168,13 @@ async fn route(
     };
     log.app = Some(Arc::clone(&app.name));
 
-    // §8: dotfiles are never served (`/.well-known/` aside). Answered here, not by the app,
-    // so no probe for `.env` or `.git/` learns whether the release has one.
-    if static_files::is_hidden(req.method(), path) {
-        return Canned::NotFound.response(head);
-    }
-
     // §8: a file from the live release's public/ never reaches an instance.
     // Boxed, like the hold below: a rare path's future would otherwise make every request's
-    // future as large as its own.
-    if let Some(pattern) = static_pattern {
+    // future as large as its own. Dotfiles (`/.well-known/` aside) are never served from
+    // `public/`: such a path goes to the app like any path without a file, so a probe for
+    // `.env` or `.git/` gets the app's answer whether or not the release has one, and an
+    // app that routes a dot path itself keeps working.
+    if let Some(pattern) = static_pattern.filter(|_| !static_files::is_hidden(req.method(), path)) {
         let file = static_files::serve(
             req.method(),
             path,

@@ -8,7 +8,7 @@
 //! belong to the file that is read. Filesystem work runs off the runtime threads.
 //!
 //! Dotfiles are never served: a request path with a segment that starts with `.` (other than
-//! `.well-known`) is answered 404 before any file is looked at, and a file whose path below
+//! `.well-known`) goes to the app without any file being looked at, and a file whose path below
 //! `public/` has such a segment once symlinks are resolved is not served either. Builds leave
 //! `.env`, `.git/` and editor files in `public/` by accident far more often than on purpose.
 
@@ -128,8 +128,8 @@ fn is_hidden_segment(segment: &[u8]) -> bool {
     segment.first() == Some(&b'.') && segment != WELL_KNOWN
 }
 
-/// Whether a GET or HEAD for `path` is answered 404 without looking at `public/` or asking
-/// the app: some segment, percent-decoded, starts with `.` and is not `.well-known`.
+/// Whether a GET or HEAD for `path` must not be served from `public/`: some segment,
+/// percent-decoded, starts with `.` and is not `.well-known`. Such a request goes to the app.
 pub fn is_hidden(method: &Method, path: &str) -> bool {
     if method != Method::GET && method != Method::HEAD {
         return false;
