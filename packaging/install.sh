@@ -117,7 +117,12 @@ install_files "$binary"
 create_users
 create_deploy_home
 create_dirs
-sysctl -q -p "$SYSCTL" >/dev/null 2>&1 || say "could not apply $SYSCTL now; it applies at boot"
+# systemd-sysctl first: `sysctl` (procps) is missing on minimal installs.
+if [ -x /usr/lib/systemd/systemd-sysctl ]; then
+    /usr/lib/systemd/systemd-sysctl "$SYSCTL" >/dev/null 2>&1
+else
+    sysctl -q -p "$SYSCTL" >/dev/null 2>&1
+fi || say "could not apply $SYSCTL now; it applies at boot"
 
 if systemd_running; then
     systemctl daemon-reload

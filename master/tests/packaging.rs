@@ -182,7 +182,7 @@ fn unit_has_the_required_settings() {
             "ExecStart",
             "/usr/bin/tako-server --socket /var/run/tako/tako.sock --data-dir /opt/tako",
         ),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("ExecReload", r#"/bin/sh -c 'kill -HUP "$MAINPID"'"#),
         ("KillMode", "mixed"),
         ("TimeoutStopSec", "60"),
         ("Restart", "always"),
