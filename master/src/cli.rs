@@ -83,7 +83,16 @@ fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
     Ok((first, last))
 }
 
-fn parse_sandbox(s: &str) -> Result<tako_ipc::SandboxMode, String> {
+/// The `--sandbox` word of a mode, as the flag takes it.
+pub fn sandbox_name(mode: tako_ipc::SandboxMode) -> &'static str {
+    match mode {
+        tako_ipc::SandboxMode::Strict => "strict",
+        tako_ipc::SandboxMode::BestEffort => "best-effort",
+        tako_ipc::SandboxMode::Off => "off",
+    }
+}
+
+pub fn parse_sandbox(s: &str) -> Result<tako_ipc::SandboxMode, String> {
     match s {
         "strict" => Ok(tako_ipc::SandboxMode::Strict),
         "best-effort" => Ok(tako_ipc::SandboxMode::BestEffort),
@@ -164,9 +173,9 @@ pub struct ServerFlags {
     #[arg(long = "cache-size", value_name = "BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_size: u64,
     /// Proxy worker sandbox (Landlock, seccomp, rlimits): strict refuses to start on a kernel
-    /// without it, best-effort warns once and goes on, off applies none
-    #[arg(long, value_name = "MODE", default_value = "best-effort", value_parser = parse_sandbox)]
-    pub sandbox: tako_ipc::SandboxMode,
+    /// without it, best-effort (the default) warns once and goes on, off applies none
+    #[arg(long, value_name = "MODE", value_parser = parse_sandbox)]
+    pub sandbox: Option<tako_ipc::SandboxMode>,
     /// Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds
     /// (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit.
     #[arg(long = "test-h2-timeouts-ms", value_name = "MS,MS,MS", hide = true,
@@ -291,6 +300,7 @@ impl ServerFlags {
             acme_directory: self.acme_directory.is_some(),
             acme_ca_root: self.acme_ca_root.is_some(),
             app_uid_range: self.app_uid_range.is_some(),
+            sandbox: self.sandbox.is_some(),
         }
     }
 
@@ -303,7 +313,8 @@ impl ServerFlags {
                 return Err(ConfigError::Usage(format!("{name} must be 1-65535")));
             }
         }
-        if self.sandbox == tako_ipc::SandboxMode::Strict {
+        let sandbox = self.sandbox.unwrap_or_default();
+        if sandbox == tako_ipc::SandboxMode::Strict {
             let missing = tako_proxy_worker::sandbox::kernel_missing();
             if !missing.is_empty() {
                 return Err(ConfigError::Usage(format!(
@@ -394,7 +405,7 @@ impl ServerFlags {
             instance_port_offset: self.instance_port_offset,
             cache_bytes: self.cache_size,
             h2_timeouts: self.test_h2_timeouts_ms,
-            sandbox: self.sandbox,
+            sandbox,
         })
     }
 
@@ -430,6 +441,27 @@ mod tests {
         let mut v = vec!["tako-server"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v).unwrap().server
+    }
+
+    #[test]
+    fn a_candidate_keeps_the_primarys_sandbox_unless_told_otherwise() {
+        let dir = std::env::temp_dir().join("tako-cli-test-sandbox");
+        let d = dir.to_str().unwrap();
+        let primary = flags(&["--data-dir", d, "--sandbox", "off"])
+            .resolve()
+            .unwrap();
+        let stored = crate::upgrade::settings_json(&primary);
+        let plain = flags(&["--data-dir", d]);
+        let explicit = plain.explicit();
+        let mut candidate = plain.resolve().unwrap();
+        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
+        crate::upgrade::inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::Off);
+        let own = flags(&["--data-dir", d, "--sandbox", "best-effort"]);
+        let explicit = own.explicit();
+        let mut candidate = own.resolve().unwrap();
+        crate::upgrade::inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
     }
 
     #[test]

@@ -159,6 +159,15 @@ pub fn inherit_settings(
             settings.acme_ca_root = Some(PathBuf::from(p));
         }
     }
+    // A candidate serves the same traffic: its workers are confined like the primary's.
+    if !explicit.sandbox {
+        if let Some(mode) = v["sandbox"]
+            .as_str()
+            .and_then(|m| crate::cli::parse_sandbox(m).ok())
+        {
+            settings.sandbox = mode;
+        }
+    }
     // The apps' stored uids come from the primary's range: a candidate with another range
     // would give them new ones.
     if !explicit.app_uid_range {
@@ -187,6 +196,7 @@ pub struct ExplicitFlags {
     pub acme_directory: bool,
     pub acme_ca_root: bool,
     pub app_uid_range: bool,
+    pub sandbox: bool,
 }
 
 /// The primary's effective settings, as stored for candidates: the `server_info` keys and
@@ -208,6 +218,7 @@ pub fn settings_json(s: &Settings) -> String {
         "no_acme": s.no_acme,
         "proxy_user": s.proxy_user,
         "renewal_interval_hours": s.renewal_interval_hours,
+        "sandbox": crate::cli::sandbox_name(s.sandbox),
         "socket": s.socket.display().to_string(),
         "trusted_proxies": s.trusted_proxies.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         "workers": s.workers,
@@ -310,8 +321,9 @@ pub fn server_info(
     let mut v: Value = serde_json::from_str(&settings_json(s)).unwrap_or(json!({}));
     if let Some(o) = v.as_object_mut() {
         o.remove("acme_ca_root");
-        // For candidates only, like the CA root: not a server_info key.
+        // For candidates only, like the CA root: not server_info keys.
         o.remove("app_uid_range");
+        o.remove("sandbox");
         o.insert("mode".into(), json!(mode));
         o.insert("role".into(), json!(role));
         o.insert("privilege_separation".into(), json!(privilege_separation));
