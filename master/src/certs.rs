@@ -233,7 +233,11 @@ impl Master {
         let now = unix_now();
         for r in routes {
             let host = route_host(r);
-            if host.starts_with("*.") || !is_private_host(host) {
+            // A private wildcard route (`*.app.localhost`) gets a wildcard certificate like
+            // any private host: nothing else could ever serve its handshakes.
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            let wildcard = bare.len() != host.len();
+            if !is_private_host(bare) || (wildcard && bare.parse::<std::net::IpAddr>().is_ok()) {
                 continue;
             }
             if let Some(existing) = certs.get(host) {

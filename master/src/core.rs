@@ -152,10 +152,21 @@ impl Master {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let apps = lock(&self.apps).route_entries();
         let table = RouteTable { epoch, apps };
+        // The status page goes out with the table and ahead of it: workers apply messages
+        // in order, so one that acknowledged this epoch serves a page at least this new,
+        // and a command answered after that shows on tako.internal/status at once.
+        let page = self.render_status_page();
+        *lock(&self.status_page) = Some(page.clone());
         let workers = lock(&self.workers);
         *lock(&self.latest_routes) = table.clone();
+        workers.broadcast(&MasterToWorker::StatusPage {
+            body: page.body,
+            public_body: page.public_body,
+            healthy: page.healthy,
+        });
         workers.broadcast(&MasterToWorker::Routes(table));
         drop(workers);
+        // The metrics page and anything else that changed still come from the pusher.
         self.status_dirty.notify_one();
         epoch
     }
@@ -175,6 +186,9 @@ impl Master {
 
     /// Renders and pushes the status and metrics pages.
     pub fn push_status(&self) {
+        // Serialised with `publish`, which sends a page too: a page rendered here before a
+        // publish must not reach the workers after that publish's newer one.
+        let _serial = lock(&self.publish_lock);
         let page = self.render_status_page();
         let metrics = self.render_metrics();
         *lock(&self.status_page) = Some(page.clone());

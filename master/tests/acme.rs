@@ -179,6 +179,26 @@ fn post_json(port: u16, path: &str, body: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// One self-signed certificate for `localhost` + `127.0.0.1`, flagged as a CA the way such
+/// certificates usually are, serving as Pebble's HTTPS certificate and as its own "root".
+/// Returns its PEM path.
+fn pebble_tls_self_signed(dir: &Path) -> PathBuf {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.self_signed(&key).expect("self-signed");
+    let path = dir.join("pebble-cert.pem");
+    std::fs::write(&path, cert.pem()).expect("write cert");
+    std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem()).expect("write key");
+    path
+}
+
 /// Pebble and its DNS stub, running until dropped.
 struct Pebble {
     _dns: Proc,
@@ -192,8 +212,18 @@ struct Pebble {
 
 impl Pebble {
     fn start(http_port: u16) -> Pebble {
+        Pebble::start_with(http_port, false)
+    }
+
+    /// `self_signed`: Pebble's HTTPS certificate is one self-signed certificate (its
+    /// `ca_pem`), not a leaf under a separate CA.
+    fn start_with(http_port: u16, self_signed: bool) -> Pebble {
         let dir = temp_dir();
-        let ca_pem = pebble_tls(&dir);
+        let ca_pem = if self_signed {
+            pebble_tls_self_signed(&dir)
+        } else {
+            pebble_tls(&dir)
+        };
         let [listen, mgmt, tls_port, dns, dns_mgmt] = free_ports::<5>();
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
@@ -521,4 +551,101 @@ fn pebble_issues_renews_and_reports_failures() {
             println!("{line}");
         }
     }
+}
+
+/// A directory certificate that is self-signed (issue 21): given to `--acme-ca-root`, it is
+/// pinned and accepted as Pebble's leaf, and a certificate is issued. A root that does not
+/// match, and a directory where nothing listens, fail with their cause in the status and
+/// the log instead of `client error (Connect)`.
+#[test]
+fn pebble_with_a_self_signed_directory_certificate() {
+    if !pebble_installed() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pebble is not installed; .ci/run installs it (apt-get install pebble)"
+        );
+        println!("SKIPPED: Debian's pebble is not installed (apt-get install pebble)");
+        return;
+    }
+    let [http_port, tls_port] = free_ports::<2>();
+    let pebble = Pebble::start_with(http_port, true);
+    let directory = format!("https://127.0.0.1:{}/dir", pebble.listen);
+    {
+        let opts = ServerOpts {
+            ports: Some((http_port, tls_port)),
+            acme: true,
+            ..ServerOpts::default()
+        }
+        .arg("--acme-directory")
+        .arg(&directory)
+        .arg("--acme-ca-root")
+        .arg(&pebble.ca_pem.display().to_string());
+        let server = Server::start(opts);
+        server.wait_http_ready();
+        server.deploy("web", "v1", &[HOST], 1, &[]);
+        let valid = poll(Duration::from_secs(45), Duration::from_millis(200), || {
+            let e = cert_entry(&server, "web", HOST);
+            (e["state"] == "valid" && e["source"] == "acme").then_some(e)
+        });
+        valid.unwrap_or_else(|| {
+            panic!(
+                "no certificate through a pinned directory certificate\nstatus: {}\nstderr:\n{}\n{}",
+                server.app_status("web"),
+                server.stderr_text(),
+                pebble.logs()
+            )
+        });
+        let r = server.tls_get(HOST, "/").expect("TLS handshake");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // Another certificate as the root: the handshake with Pebble fails verification.
+    let other_dir = temp_dir();
+    let other = pebble_tls_self_signed(&other_dir);
+    let untrusted = ServerOpts {
+        acme: true,
+        ..ServerOpts::default()
+    }
+    .arg("--acme-directory")
+    .arg(&directory)
+    .arg("--acme-ca-root")
+    .arg(&other.display().to_string());
+    // Nothing listens on this port.
+    let closed = free_ports::<1>()[0];
+    let refused = ServerOpts {
+        acme: true,
+        ..ServerOpts::default()
+    }
+    .arg("--acme-directory")
+    .arg(&format!("https://127.0.0.1:{closed}/dir"));
+    for (opts, cause) in [
+        (untrusted, "certificate verification failed"),
+        (refused, "connection refused"),
+    ] {
+        let server = Server::start(opts);
+        server.deploy("web", "v1", &[HOST], 1, &[]);
+        let entry = poll(Duration::from_secs(30), Duration::from_millis(100), || {
+            let e = cert_entry(&server, "web", HOST);
+            e["error"].as_str().is_some().then_some(e)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no error in the status for {cause}\nstatus: {}\nstderr:\n{}",
+                server.app_status("web"),
+                server.stderr_text()
+            )
+        });
+        let error = entry["error"].as_str().unwrap_or_default();
+        assert_eq!(entry["state"], "pending", "{entry}");
+        assert!(
+            error.starts_with(&format!("Failed to initialize ACME client: {cause}")),
+            "{entry}"
+        );
+        let logged = server
+            .stderr_text()
+            .lines()
+            .any(|l| l.contains(&format!("Failed to initialize ACME client: {cause}")));
+        assert!(logged, "{}", server.stderr_text());
+    }
+    let _ = std::fs::remove_dir_all(&other_dir);
 }

@@ -72,7 +72,8 @@ impl AccountFile {
     }
 }
 
-/// The HTTPS client for the directory: the platform's roots, plus `--acme-ca-root`.
+/// The HTTPS client for the directory: the platform's roots, plus `--acme-ca-root` as roots
+/// and as pinned certificates ([`super::pinned`]).
 fn http_client(ca_root: Option<&Path>) -> Result<Box<dyn HttpClient>, AccountError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
@@ -97,8 +98,7 @@ fn http_client(ca_root: Option<&Path>) -> Result<Box<dyn HttpClient>, AccountErr
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())?;
+    let verifier = super::pinned::PinnedOrPlatform::new(extra, provider.clone())?;
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()

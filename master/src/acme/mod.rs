@@ -3,7 +3,9 @@
 //! per-name state that status reports (§7). Only a primary runs any of it.
 
 pub mod account;
+pub mod cause;
 mod order;
+mod pinned;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -199,6 +201,81 @@ pub fn queue_routes(master: &Master, routes: &[String]) {
     master.status_dirty.notify_one();
 }
 
+/// Whether a route host of a registered app needs a certificate from the CA now: at boot,
+/// the account is then set up at once, as it always was, so the first check's orders need
+/// not wait for it.
+fn routes_need_a_ca(master: &Master) -> bool {
+    let routes: Vec<String> = {
+        let reg = lock(&master.apps);
+        reg.apps
+            .values()
+            .filter(|a| a.visible)
+            .flat_map(|a| a.config.routes.clone())
+            .collect()
+    };
+    let certs = master.certs_snapshot();
+    let certs_dir = master.data.certs();
+    let now = unix_now();
+    routes
+        .iter()
+        .any(|r| plan::need(&plan::route_host(r), &certs, &certs_dir, now) == Need::Order)
+}
+
+/// Sets up the account once a name needs it, retrying with backoff; `None` at shutdown. A
+/// server whose hosts are all private never gets here with work, so it never contacts a CA
+/// and logs nothing about ACME.
+async fn account_when_needed(
+    master: &Arc<Master>,
+    cfg: &account::AccountConfig,
+) -> Option<instant_acme::Account> {
+    let mut needed = routes_need_a_ca(master);
+    let mut attempt = 0u32;
+    loop {
+        if master.is_shutting_down() {
+            return None;
+        }
+        if !needed {
+            let wake = master.acme.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if lock(&master.acme.state).queue.is_empty() {
+                // Shutdown is checked at least once a tick.
+                tokio::select! {
+                    _ = wake => {}
+                    _ = tokio::time::sleep(IDLE_TICK) => {}
+                }
+                continue;
+            }
+            needed = true;
+        }
+        match account::load_or_create(cfg).await {
+            Ok(a) => {
+                {
+                    let mut st = lock(&master.acme.state);
+                    st.account_ready = true;
+                    st.account_error = None;
+                }
+                master.status_dirty.notify_one();
+                return Some(a);
+            }
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                let wait = plan::account_backoff(attempt);
+                let why = cause::describe(&e);
+                tracing::warn!(
+                    retry_in_secs = wait.as_secs(),
+                    directory = %cfg.directory,
+                    "Failed to initialize ACME client: {why}"
+                );
+                lock(&master.acme.state).account_error =
+                    Some(format!("Failed to initialize ACME client: {why}"));
+                master.status_dirty.notify_one();
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 async fn run(master: Arc<Master>) {
     let s = &master.settings;
     let cfg = account::AccountConfig {
@@ -208,33 +285,9 @@ async fn run(master: Arc<Master>) {
         ca_root: s.acme_ca_root.clone(),
         dir: master.data.root.join("acme"),
     };
-    let mut attempt = 0u32;
-    let acct = loop {
-        if master.is_shutting_down() {
-            return;
-        }
-        match account::load_or_create(&cfg).await {
-            Ok(a) => break a,
-            Err(e) => {
-                attempt = attempt.saturating_add(1);
-                let wait = plan::account_backoff(attempt);
-                tracing::warn!(
-                    retry_in_secs = wait.as_secs(),
-                    "Failed to initialize ACME client: {e}"
-                );
-                lock(&master.acme.state).account_error =
-                    Some(format!("Failed to initialize ACME client: {e}"));
-                master.status_dirty.notify_one();
-                tokio::time::sleep(wait).await;
-            }
-        }
+    let Some(acct) = account_when_needed(&master, &cfg).await else {
+        return;
     };
-    {
-        let mut st = lock(&master.acme.state);
-        st.account_ready = true;
-        st.account_error = None;
-    }
-    master.status_dirty.notify_one();
 
     loop {
         if master.is_shutting_down() {
@@ -302,7 +355,7 @@ async fn run_one(master: &Arc<Master>, acct: &instant_acme::Account, host: &str)
     tokens.finish();
     match result {
         Ok(entry) => install(master, entry),
-        Err(e) => record_failure(master, host, e.to_string()),
+        Err(e) => record_failure(master, host, cause::describe(&e)),
     }
 }
 

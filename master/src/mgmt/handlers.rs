@@ -2,6 +2,7 @@
 //! the command (management-protocol.md §5-§8).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -24,6 +25,44 @@ fn busy_message(req: &Request, app: &str) -> String {
 }
 
 pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String> {
+    let changes_status = matches!(
+        req,
+        Request::Deploy(_)
+            | Request::Rollback { .. }
+            | Request::Reload { .. }
+            | Request::Stop { .. }
+            | Request::Delete { .. }
+            | Request::ReloadCerts
+    );
+    let answer = execute(master, req).await;
+    if changes_status && !master.is_shutting_down() {
+        settle(master).await;
+    }
+    answer
+}
+
+/// Bound on waiting for the workers to apply the page of a change.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+
+/// Returns once every worker serves a status page that shows what the command changed (or
+/// failed to change): a route table published now carries a freshly rendered page ahead of
+/// it, and its acknowledgement means both were applied. So a `deploy` answered is a deploy
+/// `tako.internal/status` shows (status-page.md).
+async fn settle(master: &Arc<Master>) {
+    let epoch = master.publish();
+    let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+    if !master
+        .wait_until(deadline, |m| m.applied_epoch() >= epoch)
+        .await
+    {
+        tracing::warn!(
+            epoch,
+            "not every worker applied the status page within 5 s; answering anyway"
+        );
+    }
+}
+
+async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, String> {
     if req.upgrade_gate_message().is_some() {
         if master
             .reexec_in_progress
@@ -211,7 +250,49 @@ fn processes(master: &Master) -> Value {
             "state": w.state.as_str(), "uid": w.uid, "uptime_secs": w.started.elapsed().as_secs()}),
         );
     }
-    json!({ "processes": list })
+    drop(table);
+    json!({ "instances": app_instances(master), "processes": list })
+}
+
+/// Every live app instance, by app name then instance id (management-protocol.md
+/// `processes`). The uid is the app's own when the server runs as root, else the server's:
+/// instances then run as the server's user.
+fn app_instances(master: &Master) -> Vec<Value> {
+    let own_uid = nix::unistd::getuid().as_raw();
+    let now = std::time::Instant::now();
+    let apps: Vec<(String, Vec<Value>)> = {
+        let reg = lock(&master.apps);
+        reg.apps
+            .values()
+            .filter(|a| a.visible)
+            .map(|a| {
+                let list = a
+                    .instances
+                    .values()
+                    .map(|i| {
+                        json!({"app": a.name, "instance": i.id, "pid": i.pid, "port": i.port,
+                               "state": i.state.as_str(), "version": i.build.version,
+                               "uptime_secs": now.duration_since(i.spawned).as_secs()})
+                    })
+                    .collect();
+                (a.name.clone(), list)
+            })
+            .collect()
+    };
+    // The uid lookup takes the registry again: done after it was released.
+    let mut out = Vec::new();
+    for (name, list) in apps {
+        let uid = if master.users.is_some() {
+            master.app_uid_of(&name)
+        } else {
+            Some(own_uid)
+        };
+        for mut i in list {
+            i["uid"] = json!(uid);
+            out.push(i);
+        }
+    }
+    out
 }
 
 impl Master {
