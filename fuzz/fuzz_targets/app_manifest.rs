@@ -1,5 +1,5 @@
-//! `app.json` text (instances.md §1-2): the master's manifest parser accepts it with a
-//! non-empty argv or refuses it with a message, never panics; `install_argv` of an accepted
+//! `app.json` text (docs/apps.md, "The manifest"): the master's manifest parser accepts it with
+//! a non-empty argv or refuses it with a message, never panics; `install_argv` of an accepted
 //! manifest is total.
 //!
 //! The parser comes from the `tako-protocol` crate the server uses; `manifest::parse` is the

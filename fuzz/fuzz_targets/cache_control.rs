@@ -1,6 +1,6 @@
-//! `Cache-Control` field lines as the response cache reads them (cache.md §5): any bytes give
-//! a `Directives` value, never a panic. Reading the lines one by one through `read_line` and
-//! through a `HeaderMap` with `from_headers` must agree.
+//! `Cache-Control` field lines as the response cache reads them (docs/http.md,
+//! "Response cache"): any bytes give a `Directives` value, never a panic. Reading the lines one
+//! by one through `read_line` and through a `HeaderMap` with `from_headers` must agree.
 //!
 //! The parser is a private module of the proxy-worker library; it is compiled here from its
 //! own source file (it only needs the `http` crate), so the worker's API stays as it is.

@@ -1,8 +1,8 @@
-//! Route patterns: text lines become routes (`parse_route` must accept or refuse, never
-//! panic), the accepted ones a `RouteMatcher`, and lines starting with `?` become lookups
-//! `?<host> <path>`. The matcher's indexed answer must equal a brute-force search with the
-//! spec's order (routing-and-proxy.md §2): `matches`, then score, then the normalized route
-//! in byte order, then the app name.
+//! Route patterns: text lines become routes (`parse_route` must accept or refuse, never panic),
+//! the accepted ones a `RouteMatcher`, and lines starting with `?` become lookups `?<host>
+//! <path>`. The matcher's indexed answer must equal a brute-force search with the documented
+//! order (docs/http.md, "Routing"): `matches`, then score, then the normalized route in byte
+//! order, then the app name.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -45,7 +45,8 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// IPv4-mapped IPv6 addresses count as IPv4 (routing-and-proxy.md §5).
+/// IPv4-mapped IPv6 addresses count as IPv4 (docs/http.md,
+/// "Forwarded headers and the effective scheme").
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -163,8 +163,8 @@ pub enum MasterToWorker {
     },
     /// Another worker saw a successful unsafe request: drop these cached targets.
     CacheInvalidate(CacheInvalidation),
-    /// The complete set of ACME HTTP-01 answers, `(token, key authorization)`: it replaces
-    /// the previous set (tls.md §6).
+    /// The complete set of ACME HTTP-01 answers, `(token, key authorization)`: it replaces the
+    /// previous set (docs/tls.md, "HTTP-01 challenge answers").
     AcmeTokens(Vec<(String, String)>),
 }
 
@@ -198,8 +198,8 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
-/// Upper bounds (seconds) of the request-duration histogram buckets
-/// (routing-and-proxy.md §7); a last, implicit bucket is +Inf.
+/// Upper bounds (seconds) of the request-duration histogram buckets (docs/operations.md,
+/// "Metrics"); a last, implicit bucket is +Inf.
 pub const DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];

@@ -1,5 +1,6 @@
-//! Route patterns: parsing and validation (management-protocol.md §6), matching and selection
-//! (routing-and-proxy.md §1-2), identity for conflict checks (management-protocol.md §7).
+//! Route patterns: parsing and validation (docs/management-protocol.md, "Validation"), matching
+//! and selection (docs/http.md, "Routing"), identity for conflict checks (the same "Validation"
+//! section).
 //!
 //! Pure code shared by the master (validation, conflicts) and the workers (matching), so both
 //! sides agree on what a route means.

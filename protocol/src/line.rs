@@ -1,5 +1,5 @@
-//! Reads request lines with the 1 MiB cap enforced while reading (management-protocol.md §2):
-//! at most one line's worth of bytes is ever held, however long the peer's line is.
+//! Reads request lines with the 1 MiB cap enforced while reading (docs/management-protocol.md,
+//! "Lines"): at most one line's worth of bytes is ever held, however long the peer's line is.
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 

@@ -1,4 +1,5 @@
-//! `app.json`: the launch command and the install step (instances.md §1-2).
+//! `app.json`: the launch command and the install step (docs/apps.md, "The manifest",
+//! "Install step").
 
 use std::path::{Path, PathBuf};
 
@@ -90,7 +91,7 @@ pub fn parse(
 
 pub const WRAPPER: &str = "node_modules/tako.sh/src/wrapper.ts";
 
-/// The install argv (§2), if any. `has_lockfile`: the release has `bun.lockb` or `bun.lock`.
+/// The install argv, if any. `has_lockfile`: the release has `bun.lockb` or `bun.lock`.
 pub fn install_argv(m: &Manifest, has_lockfile: bool) -> Option<Vec<String>> {
     if let Some(cmd) = &m.install {
         return Some(vec!["sh".into(), "-lc".into(), cmd.clone()]);

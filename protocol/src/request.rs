@@ -1,5 +1,5 @@
-//! The management protocol's wire types (management-protocol.md §2-3, §8): requests parsed
-//! from one JSON line, responses written as one compact JSON line.
+//! The management protocol's wire types (docs/management-protocol.md, "Lines", "Envelope",
+//! "Commands"): requests parsed from one JSON line, responses written as one compact JSON line.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,13 +24,13 @@ pub const CAPABILITIES: [&str; 10] = [
     "reload_certs",
 ];
 
-/// The line cap, newline included (§2).
+/// The line cap, newline included.
 pub const MAX_LINE_LEN: usize = 1_048_576;
 
 /// The answer to a line above [`MAX_LINE_LEN`].
 pub const LINE_TOO_LONG: &str = "Invalid command: json line exceeds max length (1048576 bytes)";
 
-/// Fields of `deploy` (§8.4).
+/// Fields of `deploy`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployRequest {
     pub app: String,
@@ -104,7 +104,8 @@ pub enum Request {
     RestartWorkers,
     Processes,
     ReloadCerts,
-    /// In-place re-exec of the binary with the listeners kept (upgrade-and-restarts.md §9).
+    /// In-place re-exec of the binary with the listeners kept (docs/architecture.md,
+    /// "Restarts and upgrades").
     Upgrade,
 }
 
@@ -163,7 +164,7 @@ impl Request {
         }
     }
 
-    /// Commands audited at `info` (§4).
+    /// Commands audited at `info` (docs/management-protocol.md, "Audit log").
     pub fn is_mutating(&self) -> bool {
         matches!(
             self,
@@ -205,8 +206,8 @@ impl Request {
         }
     }
 
-    /// The refusal while the durable mode is `upgrading` (§5), or `None` for commands that
-    /// are always allowed.
+    /// The refusal while the durable mode is `upgrading` (docs/management-protocol.md,
+    /// "Commands refused during an upgrade"), or `None` for commands that are always allowed.
     pub fn upgrade_gate_message(&self) -> Option<String> {
         // `update-secrets` keeps the hyphen of tako-server 0.0.1-alpha.
         let shown = match self {

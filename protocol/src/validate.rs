@@ -97,8 +97,8 @@ impl ValidRoutes {
     }
 }
 
-/// A deploy request that passed every check of §6 except the route conflict, which needs the
-/// app's lock (§7; see [`check_route_conflicts`]).
+/// A deploy request that passed every check of "Validation" except the route conflict, which
+/// needs the app's lock (see [`check_route_conflicts`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ValidDeploy {
     pub app: String,
@@ -196,8 +196,8 @@ pub fn validate_routes(raw: &[String]) -> Result<ValidRoutes, ValidationError> {
     Ok(ValidRoutes { patterns })
 }
 
-/// The route conflict of §6/§7: a route of `app` identical (by identity key) to a route
-/// owned by another app. `others` may include `app`'s own routes; they are skipped.
+/// The route conflict: a route of `app` identical (by identity key) to a route owned by another
+/// app. `others` may include `app`'s own routes; they are skipped.
 pub fn check_route_conflicts<'a>(
     app: &str,
     routes: &ValidRoutes,

@@ -1,5 +1,5 @@
-//! The access log (routing-and-proxy.md §15): one line per finished request, written when the
-//! record drops, i.e. after the last body byte or when the client went away.
+//! The access log (docs/cli.md, "Log"): one line per finished request, written when the record
+//! drops, i.e. after the last body byte or when the client went away.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -109,8 +109,8 @@ impl HttpBody for RequestBody {
 pub struct ReplayState {
     slot: Mutex<Option<RequestBody>>,
     too_large: AtomicBool,
-    /// Reading the client's body failed (bad chunking, cut off): the failure is the
-    /// client's, so the answer is a 400, not a 502 (routing-and-proxy.md §4).
+    /// Reading the client's body failed (bad chunking, cut off): the failure is the client's,
+    /// so the answer is a 400, not a 502 (docs/http.md, "Error responses").
     client_failed: AtomicBool,
 }
 

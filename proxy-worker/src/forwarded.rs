@@ -1,4 +1,5 @@
-//! Effective scheme and the forwarded headers sent upstream (routing-and-proxy.md §5).
+//! Effective scheme and the forwarded headers sent upstream (docs/http.md,
+//! "Forwarded headers and the effective scheme").
 
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
 

@@ -1,8 +1,8 @@
 //! The limits of an HTTP/2 connection that hyper's server does not keep by itself
-//! (routing-and-proxy.md §13, docs/limits.md): 10 s from the TLS handshake to the client
-//! preface and first SETTINGS, GOAWAY after 60 s without an open stream, and a request body
-//! that brings no byte for 60 s resets its stream. Streams, header lists and reset floods are
-//! bounded through hyper's own settings (see [`builder`]).
+//! (docs/limits.md, "HTTP/2 limits"): 10 s from the TLS handshake to the client preface and
+//! first SETTINGS, GOAWAY after 60 s without an open stream, and a request body that brings no
+//! byte for 60 s resets its stream. Streams, header lists and reset floods are bounded through
+//! hyper's own settings (see [`builder`]).
 //!
 //! hyper runs the connection; this module watches it from outside: an IO wrapper sees the
 //! preface arrive, a guard per stream counts open streams (it lives in the service future and

@@ -1,5 +1,5 @@
-//! Held requests (routing-and-proxy.md §9): a request for an app with no healthy instance
-//! waits for a table that has one, for a failed start, or for the 30 s limit.
+//! Held requests (docs/http.md, "Choosing an instance"): a request for an app with no healthy
+//! instance waits for a table that has one, for a failed start, or for the 30 s limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

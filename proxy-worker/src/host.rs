@@ -1,4 +1,4 @@
-//! The request host (routing-and-proxy.md §3): which header or authority names it, and the
+//! The request host (docs/http.md, "Request host"): which header or authority names it, and the
 //! normalized hostname used for routing.
 
 use std::fmt;

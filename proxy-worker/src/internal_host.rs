@@ -1,5 +1,5 @@
-//! `tako.internal` (routing-and-proxy.md §7): the status page and metrics the master renders,
-//! served from the latest snapshot it pushed.
+//! `tako.internal` (docs/http.md, "tako.internal"): the status page and metrics the master
+//! renders, served from the latest snapshot it pushed.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};

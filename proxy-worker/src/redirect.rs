@@ -1,4 +1,4 @@
-//! The HTTP → HTTPS redirect (routing-and-proxy.md §6).
+//! The HTTP → HTTPS redirect (docs/http.md, "HTTP to HTTPS redirect").
 
 use bytes::Bytes;
 use http::header::{HeaderValue, LOCATION};

@@ -1,5 +1,6 @@
-//! Responses the worker generates itself: the error texts of routing-and-proxy.md §14 and the
-//! small helpers every generated response goes through (exact length, no body for HEAD).
+//! Responses the worker generates itself: the error texts of docs/http.md, "Error responses",
+//! and the small helpers every generated response goes through (exact length, no body for
+//! HEAD).
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
@@ -71,7 +72,7 @@ impl Canned {
             Bytes::from_static(self.body().as_bytes()),
             head,
         );
-        // After a parse error or a limit breach the connection is in an unknown state (§14).
+        // After a parse error or a limit breach the connection is in an unknown state.
         if matches!(
             self,
             Canned::BadRequest

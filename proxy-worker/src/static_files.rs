@@ -1,5 +1,5 @@
-//! Static files from `<release>/public` (routing-and-proxy.md §8): candidate paths with the
-//! route prefix stripped, traversal refusal, conditional requests, single byte ranges.
+//! Static files from `<release>/public` (docs/http.md, "Static files"): candidate paths with
+//! the route prefix stripped, traversal refusal, conditional requests, single byte ranges.
 //!
 //! Nothing outside `public/` is ever opened: each candidate is percent-decoded and refused
 //! when it holds a NUL, a backslash or a `..` segment, then canonicalized (which resolves
@@ -139,7 +139,7 @@ pub fn is_hidden(method: &Method, path: &str) -> bool {
         return false;
     }
     let (decoded, _) = percent_decode(path);
-    // A path the static stage refuses (traversal, NUL, backslash) keeps its 400 (§8).
+    // A path the static stage refuses (traversal, NUL, backslash) keeps its 400.
     !refused(&decoded) && decoded.split(|c| *c == b'/').any(is_hidden_segment)
 }
 

@@ -1,5 +1,6 @@
-//! TLS: certificates pushed by the master, the SNI resolver (tls.md §4) and the server config
-//! (tls.md §1).
+//! TLS: certificates pushed by the master, the SNI resolver (docs/tls.md,
+//! "Which certificate a handshake gets") and the server config (docs/tls.md,
+//! "The TLS listener").
 
 use std::collections::HashMap;
 use std::fmt;

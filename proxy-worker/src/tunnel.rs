@@ -1,9 +1,9 @@
-//! WebSocket and other `Connection: upgrade` passthrough (routing-and-proxy.md §11): the
-//! upgrade headers survive hop-by-hop removal, and after a 101 the two upgraded connections
-//! are joined byte for byte until either side closes. A tunnel holds the instance's
-//! in-flight count (one request) and the worker's connection count, so draining waits for
-//! it up to the deadline; it never looks at the route table again, so route, backend and
-//! certificate changes do not touch it.
+//! WebSocket and other `Connection: upgrade` passthrough (docs/http.md,
+//! "The upstream exchange"): the upgrade headers survive hop-by-hop removal, and after a 101
+//! the two upgraded connections are joined byte for byte until either side closes. A tunnel
+//! holds the instance's in-flight count (one request) and the worker's connection count, so
+//! draining waits for it up to the deadline; it never looks at the route table again, so route,
+//! backend and certificate changes do not touch it.
 
 use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
 use http::{Request, Version};

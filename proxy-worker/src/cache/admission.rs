@@ -1,5 +1,5 @@
-//! Which requests use the cache (cache.md §2), which responses may be stored (§4) and for
-//! how long (§5).
+//! Which requests use the cache, which responses may be stored and for how long (docs/http.md,
+//! "Response cache": what is looked up, what is stored, freshness).
 
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub fn credentialed(headers: &HeaderMap) -> bool {
     headers.contains_key(COOKIE) || headers.contains_key(AUTHORIZATION)
 }
 
-/// Methods whose success invalidates (§7): all but the safe ones.
+/// Methods whose success invalidates: all but the safe ones.
 pub fn invalidates(method: &Method) -> bool {
     !matches!(
         *method,
@@ -88,8 +88,8 @@ pub struct Freshness {
     pub public: bool,
 }
 
-/// Applies rules 1-7 of §4 (the ones decidable from the head) to a response to a GET.
-/// `now_unix` is the receive time, used when `Date` is missing or invalid.
+/// Applies the storage rules decidable from the head to a response to a GET. `now_unix` is the
+/// receive time, used when `Date` is missing or invalid.
 pub fn admit(
     req_headers: &HeaderMap,
     status: StatusCode,

@@ -10,7 +10,8 @@ pub enum Delta {
     #[default]
     Absent,
     Seconds(u64),
-    /// Not a plain number, no value, or given more than once: no freshness (cache.md §5).
+    /// Not a plain number, no value, or given more than once: no freshness (docs/http.md,
+    /// "Response cache").
     Invalid,
 }
 

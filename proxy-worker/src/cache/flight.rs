@@ -1,10 +1,10 @@
-//! Single-flight (cache.md §8): concurrent misses for one primary key in this worker wait
-//! for the first one's fetch instead of all going upstream.
+//! Single-flight (docs/http.md, "Concurrent misses"): concurrent misses for one primary key in
+//! this worker wait for the first one's fetch instead of all going upstream.
 //!
 //! A key whose last answer could not be stored is remembered for a short while (Varnish's
 //! "hit-for-miss"): its misses go upstream side by side instead of queueing behind each other
 //! for an answer that will not be shared. Without that, every uncacheable URL under load costs
-//! each request a wait for another request's whole round trip (docs/spec-deviations.md).
+//! each request a wait for another request's whole round trip (the same section).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

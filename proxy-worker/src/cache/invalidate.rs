@@ -1,5 +1,5 @@
-//! Which targets a successful unsafe request invalidates (cache.md §7): its own, and those
-//! of `Location` and `Content-Location` when relative or on the same host.
+//! Which targets a successful unsafe request invalidates (docs/http.md, "Response cache"): its
+//! own, and those of `Location` and `Content-Location` when relative or on the same host.
 
 use http::header::{HeaderMap, CONTENT_LOCATION, LOCATION};
 

@@ -1,5 +1,5 @@
 //! The primary key (scheme, host as received, request-target) and `Vary` variants
-//! (cache.md §3).
+//! (docs/http.md, "Response cache").
 
 use std::borrow::Cow;
 

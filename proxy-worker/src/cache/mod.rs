@@ -1,6 +1,6 @@
-//! The response cache of one worker (spec/cache.md): explicit freshness only, nothing
-//! personal, `Vary` honoured, concurrent misses collapsed, `Age` and `Cache-Status` on the
-//! way out. The pipeline calls [`Cache::lookup`] after route match and before backend
+//! The response cache of one worker (docs/http.md, "Response cache"): explicit freshness only,
+//! nothing personal, `Vary` honoured, concurrent misses collapsed, `Age` and `Cache-Status` on
+//! the way out. The pipeline calls [`Cache::lookup`] after route match and before backend
 //! selection (a hit never touches an instance), then [`Ticket::complete`] with the upstream
 //! response.
 

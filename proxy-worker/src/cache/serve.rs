@@ -1,5 +1,5 @@
-//! Responses made from a stored entry (cache.md §6): `Age`, `Cache-Status`, HEAD,
-//! conditional requests and byte ranges.
+//! Responses made from a stored entry (docs/http.md, "Response cache"): `Age`, `Cache-Status`,
+//! HEAD, conditional requests and byte ranges.
 
 use std::time::Instant;
 

@@ -1,5 +1,5 @@
-//! The entries of one worker: primary key → up to 16 variants, least-recently-used eviction
-//! by bytes within the budget (cache.md §3, §7, §9).
+//! The entries of one worker: primary key → up to 16 variants, least-recently-used eviction by
+//! bytes within the budget (docs/http.md, "Response cache").
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

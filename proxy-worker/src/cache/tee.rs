@@ -1,6 +1,6 @@
-//! The response body of a storable miss: every chunk goes on to the client at once and a
-//! copy is kept; when the body ended cleanly the copy becomes an entry (cache.md §4 rules
-//! 7-9). Nothing here waits for the cache.
+//! The response body of a storable miss: every chunk goes on to the client at once and a copy
+//! is kept; when the body ended cleanly the copy becomes an entry (docs/http.md,
+//! "Response cache": the whole body arrived and fits). Nothing here waits for the cache.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The checks every HTTP/1 request head passes before it is parsed into a request
-//! (routing-and-proxy.md §4, §13, §14), and what the connection needs to know about it.
+//! (docs/http.md, "Limits and timeouts", "Error responses"), and what the connection needs to
+//! know about it.
 //!
 //! One pass over the raw head, stricter than httparse where it matters for a proxy:
 //! - `Content-Length` with `Transfer-Encoding`, differing lengths, chunked under HTTP/1.0 and a

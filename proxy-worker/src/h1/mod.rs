@@ -1,13 +1,14 @@
 //! Our HTTP/1.1 connection loop, in place of hyper's server for HTTP/1 (plain and TLS; HTTP/2
-//! stays with hyper). It reads each head into a buffer that is released while the connection
-//! is idle, checks it (head_check.rs: malformed heads, limits and smuggling patterns get their
-//! §14 answer and `Connection: close`), builds the request without copying header values, runs
-//! the pipeline in the connection's own task, and writes the response head and the first body
-//! bytes in one write.
+//! stays with hyper). It reads each head into a buffer that is released while the connection is
+//! idle, checks it (head_check.rs: malformed heads, limits and smuggling patterns get their
+//! error response and `Connection: close`), builds the request without copying header values,
+//! runs the pipeline in the connection's own task, and writes the response head and the first
+//! body bytes in one write.
 //!
-//! The connection's waits have the limits of routing-and-proxy.md §13, all on one lazy timer:
-//! 10 s for the first head of a connection or for a head whose first byte arrived (a partial
-//! head then gets a 408), 60 s idle between requests, 60 s without a request body byte.
+//! The connection's waits have the limits of docs/http.md, "Limits and timeouts", all on one
+//! lazy timer: 10 s for the first head of a connection or for a head whose first byte arrived
+//! (a partial head then gets a 408), 60 s idle between requests, 60 s without a request body
+//! byte.
 //!
 //! Measured against hyper's server on the same build (BENCHMARKS.md): less CPU per request
 //! and about 16 KB less memory per idle keep-alive connection (hyper keeps an 8 KB read and
@@ -63,9 +64,9 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// up to this much, within this long, to keep the connection; past that it closes.
 const DRAIN_BYTES: usize = 64 * 1024;
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
-/// Idle keep-alive between two requests (§13).
+/// Idle keep-alive between two requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
-/// A request body that sends nothing for this long ends the connection (§13).
+/// A request body that sends nothing for this long ends the connection.
 const BODY_IDLE: Duration = Duration::from_secs(60);
 
 /// Any connection the loop can serve.

@@ -1,5 +1,6 @@
-//! The upstream side (routing-and-proxy.md §10): HTTP/1.1 to `127.0.0.1:<port>` over pooled
-//! keep-alive connections, hop-by-hop header removal, and how failures map to responses.
+//! The upstream side (docs/http.md, "The upstream exchange"): HTTP/1.1 to `127.0.0.1:<port>`
+//! over pooled keep-alive connections, hop-by-hop header removal, and how failures map to
+//! responses.
 //!
 //! The client is our own rather than hyper's pooled one: the request's task writes the head
 //! and reads the response on the connection itself, so a proxied request costs no extra
