@@ -104,7 +104,7 @@ async fn serve(ipc: StdUnixStream, limits: Limits) -> i32 {
         events: events.clone(),
         limits: limits.clone(),
     });
-    // SIGTERM (also our parent-death signal) means the master is gone (cli.md §6).
+    // SIGTERM (also our parent-death signal) means the master is gone (docs/cli.md, "Signals").
     let mut sigterm = signal(SignalKind::terminate())
         .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGTERM"))
         .ok();

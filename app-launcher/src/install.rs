@@ -1,5 +1,5 @@
-//! The install step (instances.md §2): run the master's argv as the app user like an
-//! instance, output into `install.log`, bounded by the request's timeout.
+//! The install step (docs/apps.md, "Install step"): run the master's argv as the app user like
+//! an instance, output into `install.log`, bounded by the request's timeout.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

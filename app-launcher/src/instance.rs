@@ -1,5 +1,6 @@
-//! One instance from spawn to reap (instances.md §3, §7-§10): startup probe, health probes,
-//! exits noticed at once through the reaper, stop and kill on the master's order.
+//! One instance from spawn to reap (docs/apps.md, "Startup", "Health checks",
+//! "Stopping an instance"): startup probe, health probes, exits noticed at once through the
+//! reaper, stop and kill on the master's order.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -191,7 +192,8 @@ impl Watch {
         }
     }
 
-    /// §7: every poll interval, check for an exit, then probe; 2xx before the deadline wins.
+    /// Startup: every poll interval, check for an exit, then probe; 2xx before the deadline
+    /// wins.
     async fn startup(&mut self, spawned_at: Instant) -> Startup {
         let limits = self.ctx.limits.clone();
         let deadline = spawned_at + limits.startup_timeout;
@@ -216,7 +218,7 @@ impl Watch {
         }
     }
 
-    /// §8: probe every interval; report unhealthy, recovered and dead transitions.
+    /// Health checks: probe every interval; report unhealthy, recovered and dead transitions.
     async fn probe_health(&mut self) -> Interrupt {
         let limits = self.ctx.limits.clone();
         let port = self.port;
@@ -260,7 +262,8 @@ impl Watch {
         }
     }
 
-    /// §10 steps 3-5: SIGTERM, SIGKILL after the grace (sooner on a `Kill`), reap.
+    /// The end of a stop (the drain is the master's): SIGTERM, SIGKILL after the grace (sooner
+    /// on a `Kill`), reap.
     async fn stop(&mut self, first: Command) -> ExitStatus {
         let mut kill_at = match first {
             Command::Stop { grace } => {

@@ -1,6 +1,6 @@
-//! The app launcher: spawns app instances as the app user, drains their output into log
-//! files, probes their health and stops them, reporting every change to the master over
-//! the IPC channel (instances.md §2-§10).
+//! The app launcher: spawns app instances as the app user, drains their output into log files,
+//! probes their health and stops them, reporting every change to the master over the IPC
+//! channel (docs/apps.md).
 //!
 //! Events per instance, in order: `Spawned` (or `SpawnFailed`), then `Ready` or a terminal
 //! startup event, then any of `Unhealthy` / `Recovered` / `Dead`, then `Exited`.
@@ -30,28 +30,28 @@ pub use logs::rotate;
 pub use output::{summarize, Capture, Stream};
 pub use probe::parse_status_line;
 
-/// The timing rules of instances.md. Production uses [`Limits::default`]; tests shorten some.
+/// The timing rules of docs/apps.md. Production uses [`Limits::default`]; tests shorten some.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// No 2xx within this long after spawn → `StartupTimeout` (§7: 30 s).
+    /// No 2xx within this long after spawn → `StartupTimeout` (30 s).
     pub startup_timeout: Duration,
-    /// Pause between startup checks (§7: 100 ms).
+    /// Pause between startup checks (100 ms).
     pub startup_poll: Duration,
-    /// Timeout of one startup probe (§7: 5 s).
+    /// Timeout of one startup probe (5 s).
     pub startup_probe_timeout: Duration,
-    /// Pause between health probes of a ready instance (§8: 1 s).
+    /// Pause between health probes of a ready instance (1 s).
     pub health_interval: Duration,
-    /// Timeout of one health probe (§8: 2 s).
+    /// Timeout of one health probe (2 s).
     pub health_timeout: Duration,
-    /// Consecutive failures that make an instance unhealthy (§8: 2).
+    /// Consecutive failures that make an instance unhealthy (2).
     pub unhealthy_after: u32,
-    /// Consecutive failures that make an instance dead (§8: 5).
+    /// Consecutive failures that make an instance dead (5).
     pub dead_after: u32,
-    /// SIGKILL this long after an install's timeout SIGTERM (§2: 10 s).
+    /// SIGKILL this long after an install's timeout SIGTERM (10 s).
     pub install_kill_after: Duration,
-    /// Grace between SIGTERM and SIGKILL when the master is gone (cli.md §6: 5 s).
+    /// Grace between SIGTERM and SIGKILL when the master is gone (5 s, docs/cli.md, "Signals").
     pub master_gone_grace: Duration,
-    /// `app.log` is rotated once it grows past this size (§5: 10 MiB).
+    /// `app.log` is rotated once it grows past this size (10 MiB).
     pub log_rotate_bytes: u64,
 }
 

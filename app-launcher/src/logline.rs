@@ -1,4 +1,4 @@
-//! The `app.log` line format (instances.md §5): splitting a byte stream into lines of at
+//! The `app.log` line format (docs/apps.md, "Logs"): splitting a byte stream into lines of at
 //! most 16 KiB and prefixing each with time, build, instance and stream.
 
 use time::macros::format_description;
@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use crate::output::Stream;
 
-/// Longest line written; longer ones are split (§5).
+/// Longest line written; longer ones are split.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// Turns chunks read from a pipe into lines. Holds at most [`MAX_LINE_BYTES`] of an

@@ -1,4 +1,4 @@
-//! The log writer: one dedicated thread does all log file I/O (instances.md §5, §2).
+//! The log writer: one dedicated thread does all log file I/O (docs/apps.md, "Logs").
 //!
 //! In root mode the launcher has no CAP_DAC_OVERRIDE, so it cannot write into the deploy
 //! user's 0750 log directories as plain uid 0. The writer thread takes the deploy user's
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tako_ipc::RunAs;
 
-/// Rotated files kept beside `app.log` (§5).
+/// Rotated files kept beside `app.log`.
 pub const KEEP_ROTATED: u32 = 5;
 /// Bytes queued for the writer before new lines are dropped: a stalled disk must cost
 /// bounded memory, and reading the pipes never stops.

@@ -1,9 +1,10 @@
-//! Output kept in memory for error messages: the first bytes of each stream during startup
-//! (instances.md §5, §7) or of an install (§2), and the trimming rule both messages share.
+//! Output kept in memory for error messages: the first bytes of each stream during startup or
+//! of an install (docs/apps.md, "Startup", "Install step"), and the trimming rule both messages
+//! share.
 
 use crate::redact::Redactor;
 
-/// Bytes kept per stream while an instance starts (§5).
+/// Bytes kept per stream while an instance starts.
 pub const STARTUP_CAPTURE_BYTES: usize = 4096;
 /// Bytes kept per stream of an install: enough for 400 characters after trimming.
 pub const INSTALL_CAPTURE_BYTES: usize = 16 * 1024;
@@ -87,7 +88,7 @@ impl Capture {
         self.err = Vec::new();
     }
 
-    /// The startup output of §7: stderr first, then stdout, trimmed, 400 characters max.
+    /// The startup output: stderr first, then stdout, trimmed, 400 characters max.
     pub fn startup_output(&self) -> String {
         let parts: Vec<String> = [&self.err, &self.out]
             .into_iter()
@@ -97,7 +98,7 @@ impl Capture {
         summarize(&parts.join("\n"))
     }
 
-    /// The install output of §2: the trimmed stderr, stdout when stderr is empty.
+    /// The install output: the trimmed stderr, stdout when stderr is empty.
     pub fn install_output(&self) -> String {
         let err = self.text(&self.err);
         if err.trim().is_empty() {

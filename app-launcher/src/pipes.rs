@@ -1,5 +1,5 @@
-//! Draining a child's stdout or stderr until EOF. Reading never waits for the log writer,
-//! so an app that prints a lot never blocks on a full pipe (instances.md §5).
+//! Draining a child's stdout or stderr until EOF. Reading never waits for the log writer, so an
+//! app that prints a lot never blocks on a full pipe.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

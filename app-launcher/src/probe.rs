@@ -1,7 +1,7 @@
-//! The health request (instances.md §7, §8): `GET /status` with `Host: tako.internal` to
-//! `127.0.0.1:<port>` over HTTP/1.1. Only the status code matters, so a few lines over a
-//! TCP stream do: the request asks the app to close, and the reply is read up to the end
-//! of its status line.
+//! The health request (docs/apps.md, "Startup", "Health checks"): `GET /status` with
+//! `Host: tako.internal` to `127.0.0.1:<port>` over HTTP/1.1. Only the status code matters, so
+//! a few lines over a TCP stream do: the request asks the app to close, and the reply is read
+//! up to the end of its status line.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

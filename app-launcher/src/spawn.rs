@@ -1,4 +1,4 @@
-//! Starting a process the way instances and installs run (instances.md §1, §3): argv
+//! Starting a process the way instances and installs run (docs/apps.md, "Environment"): argv
 //! without a shell, exactly the given environment, stdin `/dev/null`, stdout and stderr piped,
 //! its own session and process group, the app's own uid and gid (or the app user with the
 //! user's groups), the app's resource limits, an empty capability bounding set, no_new_privs
@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::reaper::Reaper;
 
-/// `PATH` when the environment has none (§4).
+/// `PATH` when the environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Signals whose disposition the launcher changed: an ignored signal stays ignored across
@@ -178,7 +178,7 @@ fn user_ids(user: &RunAs) -> Result<Ids, SpawnError> {
 }
 
 /// `argv[0]` as given when it has a `/`, else the first executable file of that name in the
-/// environment's `PATH` (§1).
+/// environment's `PATH`.
 #[cfg(test)]
 fn resolve_program(arg0: &str, env: &[(String, String)]) -> io::Result<PathBuf> {
     resolve_program_for(arg0, env, None)
