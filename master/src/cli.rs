@@ -1,4 +1,5 @@
-//! The command line (cli.md §1-§3): server flags, the optional config file, and `ctl`.
+//! The command line (docs/cli.md, "Flags", "Config file"): server flags, the optional config
+//! file, and `ctl`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -183,10 +184,10 @@ pub struct ServerFlags {
     pub test_h2_timeouts_ms: Option<tako_ipc::H2Timeouts>,
 }
 
-/// The server's response-cache budget: 256 MiB (cache.md §1).
+/// The server's response-cache budget: 256 MiB (docs/http.md, "Response cache").
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The optional TOML config file (cli.md §3). Unknown keys are errors.
+/// The optional TOML config file (docs/cli.md, "Config file"). Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
@@ -267,7 +268,7 @@ pub struct Settings {
 
 impl Settings {
     /// What each proxy worker's sandbox lets through: `<data-dir>/apps` to read, and the
-    /// instance ports (instances.md §6, moved by `--instance-port-offset`) to connect to.
+    /// instance ports (docs/apps.md, "Ports", moved by `--instance-port-offset`) to connect to.
     pub fn worker_sandbox(&self) -> tako_ipc::SandboxConfig {
         use crate::apps::ports::{BLOCK, BLOCKS, FIRST_BASE};
         let first = FIRST_BASE.saturating_add(self.instance_port_offset);

@@ -1,6 +1,7 @@
-//! The data-directory layout with owners and modes (state.md §7). Modes are set only on
-//! directories this server creates. Below `apps/` the deploy user owns everything, so that
-//! part is reached through descriptors only ([`crate::beneath`]).
+//! The data-directory layout with owners and modes (docs/operations.md,
+//! "Files and directories"). Modes are set only on directories this server creates. Below
+//! `apps/` the deploy user owns everything, so that part is reached through descriptors only
+//! ([`crate::beneath`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -324,7 +325,8 @@ fn remove_entry(parent: &Dir, name: &OsStr, depth: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// The socket directory: `root:<deploy group>` 01770 when root (state.md §7).
+/// The socket directory: `root:<deploy group>` 01770 when root (docs/operations.md,
+/// "Files and directories").
 pub fn prepare_socket_dir(socket: &Path, users: Option<&Users>) -> io::Result<()> {
     let Some(dir) = socket.parent() else {
         return Ok(());

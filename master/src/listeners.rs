@@ -1,5 +1,6 @@
-//! Binding the HTTP and HTTPS listeners (cli.md §5 step 7). The master binds once and keeps
-//! the sockets for its whole life; every worker generation gets duplicates of the same FDs.
+//! Binding the HTTP and HTTPS listeners (docs/cli.md, "Startup", step 7). The master binds once
+//! and keeps the sockets for its whole life; every worker generation gets duplicates of the
+//! same FDs.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -185,9 +186,9 @@ pub fn bind_all(
 
 /// Takes the listeners out of service at the start of a graceful shutdown, when no one else
 /// will use them: new connections then go to another socket of the `SO_REUSEPORT` group (an
-/// upgrade candidate) or are refused at once, instead of waiting in a queue that nobody
-/// accepts from until the drain ends and is then reset. Connections already queued are
-/// migrated when `tcp_migrate_req` is 1 (§8).
+/// upgrade candidate) or are refused at once, instead of waiting in a queue that nobody accepts
+/// from until the drain ends and is then reset. Connections already queued are migrated when
+/// `tcp_migrate_req` is 1 (docs/operations.md, "Upgrade").
 pub fn stop_listening(listeners: &[Listener]) {
     for l in listeners {
         if let Err(e) = nix::sys::socket::shutdown(
@@ -199,9 +200,9 @@ pub fn stop_listening(listeners: &[Listener]) {
     }
 }
 
-/// Hands every listener to the service manager's file-descriptor store, so a restart keeps
-/// them open (upgrade-and-restarts.md §9). A no-op without `NOTIFY_SOCKET`. Returns whether
-/// any listener was stored.
+/// Hands every listener to the service manager's file-descriptor store, so a restart keeps them
+/// open (docs/architecture.md, "Restarts and upgrades"). A no-op without `NOTIFY_SOCKET`.
+/// Returns whether any listener was stored.
 pub fn store_in_service_manager(listeners: &[Listener]) -> bool {
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
         return false;

@@ -1,5 +1,5 @@
 //! One line per event on stderr: `<RFC 3339 UTC> <LEVEL> <target>: <message> key=value… role=…`
-//! (cli.md §8). Children write to the stderr they inherit, with their own role fields.
+//! (docs/cli.md, "Log"). Children write to the stderr they inherit, with their own role fields.
 
 use std::fmt;
 

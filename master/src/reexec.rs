@@ -1,6 +1,7 @@
-//! In-place upgrade by re-execution (upgrade-and-restarts.md §9, `ctl upgrade`, SIGUSR2):
-//! start the binary at our own path with the listeners, the data-dir lock and a ready pipe
-//! inherited; keep serving until it reports ready; roll back (keep serving) if it dies first.
+//! In-place upgrade by re-execution (`ctl upgrade`, SIGUSR2; docs/architecture.md,
+//! "Restarts and upgrades"): start the binary at our own path with the listeners, the data-dir
+//! lock and a ready pipe inherited; keep serving until it reports ready; roll back (keep
+//! serving) if it dies first.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;

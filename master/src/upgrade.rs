@@ -1,4 +1,4 @@
-//! Process roles at boot (upgrade-and-restarts.md §2-§3): primary, candidate, stand-in; the
+//! Process roles at boot (docs/operations.md, "Upgrade"): primary, candidate, stand-in; the
 //! daemonizing fork of the latter two, the stand-in's small server, and the candidate's exit
 //! watch.
 
@@ -226,8 +226,8 @@ pub fn settings_json(s: &Settings) -> String {
     .to_string()
 }
 
-/// The candidate's exit rule (§3 step 6): once the upgrade is over, wait for the new
-/// primary's ready mark, then return so the caller shuts down gracefully.
+/// The candidate's exit rule: once the upgrade is over, wait for the new primary's ready mark,
+/// then return so the caller shuts down gracefully.
 pub async fn candidate_until_done(master: Arc<Master>, owner: String) {
     let started = master.started_unix;
     loop {
@@ -262,8 +262,8 @@ pub async fn candidate_until_done(master: Arc<Master>, owner: String) {
 pub const STAND_IN_REFUSAL: &str =
     "This process is an upgrade stand-in without access to the server state; use the primary socket";
 
-/// The stand-in (§2): its own socket, `hello` and `server_info` only, gone once the
-/// primary is back in `normal` mode (or after 30 minutes).
+/// The stand-in: its own socket, `hello` and `server_info` only, gone once the primary is back
+/// in `normal` mode (or after 30 minutes).
 pub async fn run_stand_in(settings: Settings, mut daemon: Daemon) -> i32 {
     let path = settings.socket.clone();
     let _ = std::fs::remove_file(&path);
@@ -309,8 +309,8 @@ pub async fn run_stand_in(settings: Settings, mut daemon: Daemon) -> i32 {
     0
 }
 
-/// The `server_info` data (management-protocol.md §8.2): the stored settings plus what
-/// describes this process now.
+/// The `server_info` data (docs/management-protocol.md, "server_info"): the stored settings
+/// plus what describes this process now.
 pub fn server_info(
     s: &Settings,
     mode: &str,

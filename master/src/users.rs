@@ -1,4 +1,4 @@
-//! Who each role runs as (cli.md §4). Checked once at startup.
+//! Who each role runs as (docs/cli.md, "Users and privileges"). Checked once at startup.
 
 use tako_ipc::{privilege, RunAs};
 

@@ -268,7 +268,8 @@ fn worker_config(master: &Master, index: u32, generation: u32) -> WorkerConfig {
         trusted_proxies: s.trusted_proxies.iter().map(|c| c.to_string()).collect(),
         acme_enabled: !s.no_acme,
         server_started_unix_secs: master.started_unix,
-        // cache.md §1: floor(budget / workers) each.
+        // The budget is split evenly (docs/http.md, "Response cache"): floor(budget / workers)
+        // each.
         cache_bytes: s.cache_bytes / (s.workers.max(1) as u64),
         h2_timeouts: s.h2_timeouts,
         sandbox: s.worker_sandbox(),
@@ -585,8 +586,8 @@ pub enum RestartError {
     NotReady { index: u32, generation: u32 },
 }
 
-/// Rolling restart (upgrade-and-restarts.md §6): one index at a time, new first, then the
-/// old one drains.
+/// Rolling restart (docs/architecture.md, "Restarts and upgrades"): one index at a time, new
+/// first, then the old one drains.
 pub async fn restart_all(master: &Arc<Master>) -> Result<(u32, usize), RestartError> {
     let generation = {
         let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
