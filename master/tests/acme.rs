@@ -1,9 +1,9 @@
-//! ACME HTTP-01 against a real ACME server (tls.md §8): Debian's Pebble, with
-//! pebble-challtestsrv as the DNS that sends every name to 127.0.0.1 and Pebble's HTTP-01
-//! port set to the server's plain port. A route on a public-looking host gets a certificate
-//! that chains to Pebble's root, renews without a restart or a failed request, a wildcard
-//! route fails with the DNS-01 text, and a host whose challenges nobody answers fails with
-//! the CA's error.
+//! ACME HTTP-01 against a real ACME server (docs/tls.md, "Testing against Pebble"): Debian's
+//! Pebble, with pebble-challtestsrv as the DNS that sends every name to 127.0.0.1 and Pebble's
+//! HTTP-01 port set to the server's plain port. A route on a public-looking host gets a
+//! certificate that chains to Pebble's root, renews without a restart or a failed request, a
+//! wildcard route fails with the DNS-01 text, and a host whose challenges nobody answers fails
+//! with the CA's error.
 
 mod common;
 

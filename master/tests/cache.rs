@@ -1,8 +1,8 @@
-//! Issue 5: the response cache, black-box. A small Python app counts the requests that reach
-//! it (per request-target) and sets whatever response headers a test asks for in the query,
-//! so each test can tell what was served from the cache and what went upstream.
-//! Spec: spec/cache.md. One worker per server: the cache is per worker, so with more than
-//! one the counts would depend on which worker accepted.
+//! Issue 5: the response cache, black-box. A small Python app counts the requests that reach it
+//! (per request-target) and sets whatever response headers a test asks for in the query, so
+//! each test can tell what was served from the cache and what went upstream. Documented in
+//! docs/http.md, "Response cache". One worker per server: the cache is per worker, so with more
+//! than one the counts would depend on which worker accepted.
 
 mod common;
 
@@ -522,9 +522,9 @@ fn cache_size_zero_turns_the_cache_off() {
     assert_eq!(upstream_count(&server, &t), 2);
 }
 
-/// A URL whose answer was not storable stops collapsing (hit-for-miss, docs/spec-deviations.md):
-/// concurrent misses then all reach the app while the first of them is still being answered,
-/// instead of waiting for it.
+/// A URL whose answer was not storable stops collapsing (hit-for-miss, docs/http.md,
+/// "Concurrent misses"): concurrent misses then all reach the app while the first of them is
+/// still being answered, instead of waiting for it.
 #[test]
 fn misses_of_an_uncacheable_url_go_upstream_side_by_side() {
     let server = Arc::new(start(&[]));

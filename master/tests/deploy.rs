@@ -1,7 +1,7 @@
 //! Issue 3: deploy end to end with real app processes (the Python fixture of
-//! common/fixture.rs): routing and round-robin, crash replacement, health probes, the
-//! instance environment, app logs, restore after a restart, the app user.
-//! Spec: spec/instances.md, spec/routing-and-proxy.md §1-§9, spec/state.md §4.
+//! common/fixture.rs): routing and round-robin, crash replacement, health probes, the instance
+//! environment, app logs, restore after a restart, the app user. Documented in docs/apps.md,
+//! docs/http.md and docs/architecture.md, "State".
 
 mod common;
 
@@ -132,8 +132,8 @@ fn two_instances_two_routes_round_robin_and_404_for_unknown_host() {
 
 #[test]
 fn deploy_right_after_the_socket_answers() {
-    // The socket is up before the launcher and the workers (cli.md §5 steps 8-9); a deploy
-    // sent at once, as the Tako CLI may after a restart, must still succeed.
+    // The socket is up before the launcher and the workers (docs/cli.md, "Startup", steps 8-9);
+    // a deploy sent at once, as the Tako CLI may after a restart, must still succeed.
     let server = Server::start_socket_only(ServerOpts::default());
     let data = server.deploy("web", "v1", &["web.example.com"], 1, &[]);
     assert_eq!(data["status"], json!("deployed"), "{data}");
@@ -205,8 +205,9 @@ fn killed_instance_is_replaced() {
         after.iter().any(|(id, _, _)| *id > max_id),
         "the replacement has a new id: before {before:?}, after {after:?}"
     );
-    // The request the instance was serving is lost (502 or a cut response, §9 and §14);
-    // the crash takes the instance out of rotation at once, so nothing fails later.
+    // The request the instance was serving is lost (502 or a cut response, docs/http.md,
+    // "Error responses"); the crash takes the instance out of rotation at once, so nothing
+    // fails later.
     assert!(
         failures
             .iter()
@@ -476,7 +477,7 @@ fn restart_restores_apps_without_a_deploy_and_answers_first() {
     );
 
     // Once the restored instance is starting, a request is held until it is healthy
-    // (routing-and-proxy.md §9).
+    // (docs/http.md, "Choosing an instance").
     wait_for(
         Duration::from_secs(10),
         "the restored instance to be starting",

@@ -1,7 +1,7 @@
 //! Issue 4, the edge: static files and traversal attempts, WebSocket and SSE passthrough,
 //! smuggling and header limits, certificates dropped into certs/ and self-signed ones for
-//! private hosts, the redirect, forwarded headers from trusted and untrusted peers.
-//! Spec: spec/routing-and-proxy.md §4-§8, §11, §13, §14; spec/tls.md §2-§5, §7.
+//! private hosts, the redirect, forwarded headers from trusted and untrusted peers. Documented
+//! in docs/http.md and docs/tls.md.
 
 mod common;
 
@@ -821,7 +821,7 @@ fn redirect_and_forwarded_headers_from_trusted_and_untrusted_peers() {
         json!({}),
     );
 
-    // §6 example, with this server's TLS port.
+    // The example of docs/http.md, "HTTP to HTTPS redirect", with this server's TLS port.
     let r = http(
         server.http_port,
         &Request::get("Example.com:8080", "/a?b=1"),

@@ -1,7 +1,8 @@
-//! Issue 4, the edge under load and in numbers: slow-header connections do not starve a
-//! normal request, `/metrics` is strict Prometheus text 0.0.4 with the TLS handshake and
-//! upstream error counters, and HTTP/2 over TLS reaches the app with the right Host.
-//! Spec: spec/routing-and-proxy.md §7, §12-§14.
+//! Issue 4, the edge under load and in numbers: slow-header connections do not starve a normal
+//! request, `/metrics` is strict Prometheus text 0.0.4 with the TLS handshake and upstream
+//! error counters, and HTTP/2 over TLS reaches the app with the right Host. Documented in
+//! docs/http.md, "tako.internal", "The upstream exchange", "Limits and timeouts",
+//! "Error responses".
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Issue 2: one binary, three privilege-separated roles, supervision, the status host.
-//! Spec: spec/cli.md §1-§7, spec/routing-and-proxy.md §6-§7, §14.
+//! Documented in docs/cli.md, docs/architecture.md, "Processes and privileges", and
+//! docs/http.md.
 
 mod common;
 
@@ -165,7 +166,7 @@ fn bad_cidr_names_the_flag() {
 
 #[test]
 fn root_user_checks_exit_3() {
-    users::require_root("the user checks of cli.md §4");
+    users::require_root("the user checks of docs/cli.md");
     users::require_default_users();
     let missing = "tako-no-such-user";
     let out = run_with(&["--proxy-user", missing]);
@@ -268,7 +269,7 @@ fn check_process_list_against_proc(server: &Server) -> (i32, Vec<i32>) {
 
 #[test]
 fn root_privileges_of_each_role() {
-    users::require_root("the privilege layout of cli.md §4");
+    users::require_root("the privilege layout of docs/cli.md");
     let proxy = users::user(PROXY_USER);
     let server = Server::start_default();
     let (launcher, workers) = check_process_list_against_proc(&server);
@@ -372,7 +373,8 @@ fn status_host_over_http_and_https() {
     let server = Server::start(ServerOpts::default().test_certs());
     server.wait_http_ready();
     let plain = server.internal_status().expect("GET /status over HTTP");
-    // Without SNI the `default` certificate answers (tls.md §4).
+    // Without SNI the `default` certificate answers (docs/tls.md,
+    // "Which certificate a handshake gets").
     let tls = server
         .tls_get_no_sni("tako.internal", "/status")
         .expect("GET /status over HTTPS");
@@ -416,7 +418,7 @@ fn status_host_over_http_and_https() {
     .expect("other internal path");
     assert_eq!(other.status, 404);
     assert_eq!(other.text(), "Not Found");
-    // An SNI name no certificate matches gets no handshake: no fallback (tls.md §4).
+    // An SNI name no certificate matches gets no handshake: no fallback.
     assert!(
         server.tls_get("nomatch.example.org", "/status").is_err(),
         "a handshake for a name without a certificate is refused"

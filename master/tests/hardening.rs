@@ -325,7 +325,8 @@ fn cases() -> Vec<Case> {
             bytes: format!("GET\t/c26\tHTTP/1.1\r\nHost: {HOST}\r\n\r\n").into_bytes(),
             want: Want::BadRequest,
         },
-        // Absolute-form: its authority is the host (§3), not the Host header.
+        // Absolute-form: its authority is the host (docs/http.md, "Request host"), not the Host
+        // header.
         Case {
             name: "absolute-form-vs-host-mismatch",
             bytes: format!("GET http://other.example.com/c27 HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-Proto: https\r\n\r\n").into_bytes(),

@@ -1,7 +1,8 @@
-//! Issue 6: the instance lifecycle under load. A background client pool (keep-alive and
-//! fresh connections) keeps sending requests while apps are redeployed, reloaded, rolled
-//! back, scaled to zero and woken, stopped and deleted; crashes are replaced with backoff.
-//! Spec: spec/instances.md, spec/routing-and-proxy.md §9, spec/management-protocol.md §8.
+//! Issue 6: the instance lifecycle under load. A background client pool (keep-alive and fresh
+//! connections) keeps sending requests while apps are redeployed, reloaded, rolled back, scaled
+//! to zero and woken, stopped and deleted; crashes are replaced with backoff. Documented in
+//! docs/apps.md, docs/http.md, "Choosing an instance", and docs/management-protocol.md,
+//! "Commands".
 
 mod common;
 
@@ -982,7 +983,8 @@ fn old_instance_that_crashes_during_a_failed_rollout_is_replaced_afterwards() {
             .clone();
         b["instances"][0]["pid"].as_i64().map(|p| p as i32)
     });
-    // An old instance crashes during the rollout: not replaced while it runs (§9).
+    // An old instance crashes during the rollout: not replaced while it runs (docs/apps.md,
+    // "Crashes and replacement").
     assert!(
         common::kill(victim, libc::SIGKILL),
         "kill -9 v1 instance {victim}"

@@ -1,6 +1,7 @@
-//! Issue 3: the management socket. Framing, envelope, authorization, the upgrade gate,
-//! every validation rule with its text, every command's success and error shapes, and
-//! `tako-server ctl`. Spec: spec/management-protocol.md, spec/cli.md §9.
+//! Issue 3: the management socket. Framing, envelope, authorization, the upgrade gate, every
+//! validation rule with its text, every command's success and error shapes, and
+//! `tako-server ctl`. Documented in docs/management-protocol.md and docs/cli.md,
+//! "tako-server ctl".
 
 mod common;
 

@@ -1,4 +1,5 @@
-//! Issue 9: the packaging under packaging/ (spec/cli.md §10, state.md §7).
+//! Issue 9: the packaging under packaging/ (packaging/README.md; docs/operations.md,
+//! "Install (Debian, Ubuntu)", "Files and directories").
 //!
 //! - the unit passes `systemd-analyze verify`;
 //! - the sysusers.d and tmpfiles.d files create the users and directories with the right
@@ -194,7 +195,7 @@ fn unit_has_the_required_settings() {
     }
     assert!(
         directive(&d, "RuntimeDirectory").is_empty(),
-        "no RuntimeDirectory= (cli.md §10: deleted on stop)"
+        "no RuntimeDirectory= (deleted on stop)"
     );
     assert!(directive(&d, "User").is_empty(), "the master runs as root");
     let rw: Vec<&str> = directive(&d, "ReadWritePaths")

@@ -1,7 +1,7 @@
 //! Issue 17, items 2 and 7 (the proxy's share): a request cannot choose the Host the app and
 //! the cache see, a request with credentials neither reads nor writes a non-`public` cache
-//! entry, and dotfiles under `public/` are never served.
-//! Spec: spec/routing-and-proxy.md §3, §8; spec/cache.md §4; docs/http.md.
+//! entry, and dotfiles under `public/` are never served. Documented in docs/http.md,
+//! "Request host", "Static files", "Response cache".
 
 mod common;
 

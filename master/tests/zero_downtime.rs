@@ -1,7 +1,8 @@
-//! Zero-downtime operations under continuous load (upgrade-and-restarts.md, issue 7):
-//! rolling worker restarts, a killed worker, a restart through a stand-in service manager
-//! holding the FD store, the in-place re-exec upgrade, the candidate sequence of the Tako CLI
-//! (with a root candidate and with an unprivileged stand-in), and SIGTERM.
+//! Zero-downtime operations under continuous load (docs/architecture.md,
+//! "Restarts and upgrades"; issue 7): rolling worker restarts, a killed worker, a restart
+//! through a stand-in service manager holding the FD store, the in-place re-exec upgrade, the
+//! candidate sequence of the Tako CLI (with a root candidate and with an unprivileged
+//! stand-in), and SIGTERM.
 //!
 //! Every test runs a client pool of std threads against one app: HTTP and HTTPS, keep-alive
 //! and one connection per request, plus a slow request and (where the test is about workers)
@@ -1121,12 +1122,12 @@ fn upgrade_setup() -> (String, PathBuf) {
     (owner, run)
 }
 
-/// The `tako servers upgrade` sequence (§4) with the candidate started by `start_candidate`.
-/// Returns the load report.
+/// The `tako servers upgrade` sequence (docs/operations.md, "Upgrade") with the candidate
+/// started by `start_candidate`. Returns the load report.
 ///
 /// With `fd_store`, the primary runs under the stand-in service manager and its restart keeps
-/// the listeners (§9); otherwise it is a plain SIGTERM and a new start, and only a candidate
-/// on the same ports covers the window.
+/// the listeners (docs/architecture.md, "Restarts and upgrades"); otherwise it is a plain
+/// SIGTERM and a new start, and only a candidate on the same ports covers the window.
 fn cli_upgrade_sequence(
     label: &str,
     as_user: Option<&str>,
@@ -1249,7 +1250,8 @@ fn cli_upgrade_sequence(
     report
 }
 
-/// Sets `net.ipv4.tcp_migrate_req` as the package does (§8) and puts the old value back.
+/// Sets `net.ipv4.tcp_migrate_req` as the package does (docs/operations.md, "Upgrade") and puts
+/// the old value back.
 struct MigrateReq(Option<String>);
 
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";

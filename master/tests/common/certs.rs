@@ -1,6 +1,7 @@
-//! Certificates for the HTTPS tests, in the layout of spec/tls.md §2. The server refuses a
-//! handshake whose SNI matches no certificate (tls.md §4), so tests that speak HTTPS install
-//! one before the server starts.
+//! Certificates for the HTTPS tests, in the layout of docs/tls.md, "Files". The server refuses
+//! a handshake whose SNI matches no certificate (docs/tls.md,
+//! "Which certificate a handshake gets"), so tests that speak HTTPS install one before the
+//! server starts.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -91,7 +91,8 @@ impl Mgmt {
     }
 }
 
-/// Checks the envelope invariants of management-protocol.md §2-3 and parses the line.
+/// Checks the envelope invariants (docs/management-protocol.md, "Lines", "Envelope") and parses
+/// the line.
 pub fn parse_response(line: &str) -> Value {
     assert!(!line.contains('\n'), "a response is one line, got {line:?}");
     let v: Value = serde_json::from_str(line)

@@ -797,7 +797,7 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> Outcome {
     }
 }
 
-/// Path helper: the app log directory of spec/instances.md §5.
+/// Path helper: the app log directory (docs/apps.md, "Logs").
 pub fn app_log_dir(data_dir: &Path, app: &str) -> PathBuf {
     data_dir.join("apps").join(app).join("shared").join("logs")
 }

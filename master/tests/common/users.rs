@@ -1,4 +1,5 @@
-//! The system users the server runs as when started by root (spec/cli.md §4).
+//! The system users the server runs as when started by root (docs/cli.md,
+//! "Users and privileges").
 
 use nix::unistd::{Uid, User};
 
