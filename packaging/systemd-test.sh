@@ -507,7 +507,7 @@ step "apt install (upgrade to $UP_VERSION)" in_c timeout 300 env DEBIAN_FRONTEND
     apt-get install -y -q --no-install-recommends "/srv/tako-test/tako-server_${UP_VERSION}.deb"
 [ "$(in_c dpkg-query -W -f '${Version}' tako-server)" = "$UP_VERSION" ] || check_fail "the upgrade did not install"
 
-# The Tako CLI's upgrade sequence (spec/upgrade-and-restarts.md §4), as the deploy user.
+# The Tako CLI's upgrade sequence (docs/operations.md, "Upgrade"), as the deploy user.
 cli_upgrade() {
     local owner sock info port tls_port
     owner="upgrade-systemd-test-$(date +%s)-$$"
