@@ -1,4 +1,4 @@
-//! One request through the pipeline of routing-and-proxy.md §4: limits, ACME, internal host,
+//! One request through the pipeline (docs/http.md, "Pipeline"): limits, ACME, internal host,
 //! redirect, route match, backend selection (with holds), proxy.
 
 use std::net::SocketAddr;
@@ -26,9 +26,9 @@ use crate::table::AppEntry;
 use crate::tunnel;
 use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
 
-/// Longest request-target (§13).
+/// Longest request-target (docs/http.md, "Limits and timeouts").
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
-/// Largest request body (§13).
+/// Largest request body.
 pub const MAX_BODY_BYTES: u64 = 128 * 1024 * 1024;
 
 /// What the pipeline knows about the connection a request came on.
@@ -168,7 +168,8 @@ async fn route(
     };
     log.app = Some(Arc::clone(&app.name));
 
-    // §8: a file from the live release's public/ never reaches an instance.
+    // A file from the live release's public/ never reaches an instance (docs/http.md,
+    // "Static files").
     // Boxed, like the hold below: a rare path's future would otherwise make every request's
     // future as large as its own. Dotfiles (`/.well-known/` aside) are never served from
     // `public/`: such a path goes to the app like any path without a file, so a probe for
@@ -194,7 +195,8 @@ async fn route(
         return Canned::PayloadTooLarge.response(head);
     }
 
-    // Cache stage (cache.md): before backend selection, so a hit wakes no instance.
+    // Cache stage (docs/http.md, "Response cache"): before backend selection, so a hit wakes
+    // no instance.
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let lookup = shared.cache.lookup(
         req.method(),
@@ -268,7 +270,7 @@ async fn proxy(
     timer: &mut LazyTimer,
 ) -> Proxied {
     let head = req.method() == Method::HEAD;
-    // §11: an upgrade keeps `Connection: upgrade` and `Upgrade`; on 101 the bytes are copied.
+    // An upgrade keeps `Connection: upgrade` and `Upgrade`; on 101 the bytes are copied.
     let upgrade = tunnel::requested(req);
     let mut client_upgrade = upgrade.is_some().then(|| tunnel::ClientSide::of(req));
     // Taken, not moved out with the rest of the request: it stays where it is, lent.
@@ -378,7 +380,7 @@ async fn proxy(
                     return Proxied::Own(Canned::PayloadTooLarge.response(head));
                 }
                 if replay.as_ref().is_some_and(|r| r.client_failed()) {
-                    // Malformed chunking or a body cut short: the client's fault (§4).
+                    // Malformed chunking or a body cut short: the client's fault.
                     tracing::debug!(app = %app.name, %error, "Request body unreadable");
                     return Proxied::Own(Canned::BadRequest.response(head));
                 }

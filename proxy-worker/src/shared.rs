@@ -33,7 +33,7 @@ pub struct Shared {
     pub counters: Arc<Counters>,
     pub certs: Arc<CertStore>,
     pub upstream: Upstream,
-    /// The response cache (cache.md); off when the budget is 0.
+    /// The response cache (docs/http.md, "Response cache"); off when the budget is 0.
     pub cache: Arc<Cache>,
     /// Open connections and tunnels: draining waits for them.
     pub conns: Arc<ConnTracker>,
