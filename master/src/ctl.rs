@@ -8,12 +8,27 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use tako_protocol::{parse_response, DeployRequest, Request, Response, PROTOCOL_VERSION};
 
+mod logs;
+mod output;
+
+/// The server's default `--data-dir` (a unit test keeps the two equal).
+pub const DEFAULT_DATA_DIR: &str = "/opt/tako";
+
 #[derive(Debug, Args)]
+#[command(
+    about = "Talk to a running server over its management socket",
+    long_about = "Talk to a running server over its management socket. Tables and summaries by \
+default; --json prints the server's answer line as it came, for scripts. Exit codes: 0 done, \
+1 the server answered with an error, 2 usage error, 3 cannot connect."
+)]
 pub struct CtlArgs {
-    /// Management socket path
+    /// Management socket of the server (its --socket)
     #[arg(long, value_name = "PATH", default_value = crate::cli::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Print the raw response line instead of pretty data
+    /// Data directory of the server (its --data-dir); `logs` reads the app logs below it
+    #[arg(long = "data-dir", value_name = "PATH", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print the server's answer line as it came (one line of JSON) instead of a table
     #[arg(long)]
     pub json: bool,
     #[command(subcommand)]
@@ -22,42 +37,72 @@ pub struct CtlArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
-    /// Status of one app
-    Status { app: String },
-    /// Every app
+    /// One app: state, healthy instances, routes, instances and certificates
+    Status {
+        /// App name
+        app: String,
+    },
+    /// Every app: version, state, healthy/total instances, routes, uptime
     List,
     /// Every app's routes
     Routes,
-    /// Effective server settings
+    /// The running server's settings, version, role and mode
     ServerInfo,
-    /// Deploy a release
+    /// Deploy a release: start its instances, health-check them, then switch traffic
     Deploy {
+        /// App name (letters, digits and -)
         app: String,
-        #[arg(long)]
+        /// Release version, the name of its directory under releases/
+        #[arg(long, value_name = "VERSION")]
         version: String,
-        #[arg(long)]
+        /// Release directory: <data-dir>/apps/<app>/releases/<version>, holding app.json
+        #[arg(long, value_name = "DIR")]
         path: String,
-        #[arg(long = "route", required = true)]
+        /// Route the app serves: a host (web.example.com), host/path/* or *.domain;
+        /// repeatable, at least one
+        #[arg(long = "route", value_name = "ROUTE", required = true)]
         routes: Vec<String>,
         #[command(flatten)]
         env: EnvSources,
-        #[arg(long, default_value_t = 1)]
+        /// Instances kept running, 0-32; 0 starts one on the first request and stops it
+        /// when idle
+        #[arg(long, value_name = "N", default_value_t = 1)]
         instances: u8,
-        #[arg(long = "idle-timeout", default_value_t = 300)]
+        /// Seconds without requests before an on-demand instance (--instances 0) stops
+        #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = 300)]
         idle_timeout: u32,
     },
-    /// Stop an app (durable)
-    Stop { app: String },
-    /// Delete an app
-    Delete { app: String },
-    /// Rolling restart of an app
-    Reload { app: String },
-    /// Roll back to a release
-    Rollback { app: String, version: String },
-    /// An app's releases
-    Releases { app: String },
-    /// Merge secrets into an app's env (values from --secrets-file or --env, never argv)
+    /// Stop an app's instances; it stays stopped across restarts until reload or deploy
+    Stop {
+        /// App name
+        app: String,
+    },
+    /// Stop an app and forget it (its release files stay on disk)
+    Delete {
+        /// App name
+        app: String,
+    },
+    /// Rolling restart of an app's instances (also starts a stopped app and applies secrets)
+    Reload {
+        /// App name
+        app: String,
+    },
+    /// Deploy an earlier release of an app again
+    Rollback {
+        /// App name
+        app: String,
+        /// Version to go back to (see `releases`)
+        version: String,
+    },
+    /// An app's releases, newest first, the running one marked *
+    Releases {
+        /// App name
+        app: String,
+    },
+    /// Merge secrets into an app's env (values from --secrets-file or --env, never argv);
+    /// `reload` applies them
     UpdateSecrets {
+        /// App name
         app: String,
         #[command(flatten)]
         secrets: EnvSources,
@@ -66,21 +111,41 @@ pub enum CtlCommand {
         #[arg(hide = true, value_name = "KEY=VALUE")]
         on_command_line: Vec<String>,
     },
-    /// Rolling restart of the proxy workers
+    /// Rolling restart of the proxy workers, without dropping a request
     RestartWorkers,
-    /// The server's processes
+    /// The server's processes (role, pid, user, state) and the app instances
     Processes,
-    /// Re-scan the certificate directory
+    /// Read <data-dir>/certs/ again
     ReloadCerts,
-    /// Enter upgrade mode
-    EnterUpgrading { owner: String },
+    /// Show an app's log (its output, from <data-dir>/apps/<app>/shared/logs/)
+    Logs {
+        /// App name
+        app: String,
+        /// Keep printing new lines as they are written, across log rotations (Ctrl-C ends)
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many of the last lines to print first
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
+        lines: usize,
+    },
+    /// Enter upgrade mode: deploys and other changes are refused until exit-upgrading
+    EnterUpgrading {
+        /// Who holds upgrade mode (any name; exit-upgrading must give the same)
+        owner: String,
+    },
     /// Leave upgrade mode
-    ExitUpgrading { owner: String },
+    ExitUpgrading {
+        /// The name given to enter-upgrading
+        owner: String,
+    },
     /// Replace the running server in place with the binary at its path, keeping the listeners
     Upgrade,
     /// Send one raw JSON line (no hello) and print the raw response; `-` reads the line
     /// from stdin (for lines that carry secrets)
-    Raw { line: String },
+    Raw {
+        /// The request line, or - to read it from stdin
+        line: String,
+    },
 }
 
 /// Where the env values of `deploy` and `update-secrets` come from. Never the command line:
@@ -318,7 +383,7 @@ fn request(cmd: &CtlCommand) -> Result<Option<Request>, EnvError> {
             owner: owner.clone(),
         },
         CtlCommand::Upgrade => Request::Upgrade,
-        CtlCommand::Raw { .. } => return Ok(None),
+        CtlCommand::Raw { .. } | CtlCommand::Logs { .. } => return Ok(None),
     }))
 }
 
@@ -342,27 +407,151 @@ fn read_raw_line() -> Result<String, EnvError> {
     Ok(line)
 }
 
-struct Conn {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+/// Why ctl could not talk to the server: one line that says what to try.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("Cannot connect to {path}: no server is listening there ({source}); start tako-server, or pass the socket it uses with --socket")]
+    NotRunning {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Cannot connect to {path}: permission denied; run as root or as a member of the deploy user's group (tako), or pass another socket with --socket")]
+    Denied { path: String },
+    #[error("Cannot connect to {path}: {source}; check that tako-server runs and that --socket names its socket")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Cannot connect to {path}: {reason}; is that a tako-server management socket?")]
+    Protocol { path: String, reason: String },
 }
 
-impl Conn {
-    fn exchange(&mut self, line: &str) -> Result<String, String> {
-        self.writer
-            .write_all(format!("{}\n", line.trim_end_matches('\n')).as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut resp = String::new();
-        match self.reader.read_line(&mut resp) {
-            Ok(0) => Err("no response line".into()),
-            Ok(_) => Ok(resp.trim_end().to_string()),
-            Err(e) => Err(e.to_string()),
+impl ConnectError {
+    fn io(path: &str, source: std::io::Error) -> ConnectError {
+        use std::io::ErrorKind as K;
+        let path = path.to_string();
+        match source.kind() {
+            K::NotFound | K::ConnectionRefused => ConnectError::NotRunning { path, source },
+            K::PermissionDenied => ConnectError::Denied { path },
+            _ => ConnectError::Io { path, source },
         }
     }
 }
 
+struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    shown: String,
+}
+
+impl Conn {
+    fn open(socket: &Path) -> Result<Conn, ConnectError> {
+        let shown = socket.display().to_string();
+        let stream = UnixStream::connect(socket).map_err(|e| ConnectError::io(&shown, e))?;
+        let writer = stream
+            .try_clone()
+            .map_err(|e| ConnectError::io(&shown, e))?;
+        Ok(Conn {
+            reader: BufReader::new(stream),
+            writer,
+            shown,
+        })
+    }
+
+    fn exchange(&mut self, line: &str) -> Result<String, ConnectError> {
+        let io = |e| ConnectError::io(&self.shown, e);
+        self.writer
+            .write_all(format!("{}\n", line.trim_end_matches('\n')).as_bytes())
+            .map_err(io)?;
+        let mut resp = String::new();
+        match self.reader.read_line(&mut resp) {
+            Ok(0) => Err(ConnectError::Protocol {
+                path: self.shown.clone(),
+                reason: "the server closed the connection without an answer".into(),
+            }),
+            Ok(_) => Ok(resp.trim_end().to_string()),
+            Err(e) => Err(ConnectError::io(&self.shown, e)),
+        }
+    }
+
+    /// Sends a request and parses the answer.
+    fn ask(&mut self, req: &Request) -> Result<(String, Response), ConnectError> {
+        let line = self.exchange(&line_of(req))?;
+        let resp = parse_response(&line).map_err(|e| ConnectError::Protocol {
+            path: self.shown.clone(),
+            reason: format!("invalid answer line: {e}"),
+        })?;
+        Ok((line, resp))
+    }
+
+    /// The `data` of a follow-up request, or `None` when it failed: the table shows `-`.
+    fn data_of(&mut self, req: &Request) -> Option<serde_json::Value> {
+        match self.ask(req) {
+            Ok((_, Response::Ok { data })) => Some(data),
+            _ => None,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The text people see for a successful answer to `cmd`. Some tables take more from the
+/// server on the same connection (each app's status and routes for `list`).
+fn render(cmd: &CtlCommand, data: &serde_json::Value, conn: &mut Conn) -> String {
+    match cmd {
+        CtlCommand::List => {
+            let routes = conn.data_of(&Request::Routes).unwrap_or_default();
+            let conn = std::cell::RefCell::new(conn);
+            let status_of = |app: &str| {
+                conn.borrow_mut()
+                    .data_of(&Request::Status { app: app.into() })
+            };
+            output::apps(data, &status_of, &routes)
+        }
+        CtlCommand::Status { app } => {
+            let routes = conn.data_of(&Request::Routes).and_then(|r| {
+                r["routes"]
+                    .as_array()
+                    .and_then(|l| l.iter().find(|x| x["app"] == app.as_str()))
+                    .map(|x| x["routes"].clone())
+            });
+            output::app_status(data, routes.as_ref())
+        }
+        CtlCommand::Routes => output::routes(data),
+        CtlCommand::Releases { .. } => output::releases(data, unix_now()),
+        CtlCommand::Processes => output::processes(data),
+        CtlCommand::ServerInfo => output::key_values(data),
+        _ => output::summary(data),
+    }
+}
+
 pub fn run(args: CtlArgs) -> i32 {
-    let shown = args.socket.display().to_string();
+    if let CtlCommand::Logs { app, follow, lines } = &args.command {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        return match logs::run(&args.data_dir, app, *lines, *follow, &mut out) {
+            Ok(()) => 0,
+            // A reader that went away (`| head`) is not an error.
+            Err(logs::LogsError::Read { path, source })
+                if path == Path::new("stdout")
+                    && source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                0
+            }
+            Err(e @ logs::LogsError::BadName(..)) => {
+                eprintln!("{e}");
+                2
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        };
+    }
     // Local input first: a refused or unreadable secret must not cost a connection, and a
     // `raw -` line is read before anything is sent.
     let line = match &args.command {
@@ -383,85 +572,96 @@ pub fn run(args: CtlArgs) -> i32 {
             }
         },
     };
-    let stream = match UnixStream::connect(&args.socket) {
-        Ok(s) => s,
+    match talk(&args, &line) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("Cannot connect to {shown}: {e}");
-            return 3;
+            eprintln!("{e}");
+            3
         }
-    };
-    let Ok(writer) = stream.try_clone() else {
-        eprintln!("Cannot connect to {shown}: cannot clone the socket");
-        return 3;
-    };
-    let mut conn = Conn {
-        reader: BufReader::new(stream),
-        writer,
-    };
+    }
+}
+
+/// Connects, says hello (except for `raw`), sends the line and prints the answer. Returns
+/// the exit code of an answer; a connection problem is the error.
+fn talk(args: &CtlArgs, line: &str) -> Result<i32, ConnectError> {
+    let mut conn = Conn::open(&args.socket)?;
     if let CtlCommand::Raw { .. } = &args.command {
-        return match conn.exchange(&line) {
-            Ok(resp) => {
-                println!("{resp}");
-                let ok = matches!(parse_response(&resp), Ok(Response::Ok { .. }));
-                if ok {
-                    0
-                } else {
-                    1
-                }
-            }
-            Err(e) => {
-                eprintln!("Cannot connect to {shown}: {e}");
-                3
-            }
-        };
+        let resp = conn.exchange(line)?;
+        println!("{resp}");
+        let ok = matches!(parse_response(&resp), Ok(Response::Ok { .. }));
+        return Ok(if ok { 0 } else { 1 });
     }
-    let hello = line_of(&Request::Hello {
+    let hello = Request::Hello {
         protocol_version: PROTOCOL_VERSION,
-    });
-    match conn.exchange(&hello).map(|r| parse_response(&r)) {
-        Ok(Ok(Response::Ok { .. })) => {}
-        Ok(Ok(Response::Error { message })) => {
-            eprintln!("{message}");
-            return 1;
-        }
-        Ok(Err(e)) => {
-            eprintln!("Cannot connect to {shown}: invalid response line: {e}");
-            return 3;
-        }
-        Err(e) => {
-            eprintln!("Cannot connect to {shown}: {e}");
-            return 3;
-        }
-    }
-    let resp = match conn.exchange(&line) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("Cannot connect to {shown}: {e}");
-            return 3;
-        }
     };
-    match parse_response(&resp) {
-        Ok(Response::Ok { data }) => {
+    if let (_, Response::Error { message }) = conn.ask(&hello)? {
+        eprintln!("{message}");
+        return Ok(1);
+    }
+    let resp = conn.exchange(line)?;
+    let parsed = parse_response(&resp).map_err(|e| ConnectError::Protocol {
+        path: conn.shown.clone(),
+        reason: format!("invalid answer line: {e}"),
+    })?;
+    match parsed {
+        Response::Ok { data } => {
             if args.json {
                 println!("{resp}");
             } else {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                );
+                print!("{}", render(&args.command, &data, &mut conn));
             }
-            0
+            Ok(0)
         }
-        Ok(Response::Error { message }) => {
+        Response::Error { message } => {
             if args.json {
                 println!("{resp}");
             }
             eprintln!("{message}");
-            1
+            Ok(1)
         }
-        Err(e) => {
-            eprintln!("Cannot connect to {shown}: invalid response line: {e}");
-            3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn data_dir_default_is_the_servers() {
+        let cmd = crate::cli::Cli::command();
+        let server = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "data_dir")
+            .expect("the server's --data-dir");
+        let defaults: Vec<String> = server
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(defaults, [DEFAULT_DATA_DIR]);
+    }
+
+    #[test]
+    fn every_ctl_option_and_subcommand_has_help() {
+        let cli = crate::cli::Cli::command();
+        let ctl = cli.find_subcommand("ctl").expect("ctl");
+        let mut missing = Vec::new();
+        for a in ctl.get_arguments() {
+            if a.get_help().is_none() && !a.is_hide_set() {
+                missing.push(format!("ctl --{}", a.get_id()));
+            }
         }
+        for sub in ctl.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("ctl {}", sub.get_name()));
+            }
+            for a in sub.get_arguments() {
+                if a.get_help().is_none() && !a.is_hide_set() && a.get_id() != "help" {
+                    missing.push(format!("ctl {} {}", sub.get_name(), a.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help text: {missing:?}");
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod core;
 mod ctl;
 mod datadir;
+mod gen_docs;
 mod listeners;
 mod logging;
 mod mgmt;
@@ -29,6 +30,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(role::ROLE_ARG) {
         std::process::exit(role::run_child(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some(gen_docs::ARG) {
+        std::process::exit(gen_docs::run(&args[2..]));
     }
     let cli = cli::Cli::parse();
     let code = match cli.command {

@@ -1313,11 +1313,11 @@ fn ctl(args: &[&str]) -> common::Outcome {
 fn ctl_client() {
     let server = Server::start_default();
     let sock = server.socket.display().to_string();
-    let out = ctl(&["--socket", &sock, "list"]);
+    // Tables for people are checked in ctl_output.rs; --json is the answer line.
+    let out = ctl(&["--socket", &sock, "--json", "list"]);
     assert_eq!(out.code, 0, "ctl list: {}", out.stderr);
-    let v: Value = serde_json::from_str(&out.stdout).expect("ctl prints JSON");
-    assert_eq!(v, json!({"apps": []}));
-    assert!(out.stdout.contains('\n'), "pretty JSON: {:?}", out.stdout);
+    let v: Value = serde_json::from_str(&out.stdout).expect("ctl --json prints JSON");
+    assert_eq!(v, json!({"status": "ok", "data": {"apps": []}}));
 
     let out = ctl(&["--socket", &sock, "status", "ghost"]);
     assert_eq!(out.code, 1, "error response exits 1");
@@ -1335,10 +1335,10 @@ fn ctl_client() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("Invalid command"), "{}", out.stdout);
 
-    let out = ctl(&["--socket", &sock, "server-info"]);
+    let out = ctl(&["--socket", &sock, "--json", "server-info"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
-    assert_eq!(v["http_port"], json!(server.http_port));
+    assert_eq!(v["data"]["http_port"], json!(server.http_port));
 
     let missing = server.data_dir.join("missing.sock").display().to_string();
     let out = ctl(&["--socket", &missing, "list"]);
