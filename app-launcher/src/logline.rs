@@ -1,4 +1,4 @@
-//! The `app.log` line format (docs/apps.md, "Logs"): splitting a byte stream into lines of at
+//! The `app.log` line format (docs/apps.md, "App logs"): splitting a byte stream into lines of at
 //! most 16 KiB and prefixing each with time, build, instance and stream.
 
 use time::macros::format_description;

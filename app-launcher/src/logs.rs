@@ -1,4 +1,4 @@
-//! The log writer: one dedicated thread does all log file I/O (docs/apps.md, "Logs").
+//! The log writer: one dedicated thread does all log file I/O (docs/apps.md, "App logs").
 //!
 //! In root mode the launcher has no CAP_DAC_OVERRIDE, so it cannot write into the deploy
 //! user's 0750 log directories as plain uid 0. The writer thread takes the deploy user's

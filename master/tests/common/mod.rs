@@ -797,7 +797,7 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> Outcome {
     }
 }
 
-/// Path helper: the app log directory (docs/apps.md, "Logs").
+/// Path helper: the app log directory (docs/apps.md, "App logs").
 pub fn app_log_dir(data_dir: &Path, app: &str) -> PathBuf {
     data_dir.join("apps").join(app).join("shared").join("logs")
 }
