@@ -246,6 +246,15 @@ pub struct InstanceCounters {
     pub in_flight: u32,
 }
 
+/// In-flight requests of one worker to an instance that a route table took out of its
+/// rotation, counted after the worker stopped picking it: see [`WorkerToMaster::TableApplied`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedInstance {
+    pub app: String,
+    pub instance_id: u32,
+    pub in_flight: u32,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerToMaster {
     Hello {
@@ -254,6 +263,8 @@ pub enum WorkerToMaster {
     },
     /// Listeners are being served and the first route table is applied.
     Ready,
+    /// The route table of `epoch` is applied. Workers send [`WorkerToMaster::TableApplied`]
+    /// instead; the master still takes this as an acknowledgement that counts nothing.
     RoutesApplied {
         epoch: u64,
     },
@@ -272,6 +283,17 @@ pub enum WorkerToMaster {
     /// TLS handshake and upstream failure counts, at most once a second when they changed.
     /// Added last so that existing variant indexes stay the same.
     EdgeStats(EdgeStats),
+    /// The route table of `epoch` is applied: what [`WorkerToMaster::RoutesApplied`] says,
+    /// plus the in-flight count of every instance that this table removed relative to the
+    /// one before it (zeros included), read after no request can pick those instances any
+    /// more. A request counts itself when it picks an instance, so a zero here is final: the
+    /// master may stop an idle instance as soon as every worker said so, without waiting for
+    /// a counter report. Later `Counters` frames carry the counts down to zero. Added last so
+    /// that existing variant indexes stay the same.
+    TableApplied {
+        epoch: u64,
+        removed: Vec<RemovedInstance>,
+    },
 }
 
 impl WorkerToMaster {

@@ -6,11 +6,11 @@
 //! is a [`Violation`]; the master ends that child for it (and replaces it, as after a crash),
 //! it never stores any part of it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::messages::{
     AppHttpStats, CacheInvalidation, CacheStats, EdgeStats, InstallResult, InstanceCounters,
-    InstanceEvent, LauncherToMaster, WorkerToMaster,
+    InstanceEvent, LauncherToMaster, RemovedInstance, RouteTable, WorkerToMaster,
 };
 
 /// Largest value of any counter or gauge a child reports. Far above any real count (2^50
@@ -29,6 +29,13 @@ pub const MAX_HOST_LEN: usize = 1024;
 pub const MAX_EVENT_TEXT: usize = 64 * 1024;
 /// Highest pid Linux can hand out (`PID_MAX_LIMIT`).
 pub const MAX_PID: u32 = 1 << 22;
+/// Most instances one table acknowledgement may list as removed: far above what one table
+/// takes out, and what bounds the master's work on one frame.
+pub const MAX_REMOVED_PER_ACK: usize = 16 * 1024;
+/// How many route tables back the master remembers which instances each one removed. An
+/// acknowledgement whose previous table is older cannot be checked and is refused: a worker
+/// that far behind is not keeping up anyway.
+pub const TABLE_HISTORY: u64 = 1024;
 
 /// What the master knows about the apps it published to workers.
 pub trait KnownApps {
@@ -39,6 +46,12 @@ pub trait KnownApps {
     fn max_instance(&self, app: &str) -> Option<u32>;
     /// The newest route-table epoch sent to this worker.
     fn latest_epoch(&self) -> u64;
+    /// Whether a table of an epoch in `after+1..=upto` took the instance out of rotation;
+    /// `None` when those tables are older than what the master remembers.
+    fn removed_between(&self, after: u64, upto: u64, app: &str, instance_id: u32) -> Option<bool> {
+        let _ = (after, upto, app, instance_id);
+        None
+    }
 }
 
 /// What the master knows about the launcher's work.
@@ -57,6 +70,9 @@ pub struct WorkerReports {
     pub cache: CacheStats,
     pub http: Vec<AppHttpStats>,
     pub edge: EdgeStats,
+    /// The epoch of the last table this worker acknowledged, `None` before its first: what
+    /// the next acknowledgement's removals are checked against.
+    pub acked_epoch: Option<u64>,
 }
 
 /// A name as it may appear in a log line: never more than 64 characters of it.
@@ -120,6 +136,16 @@ pub enum Violation {
     UnknownInstance { app: Shown, instance_id: u32 },
     #[error("routes applied for epoch {epoch}, but the newest epoch sent is {latest}")]
     FutureEpoch { epoch: u64, latest: u64 },
+    #[error("routes applied for epoch {epoch} after epoch {acked} (tables are applied in order)")]
+    EpochBackwards { epoch: u64, acked: u64 },
+    #[error("table {epoch} acknowledged after table {acked}, older than the master remembers")]
+    AckTooOld { epoch: u64, acked: u64 },
+    #[error("table {epoch} is said to remove instance {instance_id} of app {app}, which it did not remove")]
+    NotRemoved {
+        app: Shown,
+        instance_id: u32,
+        epoch: u64,
+    },
     #[error("cache invalidation {0}")]
     Invalidation(&'static str),
     #[error("event for instance {instance_id} of app {app}, which the master did not start or which already ended")]
@@ -177,7 +203,17 @@ pub fn check_worker_frame(
                     latest,
                 });
             }
+            // An old-style acknowledgement carries no counts: it still may not go backwards.
+            if let Some(acked) = prev.acked_epoch.filter(|a| a > epoch) {
+                return Err(Violation::EpochBackwards {
+                    epoch: *epoch,
+                    acked,
+                });
+            }
             Ok(())
+        }
+        WorkerToMaster::TableApplied { epoch, removed } => {
+            check_table_ack(*epoch, removed, known, prev.acked_epoch)
         }
         WorkerToMaster::Wake { app } => {
             if !known.app_known(app) {
@@ -194,6 +230,79 @@ pub fn check_worker_frame(
         WorkerToMaster::CacheInvalidate(inv) => check_invalidation(inv),
         WorkerToMaster::EdgeStats(stats) => check_edge(stats, known, &prev.edge),
     }
+}
+
+/// An acknowledgement's counts are what lets the master stop an instance, so each must be
+/// for an instance that a table after the worker's previous one really took out of rotation:
+/// a count for anything else is refused, not ignored. (A worker that lies about its own
+/// requests only breaks those; what the checks keep out is anything beyond them.)
+fn check_table_ack(
+    epoch: u64,
+    removed: &[RemovedInstance],
+    known: &dyn KnownApps,
+    acked: Option<u64>,
+) -> Result<(), Violation> {
+    let latest = known.latest_epoch();
+    if epoch > latest {
+        return Err(Violation::FutureEpoch { epoch, latest });
+    }
+    if let Some(acked) = acked.filter(|a| *a > epoch) {
+        return Err(Violation::EpochBackwards { epoch, acked });
+    }
+    if removed.len() > MAX_REMOVED_PER_ACK {
+        return Err(Violation::TooMany {
+            what: "table acknowledgement",
+            count: removed.len(),
+            max: MAX_REMOVED_PER_ACK,
+        });
+    }
+    let mut seen = HashSet::new();
+    for r in removed {
+        match known.max_instance(&r.app) {
+            None => {
+                return Err(Violation::UnknownApp {
+                    what: "table acknowledgement",
+                    app: Shown::new(&r.app),
+                })
+            }
+            Some(max) if r.instance_id > max => {
+                return Err(Violation::UnknownInstance {
+                    app: Shown::new(&r.app),
+                    instance_id: r.instance_id,
+                })
+            }
+            Some(_) => {}
+        }
+        bounded("in-flight count", &r.app, u64::from(r.in_flight))?;
+        if !seen.insert((r.app.as_str(), r.instance_id)) {
+            return Err(Violation::Duplicate {
+                what: "table acknowledgement",
+                app: Shown::new(&r.app),
+            });
+        }
+        // A worker's first table followed an empty one: it removed nothing.
+        let removed_here = match acked {
+            None => Some(false),
+            Some(after) => known.removed_between(after, epoch, &r.app, r.instance_id),
+        };
+        match removed_here {
+            Some(true) => {}
+            Some(false) => {
+                return Err(Violation::NotRemoved {
+                    app: Shown::new(&r.app),
+                    instance_id: r.instance_id,
+                    epoch,
+                })
+            }
+            None => {
+                return Err(Violation::AckTooOld {
+                    epoch,
+                    acked: acked.unwrap_or(0),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_counters(
@@ -502,6 +611,14 @@ pub fn ends_instance(event: &InstanceEvent) -> bool {
 pub struct AppBook {
     apps: HashMap<String, u32>,
     epoch: u64,
+    /// The instances in rotation in the newest table learnt.
+    rotation: HashSet<(String, u32)>,
+    /// Per epoch, the instances that table took out of rotation (epochs that removed
+    /// nothing are not stored), for the last [`TABLE_HISTORY`] epochs.
+    removals: VecDeque<(u64, Vec<(String, u32)>)>,
+    /// Removals are known for every epoch above this one.
+    history_from: u64,
+    learnt_any: bool,
 }
 
 impl AppBook {
@@ -513,6 +630,36 @@ impl AppBook {
 
     pub fn set_epoch(&mut self, epoch: u64) {
         self.epoch = self.epoch.max(epoch);
+    }
+
+    /// Records a route table about to be sent: its apps and instances, its epoch, and which
+    /// instances it took out of rotation relative to the newest table before it. A table
+    /// not newer than what the book holds (the snapshot a new worker gets) changes nothing.
+    pub fn learn_table(&mut self, table: &RouteTable) {
+        for a in &table.apps {
+            let max = a.backends.iter().map(|b| b.instance_id).max().unwrap_or(0);
+            self.publish(&a.name, max);
+        }
+        if self.learnt_any && table.epoch <= self.epoch {
+            return;
+        }
+        self.learnt_any = true;
+        let rotation: HashSet<(String, u32)> = table
+            .apps
+            .iter()
+            .flat_map(|a| a.backends.iter().map(|b| (a.name.clone(), b.instance_id)))
+            .collect();
+        let gone: Vec<(String, u32)> = self.rotation.difference(&rotation).cloned().collect();
+        if !gone.is_empty() {
+            self.removals.push_back((table.epoch, gone));
+        }
+        self.rotation = rotation;
+        self.set_epoch(table.epoch);
+        let floor = self.epoch.saturating_sub(TABLE_HISTORY);
+        self.history_from = self.history_from.max(floor);
+        while self.removals.front().is_some_and(|(e, _)| *e <= floor) {
+            self.removals.pop_front();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -535,6 +682,18 @@ impl KnownApps for AppBook {
 
     fn latest_epoch(&self) -> u64 {
         self.epoch
+    }
+
+    fn removed_between(&self, after: u64, upto: u64, app: &str, instance_id: u32) -> Option<bool> {
+        if after < self.history_from {
+            return None;
+        }
+        Some(
+            self.removals
+                .iter()
+                .filter(|(e, _)| *e > after && *e <= upto)
+                .any(|(_, gone)| gone.iter().any(|(a, i)| a == app && *i == instance_id)),
+        )
     }
 }
 
@@ -563,6 +722,10 @@ impl WorkerReports {
             WorkerToMaster::CacheStats(c) => self.cache = c.clone(),
             WorkerToMaster::HttpStats(h) => self.http = h.clone(),
             WorkerToMaster::EdgeStats(e) => self.edge = e.clone(),
+            WorkerToMaster::RoutesApplied { epoch }
+            | WorkerToMaster::TableApplied { epoch, .. } => {
+                self.acked_epoch = Some(self.acked_epoch.map_or(*epoch, |a| a.max(*epoch)));
+            }
             _ => {}
         }
     }
@@ -761,5 +924,132 @@ mod tests {
             check_launcher_frame(&done(6), &known),
             Err(Violation::UnknownInstall(6))
         ));
+    }
+
+    fn table(epoch: u64, ids: &[u32]) -> RouteTable {
+        RouteTable {
+            epoch,
+            apps: vec![crate::messages::AppRoutes {
+                name: "web".into(),
+                routes: vec!["a.com".into()],
+                release_path: "/r".into(),
+                stopped: false,
+                on_demand: false,
+                backends: ids
+                    .iter()
+                    .map(|id| crate::messages::Backend {
+                        instance_id: *id,
+                        port: 3000 + *id as u16,
+                    })
+                    .collect(),
+                starting: false,
+            }],
+        }
+    }
+
+    fn ack(epoch: u64, removed: &[(&str, u32, u32)]) -> WorkerToMaster {
+        WorkerToMaster::TableApplied {
+            epoch,
+            removed: removed
+                .iter()
+                .map(|(app, id, n)| RemovedInstance {
+                    app: (*app).into(),
+                    instance_id: *id,
+                    in_flight: *n,
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts are accepted only for instances a table after the worker's previous one took
+    /// out of rotation; acknowledgements go forward, and none carries more than the bound.
+    #[test]
+    fn table_acks_name_only_removed_instances() {
+        let mut b = AppBook::default();
+        b.learn_table(&table(1, &[1, 2]));
+        b.learn_table(&table(2, &[2, 3]));
+        b.learn_table(&table(3, &[3]));
+        // The snapshot a new worker gets is learnt again: no removal of its own.
+        b.learn_table(&table(3, &[3]));
+        let mut prev = WorkerReports::default();
+        // A first table removes nothing.
+        assert!(matches!(
+            check_worker_frame(&ack(1, &[("web", 1, 0)]), &b, &prev),
+            Err(Violation::NotRemoved { .. })
+        ));
+        assert_eq!(check_worker_frame(&ack(1, &[]), &b, &prev), Ok(()));
+        prev.record(&ack(1, &[]));
+        assert_eq!(prev.acked_epoch, Some(1));
+        // Table 2 removed instance 1, not 2 or 3.
+        assert_eq!(
+            check_worker_frame(&ack(2, &[("web", 1, 4)]), &b, &prev),
+            Ok(())
+        );
+        for bogus in [2, 3] {
+            assert!(matches!(
+                check_worker_frame(&ack(2, &[("web", bogus, 0)]), &b, &prev),
+                Err(Violation::NotRemoved { .. })
+            ));
+        }
+        // A worker that skipped to table 3 may name both removals.
+        assert_eq!(
+            check_worker_frame(&ack(3, &[("web", 1, 0), ("web", 2, 1)]), &b, &prev),
+            Ok(())
+        );
+        assert!(matches!(
+            check_worker_frame(&ack(3, &[("web", 2, 0), ("web", 2, 0)]), &b, &prev),
+            Err(Violation::Duplicate { .. })
+        ));
+        assert!(matches!(
+            check_worker_frame(&ack(4, &[]), &b, &prev),
+            Err(Violation::FutureEpoch { .. })
+        ));
+        assert!(matches!(
+            check_worker_frame(&ack(2, &[("nope", 1, 0)]), &b, &prev),
+            Err(Violation::UnknownApp { .. })
+        ));
+        assert!(matches!(
+            check_worker_frame(&ack(2, &[("web", 9, 0)]), &b, &prev),
+            Err(Violation::UnknownInstance { .. })
+        ));
+        prev.record(&ack(3, &[]));
+        assert!(matches!(
+            check_worker_frame(&ack(2, &[]), &b, &prev),
+            Err(Violation::EpochBackwards { .. })
+        ));
+        assert!(matches!(
+            check_worker_frame(&WorkerToMaster::RoutesApplied { epoch: 2 }, &b, &prev),
+            Err(Violation::EpochBackwards { .. })
+        ));
+        let many: Vec<(&str, u32, u32)> = (0..=MAX_REMOVED_PER_ACK as u32)
+            .map(|i| ("web", i, 0))
+            .collect();
+        assert!(matches!(
+            check_worker_frame(&ack(3, &many), &b, &prev),
+            Err(Violation::TooMany { .. })
+        ));
+    }
+
+    /// Removals older than the history cannot be checked: such an acknowledgement is
+    /// refused rather than trusted.
+    #[test]
+    fn table_acks_beyond_the_history_are_refused() {
+        let mut b = AppBook::default();
+        b.learn_table(&table(1, &[1, 2]));
+        b.learn_table(&table(2, &[2]));
+        for e in 3..(TABLE_HISTORY + 10) {
+            b.learn_table(&table(e, &[2]));
+        }
+        let mut prev = WorkerReports::default();
+        prev.record(&ack(1, &[]));
+        assert!(matches!(
+            check_worker_frame(&ack(TABLE_HISTORY + 9, &[("web", 1, 0)]), &b, &prev),
+            Err(Violation::AckTooOld { .. })
+        ));
+        // With nothing to check, an acknowledgement that lists nothing is fine.
+        assert_eq!(
+            check_worker_frame(&ack(TABLE_HISTORY + 9, &[]), &b, &prev),
+            Ok(())
+        );
     }
 }

@@ -181,7 +181,7 @@ fn main() {
         .await
         .expect("routes");
         loop {
-            if let WorkerToMaster::RoutesApplied { epoch: 1 } = next(&mut rx).await {
+            if let WorkerToMaster::TableApplied { epoch: 1, .. } = next(&mut rx).await {
                 break;
             }
         }

@@ -162,17 +162,32 @@ impl Control {
                 self.certs = true;
             }
             MasterToWorker::Routes(table) => {
-                let compiled = Table::build(&table, &self.shared.rotation);
+                let compiled = Arc::new(Table::build(
+                    &table,
+                    &self.shared.rotation,
+                    &self.shared.counters,
+                ));
                 self.shared.cache.routes_changed(&table);
-                self.shared.table.store(Arc::new(compiled));
+                let old = self.shared.table.swap(Arc::clone(&compiled));
+                // The new table is in place before the old instances are marked removed: a
+                // request that finds its pick removed reloads the table and gets this one.
+                let gone = old.removed_by(&compiled);
+                {
+                    let _order = self.shared.counters.report_order();
+                    let removed = self.shared.counters.retire(&gone);
+                    tracing::debug!(
+                        epoch = table.epoch,
+                        apps = table.apps.len(),
+                        removed = removed.len(),
+                        in_flight = removed.iter().map(|r| u64::from(r.in_flight)).sum::<u64>(),
+                        "Routes applied"
+                    );
+                    self.shared.send(WorkerToMaster::TableApplied {
+                        epoch: table.epoch,
+                        removed,
+                    });
+                }
                 self.shared.holds.notify();
-                self.shared
-                    .send(WorkerToMaster::RoutesApplied { epoch: table.epoch });
-                tracing::debug!(
-                    epoch = table.epoch,
-                    apps = table.apps.len(),
-                    "Routes applied"
-                );
                 self.routed = true;
             }
             MasterToWorker::StatusPage {
@@ -244,8 +259,11 @@ impl Control {
 
 /// Sends every counter set that changed since the last call.
 fn send_changed_stats(shared: &Shared) {
-    if let Some(snapshot) = shared.counters.take_if_dirty() {
-        shared.send(WorkerToMaster::Counters(snapshot));
+    {
+        let _order = shared.counters.report_order();
+        if let Some(snapshot) = shared.counters.take_if_dirty() {
+            shared.send(WorkerToMaster::Counters(snapshot));
+        }
     }
     if let Some(stats) = shared.cache.take_stats_if_dirty() {
         shared.send(WorkerToMaster::CacheStats(stats));
@@ -258,11 +276,16 @@ fn send_changed_stats(shared: &Shared) {
     }
 }
 
+/// Reports every period, and at once when the last request to a removed instance ended:
+/// the master is waiting for that zero to stop the instance.
 async fn counters_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(COUNTERS_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.counters.drained.notified() => {}
+        }
         send_changed_stats(&shared);
     }
 }

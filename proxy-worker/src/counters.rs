@@ -1,28 +1,43 @@
-//! Per-instance request counters, reported to the master at most once a second.
+//! Per-instance request counters, reported to the master at most once a second, and the
+//! in-flight counts a table acknowledgement carries for the instances it removed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::fast_hash::FastMap;
-use tako_ipc::{AppHttpStats, AppUpstreamErrors, EdgeStats, InstanceCounters, DURATION_BUCKETS};
+use tako_ipc::{
+    AppHttpStats, AppUpstreamErrors, EdgeStats, InstanceCounters, RemovedInstance, DURATION_BUCKETS,
+};
+use tokio::sync::Notify;
 
-/// One instance's counts: atomics, so a request in flight updates them without the map's
-/// lock (it takes the lock once, to find them).
+/// One instance's counts: atomics, so a request updates them without the map's lock. A
+/// route table holds the slot of each instance it routes to, so a request finds it without
+/// any lookup.
 #[derive(Default)]
-struct Entry {
+pub struct Slot {
     requests_total: AtomicU64,
     in_flight: AtomicU32,
+    /// The newest table no longer routes here. With `in_flight` this is the pair the drain
+    /// handshake orders (see [`Counters::claim`] and [`Counters::retire`]).
+    removed: AtomicBool,
 }
 
 /// Totals since this worker started, keyed by (app, instance id), plus request counts and
 /// durations per app for `/metrics`.
 #[derive(Default)]
 pub struct Counters {
-    /// app → instance id → counters: keyed by app first so the hot path looks an app up by
-    /// `&str` and allocates only the first time it sees one.
-    map: Mutex<FastMap<String, FastMap<u32, Arc<Entry>>>>,
+    /// app → instance id → counters: keyed by app first so a table build looks an app up
+    /// by `&str` and allocates only the first time it sees one.
+    map: Mutex<FastMap<String, FastMap<u32, Arc<Slot>>>>,
     dirty: AtomicBool,
+    /// Wakes the report loop when the last request to a removed instance ends: the master
+    /// is waiting for that zero to stop the instance.
+    pub drained: Notify,
+    /// Held while a report or an acknowledgement reads counts and queues its frame, so the
+    /// master receives them in the order they were read: a report read before an
+    /// acknowledgement never arrives after it with an older count.
+    report_order: Mutex<()>,
     http: Mutex<FastMap<String, AppHttpStats>>,
     http_dirty: AtomicBool,
     tls_ok: AtomicU64,
@@ -115,7 +130,8 @@ impl Counters {
         })
     }
 
-    fn entry(&self, app: &str, instance_id: u32) -> Arc<Entry> {
+    /// The slot of one instance, made on first use (when a table first routes to it).
+    pub fn slot(&self, app: &str, instance_id: u32) -> Arc<Slot> {
         let mut map = match self.map.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -130,15 +146,54 @@ impl Counters {
         }
     }
 
-    /// Marks one request in flight to an instance until the guard drops.
-    pub fn begin(self: &Arc<Self>, app: &Arc<str>, instance_id: u32) -> InFlight {
-        let entry = self.entry(app, instance_id);
-        entry.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Counts one request in flight to the instance of `slot`, at the moment it picks the
+    /// instance, until the guard drops; `None` (nothing counted) when a newer table removed
+    /// the instance: the request must pick from the current table instead.
+    ///
+    /// Why this is race-free with [`Counters::retire`], which the table swap runs: both
+    /// sides write their own atomic, then read the other's, all sequentially consistent. In
+    /// the single order of those four operations, either this increment comes before the
+    /// swap's read (the acknowledgement counts the request, and the master waits for it), or
+    /// the swap's `removed` store comes before this read (the request backs off). A request
+    /// can never be both uncounted and sent to the removed instance.
+    pub fn claim(self: &Arc<Self>, slot: &Arc<Slot>) -> Option<InFlight> {
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
         self.dirty.store(true, Ordering::Release);
-        InFlight {
+        let guard = InFlight {
             counters: Arc::clone(self),
-            entry,
+            entry: Arc::clone(slot),
             counted: false,
+        };
+        if slot.removed.load(Ordering::SeqCst) {
+            // Dropping the guard gives the count back (and reports the zero if the
+            // acknowledgement saw this request).
+            return None;
+        }
+        Some(guard)
+    }
+
+    /// Called after a new table is in place, with the slots it no longer routes to: marks
+    /// them removed, then reads their in-flight counts for the acknowledgement. Any request
+    /// that picked one of them and is not counted here backs off ([`Counters::claim`]).
+    pub fn retire(&self, removed: &[(Arc<str>, u32, Arc<Slot>)]) -> Vec<RemovedInstance> {
+        for (_, _, slot) in removed {
+            slot.removed.store(true, Ordering::SeqCst);
+        }
+        removed
+            .iter()
+            .map(|(app, id, slot)| RemovedInstance {
+                app: app.to_string(),
+                instance_id: *id,
+                in_flight: slot.in_flight.load(Ordering::SeqCst),
+            })
+            .collect()
+    }
+
+    /// Holds the report order: see the field.
+    pub fn report_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        match self.report_order.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -164,10 +219,15 @@ impl Counters {
     }
 }
 
+/// Marks a slot as routed to again: the table being built lists it.
+pub fn reinstate(slot: &Slot) {
+    slot.removed.store(false, Ordering::SeqCst);
+}
+
 /// One request in flight to one instance.
 pub struct InFlight {
     counters: Arc<Counters>,
-    entry: Arc<Entry>,
+    entry: Arc<Slot>,
     counted: bool,
 }
 
@@ -185,11 +245,15 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         // Never below zero, as before: a count of requests, not a balance.
-        let _ = self
+        let was = self
             .entry
             .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| n.checked_sub(1));
         self.counters.dirty.store(true, Ordering::Release);
+        // The last request to a removed instance: the master may stop it once it hears.
+        if was == Ok(1) && self.entry.removed.load(Ordering::Relaxed) {
+            self.counters.drained.notify_one();
+        }
     }
 }
 
@@ -201,7 +265,7 @@ mod tests {
     fn in_flight_and_totals() {
         let c = Arc::new(Counters::default());
         assert!(c.take_if_dirty().is_none());
-        let mut a = c.begin(&Arc::from("web"), 1);
+        let mut a = c.claim(&c.slot("web", 1)).unwrap();
         let snap = c.take_if_dirty().unwrap();
         assert_eq!(snap[0].in_flight, 1);
         assert_eq!(snap[0].requests_total, 0);

@@ -22,7 +22,7 @@ use crate::redirect::{self, ACME_PREFIX};
 use crate::responses::Canned;
 use crate::shared::Shared;
 use crate::static_files;
-use crate::table::AppEntry;
+use crate::table::{AppEntry, Pick};
 use crate::tunnel;
 use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
 
@@ -30,6 +30,10 @@ use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
 /// Largest request body.
 pub const MAX_BODY_BYTES: u64 = 128 * 1024 * 1024;
+/// How many times one request may find its pick removed by a newer table. Each time it
+/// picks from the table installed just before the removal, so a second time needs another
+/// table swap in between; a bound keeps a storm of them from looping a request forever.
+const MAX_REPICKS: u8 = 4;
 
 /// What the pipeline knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -215,21 +219,13 @@ async fn route(
     };
     log.cache = ticket.log_label();
 
-    let app = if app.stopped {
-        return Canned::NoHealthyBackend.response(head);
-    } else if !app.backends.is_empty() {
-        app
-    } else if app.starting || app.on_demand {
-        match Box::pin(hold::hold(shared, &app.name)).await {
-            HoldOutcome::Ready(entry) => entry,
-            HoldOutcome::Failed => return Canned::AppFailedToStart.response(head),
-            HoldOutcome::TimedOut => return Canned::StartupTimedOut.response(head),
-            HoldOutcome::Full => return Canned::TooManyWaiting.response(head),
-            HoldOutcome::Stopped => return Canned::NoHealthyBackend.response(head),
-            HoldOutcome::Gone => return Canned::NotFound.response(head),
-        }
-    } else {
-        return Canned::NoHealthyBackend.response(head);
+    let app = match admit(&app) {
+        Admit::Serve => app,
+        Admit::Hold => match held(Box::pin(hold::hold(shared, &app.name)).await) {
+            Ok(entry) => entry,
+            Err(canned) => return canned.response(head),
+        },
+        Admit::Refuse(canned) => return canned.response(head),
     };
 
     let ctx = ProxyCtx {
@@ -241,6 +237,53 @@ async fn route(
     match proxy(req, &app, &ctx, shared, log, timer).await {
         Proxied::Answer(resp, sent_at) => ticket.complete(resp, sent_at),
         Proxied::Own(resp) => resp,
+    }
+}
+
+/// What an app's entry allows a request to do.
+enum Admit {
+    /// Pick one of its backends.
+    Serve,
+    /// Wait for an instance (one is starting, or the app sleeps on demand).
+    Hold,
+    Refuse(Canned),
+}
+
+fn admit(app: &AppEntry) -> Admit {
+    if app.stopped {
+        Admit::Refuse(Canned::NoHealthyBackend)
+    } else if !app.backends.is_empty() {
+        Admit::Serve
+    } else if app.starting || app.on_demand {
+        Admit::Hold
+    } else {
+        Admit::Refuse(Canned::NoHealthyBackend)
+    }
+}
+
+fn held(outcome: HoldOutcome) -> Result<Arc<AppEntry>, Canned> {
+    match outcome {
+        HoldOutcome::Ready(entry) => Ok(entry),
+        HoldOutcome::Failed => Err(Canned::AppFailedToStart),
+        HoldOutcome::TimedOut => Err(Canned::StartupTimedOut),
+        HoldOutcome::Full => Err(Canned::TooManyWaiting),
+        HoldOutcome::Stopped => Err(Canned::NoHealthyBackend),
+        HoldOutcome::Gone => Err(Canned::NotFound),
+    }
+}
+
+/// The app's entry in the current table, for a request whose pick a newer table removed:
+/// the same admission as a request that arrives now (an app stopped or deleted meanwhile
+/// refuses it, an on-demand app that just went to sleep holds it).
+async fn current_entry(shared: &Shared, name: &str) -> Result<Arc<AppEntry>, Canned> {
+    let entry = shared.table.load().app(name).cloned();
+    let Some(entry) = entry else {
+        return Err(Canned::NoHealthyBackend);
+    };
+    match admit(&entry) {
+        Admit::Serve => Ok(entry),
+        Admit::Hold => held(hold::hold(shared, name).await),
+        Admit::Refuse(canned) => Err(canned),
     }
 }
 
@@ -299,16 +342,34 @@ async fn proxy(
         body => Some(ReplayState::new(Some(body))),
     };
     let mut exclude = None;
+    // The current table's entry, once a newer table removed what `app` offered.
+    let mut fresh: Option<Arc<AppEntry>> = None;
+    let mut repicks = 0u8;
     loop {
-        let Some(backend) = app.pick(exclude) else {
-            return Proxied::Own(if exclude.is_some() {
-                Canned::BadGateway.response(head)
-            } else {
-                Canned::NoHealthyBackend.response(head)
-            });
+        let entry: &AppEntry = fresh.as_deref().unwrap_or(app);
+        let (backend, mut in_flight) = match entry.pick(exclude, &shared.counters) {
+            Pick::Backend(backend, in_flight) => (backend, in_flight),
+            Pick::None => {
+                return Proxied::Own(if exclude.is_some() {
+                    Canned::BadGateway.response(head)
+                } else {
+                    Canned::NoHealthyBackend.response(head)
+                });
+            }
+            Pick::Superseded => {
+                repicks += 1;
+                if repicks > MAX_REPICKS {
+                    return Proxied::Own(Canned::BadGateway.response(head));
+                }
+                // Rare: boxed, so the hold in it does not grow every request's future.
+                match Box::pin(current_entry(shared, &app.name)).await {
+                    Ok(current) => fresh = Some(current),
+                    Err(canned) => return Proxied::Own(canned.response(head)),
+                }
+                continue;
+            }
         };
         log.instance = Some(backend.instance_id);
-        let mut in_flight = shared.counters.begin(&app.name, backend.instance_id);
         let outgoing = Outgoing {
             method: req.method(),
             target,
@@ -360,7 +421,7 @@ async fn proxy(
                     %error,
                     "Upstream connect failed"
                 );
-                if exclude.is_none() && untouched && app.backends.len() > 1 {
+                if exclude.is_none() && untouched && entry.backends.len() > 1 {
                     exclude = Some(backend.instance_id);
                     continue;
                 }

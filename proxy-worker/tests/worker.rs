@@ -242,8 +242,8 @@ impl Master {
             .await
             .unwrap();
         self.expect(
-            "RoutesApplied",
-            |m| matches!(m, WorkerToMaster::RoutesApplied { epoch: e } if *e == epoch),
+            "TableApplied",
+            |m| matches!(m, WorkerToMaster::TableApplied { epoch: e, .. } if *e == epoch),
         )
         .await;
     }

@@ -19,9 +19,10 @@ use crate::core::{lock, Master};
 pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
 /// SIGTERM to SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Workers send their in-flight counts every second (proxy-worker `COUNTERS_PERIOD`); this
-/// is one period plus room for the message to arrive.
-pub const COUNTERS_SETTLE: Duration = Duration::from_millis(1200);
+/// How often a bounded wait re-checks its condition without a change notification. Every
+/// input of the drain condition notifies (acknowledgements, counter reports, workers that
+/// come and go), so this is a guard against a missed one, not a pace anything waits on.
+const RECHECK: Duration = Duration::from_millis(250);
 
 pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
@@ -423,13 +424,10 @@ impl Master {
         }
     }
 
-    /// In-flight requests on one instance, summed over workers.
-    pub fn in_flight(&self, app: &str, id: u32) -> u32 {
-        lock(&self.workers)
-            .instance_totals()
-            .get(&(app.to_string(), id))
-            .map(|t| t.1)
-            .unwrap_or(0)
+    /// Whether no worker can send another request to instance `id` of `app`, which the
+    /// table of `epoch` took out of rotation.
+    pub fn released(&self, app: &str, id: u32, epoch: u64) -> bool {
+        lock(&self.workers).released(app, id, epoch)
     }
 
     /// Waits (bounded) until `cond` holds, re-checking on every change notification.
@@ -445,8 +443,7 @@ impl Master {
             if cond(self) {
                 return true;
             }
-            // Counters arrive at most once a second; re-check at that pace as well.
-            let tick = tokio::time::Instant::now() + Duration::from_millis(250);
+            let tick = tokio::time::Instant::now() + RECHECK;
             let until = deadline.min(tick);
             let _ = tokio::time::timeout_at(until, notified).await;
             if tokio::time::Instant::now() >= deadline {
@@ -473,18 +470,30 @@ impl Master {
         };
         let epoch = self.publish();
         if drain && was != InstState::Starting {
+            // Each worker acknowledges the table without the instance with its requests in
+            // flight there, counted from the moment they picked it, and reports at once when
+            // the last one ends: an idle instance is released by the acknowledgements alone.
             let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
-            let app_s = app.to_string();
-            self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
+            let started = Instant::now();
+            let released = self
+                .wait_until(deadline, |m| m.released(app, id, epoch))
                 .await;
-            // Workers report in-flight counts at most once a second, so a zero seen now may
-            // predate a request that reached the instance just before it left rotation.
-            // Such a request shows up in the next report: only trust a zero after it.
-            let settled = tokio::time::Instant::now() + COUNTERS_SETTLE;
-            self.wait_until(deadline, |m| {
-                tokio::time::Instant::now() >= settled && m.in_flight(&app_s, id) == 0
-            })
-            .await;
+            if released {
+                tracing::debug!(
+                    app,
+                    instance = id,
+                    epoch,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "instance drained"
+                );
+            } else {
+                tracing::warn!(
+                    app,
+                    instance = id,
+                    epoch,
+                    "requests still in flight after the drain wait; stopping the instance anyway"
+                );
+            }
         }
         {
             let mut reg = lock(&self.apps);

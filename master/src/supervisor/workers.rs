@@ -52,6 +52,12 @@ pub struct WorkerEntry {
     /// replaced.
     pub tx: Sender<MasterToWorker>,
     pub applied_epoch: u64,
+    /// The epoch of the table sent when the worker registered: its first table.
+    pub first_epoch: u64,
+    /// Requests still in flight, by this worker's word, to instances its tables no longer
+    /// route to: set by a table acknowledgement, lowered by the counter reports after it.
+    /// Zeros are not kept (absent means none): this holds only what a drain waits for.
+    pub removed_in_flight: HashMap<(String, u32), u32>,
     /// The worker's last accepted reports (each one checked against the one before).
     pub reports: WorkerReports,
     /// Set when a newer generation replaced this worker: its exit is not a crash.
@@ -80,11 +86,64 @@ pub struct WorkerTable {
     pub known: Mutex<AppBook>,
 }
 
+impl WorkerEntry {
+    /// Keeps what an accepted frame says about the drain handshake.
+    fn absorb(&mut self, msg: &WorkerToMaster) {
+        match msg {
+            WorkerToMaster::RoutesApplied { epoch } => {
+                self.applied_epoch = self.applied_epoch.max(*epoch);
+            }
+            WorkerToMaster::TableApplied { epoch, removed } => {
+                self.applied_epoch = self.applied_epoch.max(*epoch);
+                for r in removed {
+                    let key = (r.app.clone(), r.instance_id);
+                    if r.in_flight == 0 {
+                        self.removed_in_flight.remove(&key);
+                    } else {
+                        self.removed_in_flight.insert(key, r.in_flight);
+                    }
+                }
+            }
+            // Reports after the acknowledgement are newer than it (one ordered channel, and
+            // the worker reads and queues both under one lock), and nothing can pick a
+            // removed instance any more: its count only goes down, to zero.
+            WorkerToMaster::Counters(counters) if !self.removed_in_flight.is_empty() => {
+                for c in counters {
+                    let key = (c.app.clone(), c.instance_id);
+                    if let Some(n) = self.removed_in_flight.get_mut(&key) {
+                        if c.in_flight == 0 {
+                            self.removed_in_flight.remove(&key);
+                        } else {
+                            *n = c.in_flight;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether this worker can no longer send a request to instance `id` of `app`, which no
+    /// table from `epoch` on routes to: it applied such a table and has none in flight.
+    fn released(&self, app: &str, id: u32, epoch: u64) -> bool {
+        match self.reports.acked_epoch {
+            // Nothing applied yet: released when its first table is already without it.
+            None => self.first_epoch >= epoch,
+            Some(acked) => {
+                acked >= epoch && !self.removed_in_flight.contains_key(&(app.to_string(), id))
+            }
+        }
+    }
+}
+
 impl WorkerTable {
     /// Sends to every worker that is not draining. The message is encoded once; one that
     /// cannot be a frame is a bug of the master and goes to nobody (logged), instead of
-    /// breaking the channels.
+    /// breaking the channels. Route tables go to draining workers too: their keep-alive
+    /// connections still send requests, which must leave a stopped instance as well, and
+    /// their acknowledgements are what lets a drain end.
     pub fn broadcast(&self, msg: &MasterToWorker) {
+        let routes = matches!(msg, MasterToWorker::Routes(_));
         if let MasterToWorker::Routes(table) = msg {
             self.learn(table);
         }
@@ -98,21 +157,26 @@ impl WorkerTable {
         for w in self
             .entries
             .iter()
-            .filter(|w| w.state != ProcState::Draining)
+            .filter(|w| routes || w.state != ProcState::Draining)
         {
             // A failed queue ends that worker's channel; its supervisor replaces it.
             let _ = w.tx.send_encoded(&frame);
         }
     }
 
-    /// Records the apps, instances and epoch of a route table about to be sent.
+    /// Whether no worker can send another request to instance `id` of `app`, which no
+    /// table from `epoch` on routes to. A worker counts a request when it picks an
+    /// instance, so this holds as soon as every worker acknowledged such a table with no
+    /// request in flight there, or reported its last one finished.
+    pub fn released(&self, app: &str, id: u32, epoch: u64) -> bool {
+        self.entries.iter().all(|w| w.released(app, id, epoch))
+    }
+
+    /// Records the apps, instances and epoch of a route table about to be sent
+    /// (and which instances it removed: what acknowledgements are checked against).
     pub fn learn(&self, table: &RouteTable) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        for a in &table.apps {
-            let max = a.backends.iter().map(|b| b.instance_id).max().unwrap_or(0);
-            known.publish(&a.name, max);
-        }
-        known.set_epoch(table.epoch);
+        known.learn_table(table);
     }
 
     /// The lowest route-table epoch applied by every serving worker.
@@ -407,6 +471,7 @@ async fn run_one(
         let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
         let routes = master.route_table_snapshot();
         table.learn(&routes);
+        let first_epoch = routes.epoch;
         let _ = tx.send(&MasterToWorker::Certs(master.certs_snapshot()));
         let _ = tx.send(&MasterToWorker::AcmeTokens(master.acme.tokens()));
         let _ = tx.send(&MasterToWorker::Routes(routes));
@@ -425,6 +490,8 @@ async fn run_one(
             state: ProcState::Starting,
             tx,
             applied_epoch: 0,
+            first_epoch,
+            removed_in_flight: HashMap::new(),
             reports: WorkerReports::default(),
             retired: retired.clone(),
             ready_tx: ready,
@@ -494,6 +561,7 @@ async fn read_loop(
             if let Err(v) = check_worker_frame(&msg, &*known, &w.reports) {
                 return Some(format!("invalid frame: {v}"));
             }
+            w.absorb(&msg);
             w.reports.record(&msg);
         }
         match msg {
@@ -517,13 +585,8 @@ async fn read_loop(
                 }
                 master.on_workers_changed();
             }
-            WorkerToMaster::RoutesApplied { epoch } => {
-                {
-                    let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) {
-                        w.applied_epoch = w.applied_epoch.max(epoch);
-                    }
-                }
+            // Kept above, with the counts of a table acknowledgement.
+            WorkerToMaster::RoutesApplied { .. } | WorkerToMaster::TableApplied { .. } => {
                 master.on_workers_changed();
             }
             WorkerToMaster::Wake { app } => master.on_wake(app),
