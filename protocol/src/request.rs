@@ -206,22 +206,20 @@ impl Request {
         }
     }
 
-    /// The refusal while the durable mode is `upgrading` (docs/management-protocol.md,
-    /// "Commands refused during an upgrade"), or `None` for commands that are always allowed.
-    pub fn upgrade_gate_message(&self) -> Option<String> {
+    /// For a command refused while the server is upgrading (docs/management-protocol.md,
+    /// "Commands refused during an upgrade"), its name as the refusal shows it; `None` for
+    /// commands that are always allowed.
+    pub fn upgrade_gated_name(&self) -> Option<&'static str> {
         // `update-secrets` keeps the hyphen of tako-server 0.0.1-alpha.
-        let shown = match self {
-            Request::Deploy(_) => "deploy",
-            Request::Stop { .. } => "stop",
-            Request::Delete { .. } => "delete",
-            Request::Rollback { .. } => "rollback",
-            Request::Reload { .. } => "reload",
-            Request::UpdateSecrets { .. } => "update-secrets",
-            _ => return None,
-        };
-        Some(format!(
-            "Server is upgrading; '{shown}' is temporarily blocked. Please retry shortly."
-        ))
+        match self {
+            Request::Deploy(_) => Some("deploy"),
+            Request::Stop { .. } => Some("stop"),
+            Request::Delete { .. } => Some("delete"),
+            Request::Rollback { .. } => Some("rollback"),
+            Request::Reload { .. } => Some("reload"),
+            Request::UpdateSecrets { .. } => Some("update-secrets"),
+            _ => None,
+        }
     }
 }
 
@@ -466,20 +464,14 @@ mod tests {
     }
 
     #[test]
-    fn gate_messages() {
+    fn gated_names() {
         let stop = parse(r#"{"command":"stop","app":"a"}"#).expect("stop");
-        assert_eq!(
-            stop.upgrade_gate_message().as_deref(),
-            Some("Server is upgrading; 'stop' is temporarily blocked. Please retry shortly.")
-        );
+        assert_eq!(stop.upgrade_gated_name(), Some("stop"));
         let secrets =
             parse(r#"{"command":"update_secrets","app":"a","secrets":{}}"#).expect("secrets");
-        assert_eq!(
-            secrets.upgrade_gate_message().as_deref(),
-            Some("Server is upgrading; 'update-secrets' is temporarily blocked. Please retry shortly.")
-        );
+        assert_eq!(secrets.upgrade_gated_name(), Some("update-secrets"));
         let enter = parse(r#"{"command":"enter_upgrading","owner":"o"}"#).expect("enter");
-        assert_eq!(enter.upgrade_gate_message(), None);
+        assert_eq!(enter.upgrade_gated_name(), None);
     }
 
     #[test]

@@ -70,13 +70,6 @@ pub enum ValidationError {
     UpgradeOwner,
 }
 
-/// Handlers answer with the message text.
-impl From<ValidationError> for String {
-    fn from(e: ValidationError) -> String {
-        e.to_string()
-    }
-}
-
 /// Routes that passed validation: normalized, deduplicated, in the given order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidRoutes {

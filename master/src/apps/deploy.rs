@@ -1,5 +1,6 @@
-//! Deploy, rollback and reload: prepare, start new, switch, drain old (instances.md §11-§12).
-//! Every failure leaves the app exactly as it was.
+//! Deploy, rollback and reload: prepare, start new, switch, drain old
+//! (docs/architecture.md, "The path of a deploy"). Every failure leaves the app exactly as
+//! it was.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tako_ipc::InstallResult;
 
+use super::error::{CommandError, ReleaseError};
 use super::events::describe_exit;
 use super::ports::free_base;
 use super::registry::{App, AppConfig, Build, InstState};
@@ -15,6 +17,7 @@ use crate::core::{lock, unix_now, Master};
 use crate::datadir::Release;
 use crate::state::{ReleaseKind, StoredApp};
 use tako_protocol::manifest;
+use tako_protocol::validate::{check_route_conflicts, ValidRoutes, ValidationError};
 
 pub const INSTALL_TIMEOUT_MS: u64 = 600_000;
 
@@ -25,23 +28,12 @@ pub struct DeployRequest {
     pub version: String,
     /// Canonical release path.
     pub path: String,
-    /// Normalized routes in order, with their identity keys.
-    pub routes: Vec<String>,
-    pub route_keys: Vec<String>,
+    /// Normalized routes in deploy order.
+    pub routes: ValidRoutes,
     pub env: BTreeMap<String, String>,
     pub instances: u8,
     pub idle_timeout: u32,
     pub kind: ReleaseKind,
-}
-
-/// How the new instances came up.
-enum StartFailure {
-    /// The app had no instances: `Deploy failed: …`.
-    Fresh(String),
-    /// A rolling update: the rollback JSON error.
-    Rolling(String),
-    /// Internal failure during a rollout.
-    Internal(String),
 }
 
 fn trim_output(s: &str) -> String {
@@ -54,24 +46,23 @@ fn trim_output(s: &str) -> String {
 }
 
 impl Master {
-    /// The route-conflict check: another app owning an identical pattern.
-    pub fn route_conflict(&self, app: &str, routes: &[String], keys: &[String]) -> Option<String> {
+    /// The route conflict ("Validation", Routes, in docs/management-protocol.md): one of
+    /// `routes` is a pattern another registered app already has.
+    pub fn route_conflict(&self, app: &str, routes: &ValidRoutes) -> Result<(), ValidationError> {
         let reg = lock(&self.apps);
-        for (route, key) in routes.iter().zip(keys) {
-            for other in reg.apps.values().filter(|a| a.name != app && a.visible) {
-                for theirs in &other.config.routes {
-                    if let Ok(p) = tako_ipc::route::parse_route(theirs) {
-                        if &p.identity_key() == key {
-                            return Some(format!(
-                                "Deploy rejected: route '{route}' is already used by app '{}'",
-                                other.name
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        None
+        let taken: Vec<(&str, tako_ipc::route::RoutePattern)> = reg
+            .apps
+            .values()
+            .filter(|a| a.visible)
+            .flat_map(|a| {
+                a.config
+                    .routes
+                    .iter()
+                    .filter_map(|r| tako_ipc::route::parse_route(r).ok())
+                    .map(move |p| (a.name.as_str(), p))
+            })
+            .collect();
+        check_route_conflicts(app, routes, taken.iter().map(|(owner, p)| (*owner, p)))
     }
 
     /// Runs the deploy algorithm. The caller holds the app lock and has validated `req`.
@@ -83,13 +74,11 @@ impl Master {
             .await
     }
 
-    pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Value, String> {
+    pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Value, CommandError> {
         if !self.launcher_ready().await {
-            return Err("Rolling update failed: the app launcher is not running".into());
+            return Err(CommandError::RolloutLauncherDown);
         }
-        if let Some(e) = self.route_conflict(&req.app, &req.routes, &req.route_keys) {
-            return Err(e);
-        }
+        self.route_conflict(&req.app, &req.routes)?;
         let prepared = self.prepare_release(&req).await;
         let argv = match prepared {
             Ok(argv) => argv,
@@ -115,7 +104,7 @@ impl Master {
         result
     }
 
-    async fn record_failure(&self, req: &DeployRequest, error: &str) {
+    async fn record_failure(&self, req: &DeployRequest, error: &CommandError) {
         let r = self
             .store
             .record_release_failure(
@@ -133,23 +122,21 @@ impl Master {
     }
 
     /// Opens the release, reads the manifest and runs the install step. Returns the argv.
-    async fn prepare_release(&self, req: &DeployRequest) -> Result<Vec<String>, String> {
+    async fn prepare_release(&self, req: &DeployRequest) -> Result<Vec<String>, CommandError> {
         let release = self
             .data
             .open_release(&req.app, &req.path)
-            .map_err(|e| format!("Invalid app release: {e}"))?;
-        let m = release
-            .manifest()
-            .map_err(|d| format!("Invalid app release: {d}"))?;
+            .map_err(ReleaseError::Open)?;
+        let m = release.manifest().map_err(ReleaseError::from)?;
         if let Some(argv) = manifest::install_argv(&m, release.has_bun_lockfile()) {
             self.run_install(req, &release, argv, m.runtime == "bun")
                 .await?;
         }
         if m.runtime == "bun" && !release.has_wrapper() {
-            return Err(format!(
-                "Invalid app release: Bun dependency install completed but '{}' is missing. Ensure package 'tako.sh' is installed.",
-                release.path.join(manifest::WRAPPER).display()
-            ));
+            return Err(ReleaseError::BunWrapperMissing {
+                wrapper: release.path.join(manifest::WRAPPER),
+            }
+            .into());
         }
         Ok(m.argv)
     }
@@ -160,15 +147,13 @@ impl Master {
         release: &Release,
         argv: Vec<String>,
         bun_default: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommandError> {
         let log_dir = self
             .data
             .prepare_app_logs(&req.app, self.users.as_ref())
-            .map_err(|e| format!("Invalid app release: cannot prepare the log directory: {e}"))?;
+            .map_err(ReleaseError::LogDir)?;
         let custom = argv.first().map(String::as_str) == Some("sh");
-        let identity = self
-            .app_identity(&req.app)
-            .map_err(|e| format!("Invalid app release: {e}"))?;
+        let identity = self.app_identity(&req.app).map_err(ReleaseError::from)?;
         let env = super::env::build_env(
             &req.env,
             &req.version,
@@ -187,45 +172,36 @@ impl Master {
             timeout_ms: INSTALL_TIMEOUT_MS,
             ids: identity.ids,
         };
-        let lease = Lease::lend(self.users.as_ref(), uid, release)
-            .map_err(|e| format!("Invalid app release: {e}"))?;
+        let lease = Lease::lend(self.users.as_ref(), uid, release).map_err(ReleaseError::from)?;
         let result = self.launcher.install(spec).await;
         // What the install left running (a helper in a session of its own) ends with it,
         // unless instances of the app run under the same uid (a redeploy): those must live,
         // and the app's next stop or delete ends such leftovers.
         self.sweep_app(&req.app);
         lease.give_back();
-        let what = if custom {
+        let step = if custom {
             "Release dependency install"
         } else {
             "Bun dependency install"
         };
-        match result {
-            Err(_) => Err("Rolling update failed: the app launcher was lost".into()),
-            Ok(InstallResult::Ok) => Ok(()),
-            Ok(InstallResult::Failed { status, output }) => {
-                let out = trim_output(&output);
-                let mut msg = format!(
-                    "Invalid app release: {what} failed {}",
-                    describe_exit(status)
-                );
-                if !out.is_empty() {
-                    msg.push_str(": ");
-                    msg.push_str(&out);
+        let failure = match result {
+            Err(_) => return Err(CommandError::InstallLauncherLost),
+            Ok(InstallResult::Ok) => return Ok(()),
+            Ok(InstallResult::Failed { status, output }) => ReleaseError::InstallFailed {
+                step,
+                exit: describe_exit(status),
+                output: trim_output(&output),
+            },
+            Ok(InstallResult::TimedOut) => ReleaseError::InstallTimedOut,
+            Ok(InstallResult::SpawnError { error }) if bun_default && !custom => {
+                ReleaseError::BunInstallSpawn {
+                    path: req.path.clone(),
+                    error,
                 }
-                Err(msg)
             }
-            Ok(InstallResult::TimedOut) => {
-                Err("Invalid app release: Release dependency install timed out after 600 s".into())
-            }
-            Ok(InstallResult::SpawnError { error }) if bun_default && !custom => Err(format!(
-                "Invalid app release: Failed to run 'bun install --production' in {}: {error}",
-                req.path
-            )),
-            Ok(InstallResult::SpawnError { error }) => {
-                Err(format!("Invalid app release: {what} failed: {error}"))
-            }
-        }
+            Ok(InstallResult::SpawnError { error }) => ReleaseError::InstallSpawn { step, error },
+        };
+        Err(failure.into())
     }
 
     /// Starts `build`, switches the app to it and drains what ran before. `req` is `None`
@@ -236,7 +212,7 @@ impl Master {
         build: Arc<Build>,
         instances: u8,
         req: Option<&DeployRequest>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CommandError> {
         // Register a first deploy invisibly; find what runs now.
         let (new_app, old_ids, base_port) = {
             let mut reg = lock(&self.apps);
@@ -255,12 +231,14 @@ impl Master {
                 }
                 _ => {
                     let Some(base) = free_base(&used) else {
-                        return Err(format!(
-                            "Deploy failed: No free instance port for app '{app}'"
-                        ));
+                        return Err(CommandError::NoPortBlock {
+                            app: app.to_string(),
+                        });
                     };
                     let Some(req) = req else {
-                        return Err(format!("App not found: {app}"));
+                        return Err(CommandError::AppNotFound {
+                            app: app.to_string(),
+                        });
                     };
                     let config = AppConfig {
                         version: req.version.clone(),
@@ -270,7 +248,7 @@ impl Master {
                         min_instances: req.instances,
                         idle_timeout_secs: req.idle_timeout,
                         base_port: base,
-                        routes: req.routes.clone(),
+                        routes: req.routes.normalized(),
                         stopped: false,
                     };
                     let mut a = App::new(app.to_string(), config, false);
@@ -281,9 +259,23 @@ impl Master {
             }
         };
         let rolling = !old_ids.is_empty();
+        // An instance that did not come up: a rolling update answers with the rollback
+        // document, a first start with the instance's error.
+        let start_failed = |detail: String| {
+            if rolling {
+                CommandError::RolledBack {
+                    app: app.to_string(),
+                    error: detail,
+                }
+            } else if instances == 0 {
+                CommandError::WarmStartFailed { detail }
+            } else {
+                CommandError::StartFailed { detail }
+            }
+        };
         let target = instances.max(1) as usize;
         let mut started: Vec<u32> = Vec::new();
-        let mut failure: Option<StartFailure> = None;
+        let mut failure: Option<CommandError> = None;
         for _ in 0..target {
             match self.spawn_instance(app, build.clone(), false) {
                 Ok((id, rx)) => {
@@ -291,56 +283,36 @@ impl Master {
                     match rx.await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
-                            failure = Some(if rolling {
-                                StartFailure::Rolling(e)
-                            } else {
-                                StartFailure::Fresh(e)
-                            });
+                            failure = Some(start_failed(e));
                             break;
                         }
                         Err(_) => {
-                            failure = Some(StartFailure::Internal("the instance was lost".into()));
+                            failure = Some(CommandError::RolloutInstanceLost);
                             break;
                         }
                     }
                 }
                 Err(e) => {
-                    failure = Some(if rolling {
-                        StartFailure::Rolling(e)
-                    } else {
-                        StartFailure::Fresh(e)
-                    });
+                    failure = Some(start_failed(e));
                     break;
                 }
             }
             if self.is_shutting_down() {
-                failure = Some(StartFailure::Internal("server is shutting down".into()));
+                failure = Some(CommandError::ShuttingDown);
                 break;
             }
         }
-        if let Some(f) = failure {
+        if let Some(e) = failure {
             self.abandon(app, &started, new_app).await;
-            return Err(match f {
-                StartFailure::Fresh(e) if instances == 0 => {
-                    format!("Deploy failed: Warm instance startup failed: {e}")
-                }
-                StartFailure::Fresh(e) => format!("Deploy failed: {e}"),
-                StartFailure::Rolling(e) => {
-                    json!({"app": app, "error": e, "rolled_back": true, "status": "rollback"})
-                        .to_string()
-                }
-                StartFailure::Internal(e) if e == "server is shutting down" => {
-                    "Deploy failed: server is shutting down".into()
-                }
-                StartFailure::Internal(e) => format!("Rolling update failed: {e}"),
-            });
+            return Err(e);
         }
 
         // Switch: persist first, then swap in memory.
+        let routes = req.map(|r| r.routes.normalized());
         if let Some(req) = req {
-            if let Some(e) = self.route_conflict(app, &req.routes, &req.route_keys) {
+            if let Err(e) = self.route_conflict(app, &req.routes) {
                 self.abandon(app, &started, new_app).await;
-                return Err(e);
+                return Err(e.into());
             }
             let stored = StoredApp {
                 name: app.to_string(),
@@ -353,21 +325,21 @@ impl Master {
                 base_port,
                 idle_timeout_secs: req.idle_timeout,
                 stopped: false,
-                routes: req.routes.clone(),
+                routes: routes.clone().unwrap_or_default(),
                 uid: self.app_uid_of(app),
             };
             if let Err(e) = self.store.commit_deploy(stored, req.kind, unix_now()).await {
                 self.abandon(app, &started, new_app).await;
-                return Err(format!("Deploy failed: could not save state: {e}"));
+                return Err(CommandError::DeploySave(e));
             }
         } else if let Err(e) = self.store.set_stopped(app.to_string(), false).await {
             self.abandon(app, &started, new_app).await;
-            return Err(format!("Rolling update failed: could not save state: {e}"));
+            return Err(CommandError::RolloutSave(e));
         }
         {
             let mut reg = lock(&self.apps);
             if let Some(a) = reg.apps.get_mut(app) {
-                if let Some(req) = req {
+                if let (Some(req), Some(routes)) = (req, &routes) {
                     a.config = AppConfig {
                         version: req.version.clone(),
                         path: req.path.clone(),
@@ -376,7 +348,7 @@ impl Master {
                         min_instances: req.instances,
                         idle_timeout_secs: req.idle_timeout,
                         base_port,
-                        routes: req.routes.clone(),
+                        routes: routes.clone(),
                         stopped: false,
                     };
                 }
@@ -415,8 +387,8 @@ impl Master {
             let id = *id;
             tokio::spawn(async move { me.stop_instance(&app, id, true).await });
         }
-        if let Some(req) = req {
-            if self.ensure_certificates(&req.routes) {
+        if let Some(routes) = &routes {
+            if self.ensure_certificates(routes) {
                 // Answer once every worker serves the new certificates: workers apply messages
                 // in order, so acknowledging a later route table means the certificates are in.
                 let epoch = self.publish();
@@ -424,7 +396,7 @@ impl Master {
                 self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
                     .await;
             }
-            crate::acme::queue_routes(self, &req.routes);
+            crate::acme::queue_routes(self, routes);
         }
 
         let version = build.version.clone();

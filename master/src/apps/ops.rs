@@ -1,5 +1,5 @@
 //! The app operations besides deploy: reload, stop, delete, update_secrets, rollback,
-//! list_releases (instances.md §14, management-protocol.md §8.5-§8.13).
+//! list_releases (docs/management-protocol.md, "Commands").
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -9,11 +9,13 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::deploy::DeployRequest;
+use super::error::CommandError;
 use crate::beneath::{Kind, WalkError};
 use crate::core::{lock, Master};
 use crate::datadir::ReleasePathError;
 use crate::state::{ReleaseKind, ReleaseResult};
 use tako_protocol::manifest;
+use tako_protocol::validate::ValidRoutes;
 
 /// At most this many entries of `releases/` are read for a listing.
 const MAX_LISTED_RELEASES: usize = 10_000;
@@ -23,23 +25,28 @@ impl Master {
         lock(&self.apps).visible(app).is_some()
     }
 
+    fn not_found(app: &str) -> CommandError {
+        CommandError::AppNotFound {
+            app: app.to_string(),
+        }
+    }
+
     /// `reload`: rolling restart of the current build, or a fresh start.
-    pub async fn reload(self: &Arc<Self>, app: &str) -> Result<Value, String> {
+    pub async fn reload(self: &Arc<Self>, app: &str) -> Result<Value, CommandError> {
         let (config, live) = {
             let reg = lock(&self.apps);
-            let a = reg
-                .visible(app)
-                .ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             (a.config.clone(), a.live_count())
         };
         let build = config.build();
         if !self.launcher_ready().await {
-            return Err("Start failed: the app launcher is not running".into());
+            return Err(CommandError::StartLauncherDown);
         }
         if live == 0 {
-            if let Err(e) = self.store.set_stopped(app.to_string(), false).await {
-                return Err(format!("Start failed: could not save state: {e}"));
-            }
+            self.store
+                .set_stopped(app.to_string(), false)
+                .await
+                .map_err(CommandError::StartSave)?;
             {
                 let mut reg = lock(&self.apps);
                 if let Some(a) = reg.apps.get_mut(app) {
@@ -51,11 +58,11 @@ impl Master {
             for _ in 0..config.min_instances {
                 let (_, rx) = self
                     .spawn_instance(app, build.clone(), true)
-                    .map_err(|e| format!("Start failed: {e}"))?;
+                    .map_err(|detail| CommandError::StartInstance { detail })?;
                 match rx.await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(format!("Start failed: {e}")),
-                    Err(_) => return Err("Start failed: the instance was lost".into()),
+                    Ok(Err(detail)) => return Err(CommandError::StartInstance { detail }),
+                    Err(_) => return Err(CommandError::StartInstanceLost),
                 }
             }
             return Ok(
@@ -76,18 +83,21 @@ impl Master {
     }
 
     /// `stop`: durable; answers once every instance has exited.
-    pub async fn stop_app(self: &Arc<Self>, app: &str) -> Result<Value, String> {
+    pub async fn stop_app(self: &Arc<Self>, app: &str) -> Result<Value, CommandError> {
+        let not_found = || CommandError::StopNotFound {
+            app: app.to_string(),
+        };
         if !self.app_exists(app) {
-            return Err(format!("Stop failed: App not found: {app}"));
+            return Err(not_found());
         }
         self.store
             .set_stopped(app.to_string(), true)
             .await
-            .map_err(|e| format!("Stop failed: could not save state: {e}"))?;
+            .map_err(CommandError::StopSave)?;
         let ids = {
             let mut reg = lock(&self.apps);
             let Some(a) = reg.apps.get_mut(app) else {
-                return Err(format!("Stop failed: App not found: {app}"));
+                return Err(not_found());
             };
             a.config.stopped = true;
             a.instances.keys().copied().collect::<Vec<_>>()
@@ -115,7 +125,7 @@ impl Master {
     }
 
     /// `delete`: idempotent.
-    pub async fn delete_app(self: &Arc<Self>, app: &str) -> Result<Value, String> {
+    pub async fn delete_app(self: &Arc<Self>, app: &str) -> Result<Value, CommandError> {
         let ids = {
             let reg = lock(&self.apps);
             reg.visible(app)
@@ -126,7 +136,7 @@ impl Master {
             self.store
                 .delete_app(app.to_string())
                 .await
-                .map_err(|e| format!("Delete failed: {e}"))?;
+                .map_err(CommandError::Delete)?;
             // A home left by a first deploy that failed.
             self.release_app_identity(app);
             return Ok(json!({"app": app, "existed": false, "status": "deleted"}));
@@ -137,7 +147,7 @@ impl Master {
         self.store
             .delete_app(app.to_string())
             .await
-            .map_err(|e| format!("Delete failed: {e}"))?;
+            .map_err(CommandError::Delete)?;
         lock(&self.apps).apps.remove(app);
         self.release_app_identity(app);
         self.publish();
@@ -150,12 +160,10 @@ impl Master {
         &self,
         app: &str,
         secrets: BTreeMap<String, String>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CommandError> {
         let merged = {
             let reg = lock(&self.apps);
-            let a = reg
-                .visible(app)
-                .ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             let mut env = a.config.env.clone();
             env.extend(secrets);
             env
@@ -163,7 +171,7 @@ impl Master {
         self.store
             .update_env(app.to_string(), merged.clone())
             .await
-            .map_err(|e| format!("Update secrets failed: could not save state: {e}"))?;
+            .map_err(CommandError::SecretsSave)?;
         if let Some(a) = lock(&self.apps).apps.get_mut(app) {
             a.config.env = merged;
         }
@@ -172,31 +180,32 @@ impl Master {
         )
     }
 
-    /// Builds the deploy request of a rollback from the stored config (§8.5). The target
-    /// release is opened like a deploy's path: a symlink on the way is refused.
-    pub fn rollback_request(&self, app: &str, version: &str) -> Result<DeployRequest, String> {
-        let (config_path, routes, route_keys, env, instances, idle_timeout) = {
+    /// Builds the deploy request of a rollback from the stored config
+    /// (docs/management-protocol.md, "`rollback`"). The target release is opened like a
+    /// deploy's path: a symlink on the way is refused.
+    pub fn rollback_request(
+        &self,
+        app: &str,
+        version: &str,
+    ) -> Result<DeployRequest, CommandError> {
+        let (config_path, routes, env, instances, idle_timeout) = {
             let reg = lock(&self.apps);
-            let a = reg
-                .visible(app)
-                .ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             if a.config.routes.is_empty() {
-                return Err(format!("Cannot rollback '{app}': no routes are configured"));
+                return Err(CommandError::RollbackNoRoutes {
+                    app: app.to_string(),
+                });
             }
-            let route_keys = a
+            // Stored routes were normalized when they were deployed or restored.
+            let patterns = a
                 .config
                 .routes
                 .iter()
-                .filter_map(|r| {
-                    tako_ipc::route::parse_route(r)
-                        .ok()
-                        .map(|p| p.identity_key())
-                })
+                .filter_map(|r| tako_ipc::route::parse_route(r).ok())
                 .collect();
             (
                 a.config.path.clone(),
-                a.config.routes.clone(),
-                route_keys,
+                ValidRoutes { patterns },
                 a.config.env.clone(),
                 a.config.min_instances,
                 a.config.idle_timeout_secs,
@@ -210,20 +219,21 @@ impl Master {
         let target = target.display().to_string();
         match self.data.open_release(app, &target) {
             Ok(_) => {}
-            Err(ReleasePathError::Refused(e)) if e.is_missing() => {
-                return Err(format!("Release '{version}' not found for app '{app}'"))
+            Err(ReleasePathError::Refused(e))
+                if e.is_missing() || matches!(e, WalkError::NotDirectory(_)) =>
+            {
+                return Err(CommandError::ReleaseNotFound {
+                    app: app.to_string(),
+                    version: version.to_string(),
+                })
             }
-            Err(ReleasePathError::Refused(WalkError::NotDirectory(_))) => {
-                return Err(format!("Release '{version}' not found for app '{app}'"))
-            }
-            Err(e) => return Err(format!("Invalid release path: {e}")),
+            Err(e) => return Err(CommandError::RollbackPath(e)),
         }
         Ok(DeployRequest {
             app: app.to_string(),
             version: version.to_string(),
             path: target,
             routes,
-            route_keys,
             env,
             instances,
             idle_timeout,
@@ -240,14 +250,12 @@ impl Master {
             .unwrap_or_default()
     }
 
-    /// `list_releases` (§8.13). Only real directories below the app's `releases` are listed,
-    /// read through descriptors.
-    pub async fn list_releases(&self, app: &str) -> Result<Value, String> {
+    /// `list_releases`. Only real directories below the app's `releases` are listed, read
+    /// through descriptors.
+    pub async fn list_releases(&self, app: &str) -> Result<Value, CommandError> {
         let (current, stored) = {
             let reg = lock(&self.apps);
-            let a = reg
-                .visible(app)
-                .ok_or_else(|| format!("App not found: {app}"))?;
+            let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             (a.config.version.clone(), a.config.path.clone())
         };
         let subdir = self.release_subdir(app, &stored);
@@ -259,11 +267,11 @@ impl Master {
         let releases = match self.data.open_releases(app) {
             Ok(d) => d,
             Err(e) if e.is_missing() => return Ok(json!({"app": app, "releases": []})),
-            Err(e) => return Err(format!("Failed to read releases directory: {e}")),
+            Err(e) => return Err(CommandError::ReadReleases(e)),
         };
         let entries = releases
             .entries(MAX_LISTED_RELEASES)
-            .map_err(|e| format!("Failed to read releases directory: {e}"))?;
+            .map_err(CommandError::ReadReleases)?;
         let mut rows: Vec<(Option<u64>, String, Value)> = Vec::new();
         for (name, kind, st) in entries {
             if kind != Kind::Dir {

@@ -15,24 +15,47 @@ use tako_protocol::manifest::{self, Manifest, MANIFEST_LIMIT, WRAPPER};
 const GIVE_BACK_MAX_ENTRIES: usize = 2_000_000;
 const GIVE_BACK_MAX_DEPTH: usize = 256;
 
+/// Why `app.json` could not be used; the text follows `Invalid app release: `.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("missing deploy manifest {}", file.display())]
+    Missing { file: PathBuf },
+    /// Not a regular file, too large, or unreadable; the walk error says which.
+    #[error("deploy manifest {0}")]
+    Read(#[source] WalkError),
+    #[error("failed to read deploy manifest {}: not UTF-8 text", file.display())]
+    NotUtf8 { file: PathBuf },
+    /// The parser's own message (`tako_protocol::manifest::parse`), which names the file.
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// Why the release directory could not be lent to the app for its install step.
+#[derive(Debug, thiserror::Error)]
+pub enum LendError {
+    #[error("{0}")]
+    Stat(#[source] WalkError),
+    #[error("'{}' belongs to uid {owner}, not to the deploy user (uid {deploy}); its install step does not run", path.display())]
+    NotDeployUser {
+        path: PathBuf,
+        owner: u32,
+        deploy: u32,
+    },
+    #[error("cannot lend the release directory to the app: {0}")]
+    Chown(#[source] WalkError),
+}
+
 impl Release {
-    /// Reads and resolves `app.json`. Errors are the detail after `Invalid app release: `.
-    pub fn manifest(&self) -> Result<Manifest, String> {
-        let shown = self.path.join("app.json");
+    /// Reads and resolves `app.json`.
+    pub fn manifest(&self) -> Result<Manifest, ManifestError> {
+        let file = self.path.join("app.json");
         let bytes = match self.dir.read_file(OsStr::new("app.json"), MANIFEST_LIMIT) {
             Ok(b) => b,
-            Err(WalkError::Missing(_)) => {
-                return Err(format!("missing deploy manifest {}", shown.display()))
-            }
-            Err(e) => return Err(format!("deploy manifest {e}")),
+            Err(WalkError::Missing(_)) => return Err(ManifestError::Missing { file }),
+            Err(e) => return Err(ManifestError::Read(e)),
         };
-        let text = String::from_utf8(bytes).map_err(|_| {
-            format!(
-                "failed to read deploy manifest {}: not UTF-8 text",
-                shown.display()
-            )
-        })?;
-        manifest::parse(&text, &self.path, &|| self.bun_wrapper())
+        let text = String::from_utf8(bytes).map_err(|_| ManifestError::NotUtf8 { file })?;
+        manifest::parse(&text, &self.path, &|| self.bun_wrapper()).map_err(ManifestError::Parse)
     }
 
     /// The first `node_modules/tako.sh/src/wrapper.ts` from the app's directory up to the
@@ -86,22 +109,21 @@ impl<'a> Lease<'a> {
         users: Option<&Users>,
         app_uid: Option<u32>,
         release: &'a Release,
-    ) -> Result<Lease<'a>, String> {
+    ) -> Result<Lease<'a>, LendError> {
         let users = users.zip(app_uid);
         if let Some((u, app_uid)) = users {
-            let st = release.dir.stat().map_err(|e| e.to_string())?;
+            let st = release.dir.stat().map_err(LendError::Stat)?;
             if st.st_uid != u.deploy.uid {
-                return Err(format!(
-                    "'{}' belongs to uid {}, not to the deploy user (uid {}); its install step does not run",
-                    release.path.display(),
-                    st.st_uid,
-                    u.deploy.uid
-                ));
+                return Err(LendError::NotDeployUser {
+                    path: release.path.clone(),
+                    owner: st.st_uid,
+                    deploy: u.deploy.uid,
+                });
             }
             release
                 .dir
                 .chown(app_uid, app_uid)
-                .map_err(|e| format!("cannot lend the release directory to the app: {e}"))?;
+                .map_err(LendError::Chown)?;
         }
         Ok(Lease {
             release,

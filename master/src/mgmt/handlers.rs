@@ -1,5 +1,6 @@
 //! Executes one management request: the upgrade gate, validation, the per-app lock, then
-//! the command (management-protocol.md §5-§8).
+//! the command (docs/management-protocol.md, from "Commands refused during an upgrade" to
+//! "Commands").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,23 +9,22 @@ use serde_json::{json, Value};
 
 use super::validate;
 use crate::apps::deploy::DeployRequest;
+use crate::apps::error::CommandError;
 use crate::core::{lock, Master};
 use crate::state::{EnterOutcome, ExitOutcome, ReleaseKind, ServerMode};
 use tako_protocol::request::{Request, CAPABILITIES, PROTOCOL_VERSION};
 use tako_protocol::validate as fields;
 
-fn busy_message(req: &Request, app: &str) -> String {
+/// The app's operation lock is taken: a deploy or rollback says so in its own words.
+fn busy(req: &Request, app: &str) -> CommandError {
+    let app = app.to_string();
     match req {
-        Request::Deploy(_) | Request::Rollback { .. } => {
-            format!("Deploy already in progress for app '{app}'. Please wait and try again.")
-        }
-        _ => {
-            format!("Another operation is in progress for app '{app}'. Please wait and try again.")
-        }
+        Request::Deploy(_) | Request::Rollback { .. } => CommandError::DeployInProgress { app },
+        _ => CommandError::AppBusy { app },
     }
 }
 
-pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, String> {
+pub async fn handle(master: &Arc<Master>, req: Request) -> Result<Value, CommandError> {
     let changes_status = matches!(
         req,
         Request::Deploy(_)
@@ -62,23 +62,25 @@ async fn settle(master: &Arc<Master>) {
     }
 }
 
-async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, String> {
-    if req.upgrade_gate_message().is_some() {
+async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, CommandError> {
+    if let Some(command) = req.upgrade_gated_name() {
         if master
             .reexec_in_progress
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            return Err(req.upgrade_gate_message().unwrap_or_default());
+            return Err(CommandError::Upgrading { command });
         }
         if let Ok(ServerMode::Upgrading) = master.store.server_mode().await {
-            return Err(req.upgrade_gate_message().unwrap_or_default());
+            return Err(CommandError::Upgrading { command });
         }
     }
     fields::validate_fields(&req)?;
     match req {
         Request::Hello { protocol_version } => {
             if protocol_version != PROTOCOL_VERSION {
-                return Err(format!("Protocol version mismatch: client={protocol_version} server={PROTOCOL_VERSION}"));
+                return Err(CommandError::ProtocolMismatch {
+                    client: protocol_version,
+                });
             }
             Ok(
                 json!({"capabilities": CAPABILITIES, "protocol_version": PROTOCOL_VERSION,
@@ -91,19 +93,15 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, String> {
                 Ok(EnterOutcome::Acquired | EnterOutcome::AlreadyHeld) => {
                     Ok(json!({"owner": owner, "status": "upgrading"}))
                 }
-                Ok(EnterOutcome::HeldBy(holder)) => {
-                    Err(format!("Server is already upgrading (owner: {holder})."))
-                }
-                Err(e) => Err(format!("Failed to enter upgrading mode: {e}")),
+                Ok(EnterOutcome::HeldBy(holder)) => Err(CommandError::AlreadyUpgrading { holder }),
+                Err(e) => Err(CommandError::EnterUpgrading(e)),
             }
         }
         Request::ExitUpgrading { owner } => {
             match master.store.exit_upgrading(owner.clone()).await {
                 Ok(ExitOutcome::Released) => Ok(json!({"owner": owner, "status": "normal"})),
-                Ok(ExitOutcome::NotHolder) => Err(
-                    "Failed to exit upgrading mode: owner does not hold the upgrade lock.".into(),
-                ),
-                Err(e) => Err(format!("Failed to exit upgrading mode: {e}")),
+                Ok(ExitOutcome::NotHolder) => Err(CommandError::NotUpgradeHolder),
+                Err(e) => Err(CommandError::ExitUpgrading(e)),
             }
         }
         Request::Deploy(ref d) => {
@@ -112,21 +110,18 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, String> {
             let valid =
                 tokio::task::spawn_blocking(move || validate::validate_deploy(&data_dir, &d2))
                     .await
-                    .map_err(|e| format!("Deploy failed: {e}"))??;
-            let routes = valid.routes.patterns;
-            let path = valid.path;
+                    .map_err(CommandError::ValidationTask)??;
             let _guard = master
                 .try_lock_app(&d.app)
-                .ok_or_else(|| busy_message(&req, &d.app))?;
+                .ok_or_else(|| busy(&req, &d.app))?;
             if master.is_shutting_down() {
-                return Err("Deploy failed: server is shutting down".into());
+                return Err(CommandError::ShuttingDown);
             }
             let dr = DeployRequest {
                 app: d.app.clone(),
                 version: d.version.clone(),
-                path: path.display().to_string(),
-                routes: routes.iter().map(|p| p.normalized().to_string()).collect(),
-                route_keys: routes.iter().map(|p| p.identity_key()).collect(),
+                path: valid.path.display().to_string(),
+                routes: valid.routes,
                 env: d.env.clone(),
                 instances: d.instances,
                 idle_timeout: d.idle_timeout,
@@ -138,43 +133,33 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, String> {
             ref app,
             ref version,
         } => {
-            let _guard = master
-                .try_lock_app(app)
-                .ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
             let dr = master.rollback_request(app, version)?;
             master.deploy(dr).await
         }
         Request::Reload { ref app } => {
-            let _guard = master
-                .try_lock_app(app)
-                .ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
             master.reload(app).await
         }
         Request::Stop { ref app } => {
-            let _guard = master
-                .try_lock_app(app)
-                .ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
             master.stop_app(app).await
         }
         Request::Delete { ref app } => {
-            let _guard = master
-                .try_lock_app(app)
-                .ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
             master.delete_app(app).await
         }
         Request::UpdateSecrets {
             ref app,
             ref secrets,
         } => {
-            let _guard = master
-                .try_lock_app(app)
-                .ok_or_else(|| busy_message(&req, app))?;
+            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
             master.update_secrets(app, secrets.clone()).await
         }
         Request::Status { app } => master
             .app_status(&app)
             .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
-            .ok_or_else(|| format!("App not found: {app}")),
+            .ok_or(CommandError::AppNotFound { app }),
         Request::List => {
             let reg = lock(&master.apps);
             let apps: Vec<Value> = reg
@@ -196,21 +181,17 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, String> {
             Ok(json!({ "routes": routes }))
         }
         Request::ListReleases { app } => master.list_releases(&app).await,
-        Request::RestartWorkers => match crate::supervisor::workers::restart_all(master).await {
-            Ok((generation, workers)) => {
-                Ok(json!({"generation": generation, "status": "restarted", "workers": workers}))
-            }
-            Err(e) => Err(e.to_string()),
-        },
+        Request::RestartWorkers => {
+            let (generation, workers) = crate::supervisor::workers::restart_all(master).await?;
+            Ok(json!({"generation": generation, "status": "restarted", "workers": workers}))
+        }
         Request::Processes => Ok(processes(master)),
         Request::ReloadCerts => Ok(master.reload_certs()),
-        Request::Upgrade => match crate::reexec::upgrade(master).await {
-            Ok(pid) => {
-                master.handed_over.notify_one();
-                Ok(json!({"new_pid": pid, "status": "upgraded"}))
-            }
-            Err(e) => Err(e.to_string()),
-        },
+        Request::Upgrade => {
+            let pid = crate::reexec::upgrade(master).await?;
+            master.handed_over.notify_one();
+            Ok(json!({"new_pid": pid, "status": "upgraded"}))
+        }
     }
 }
 

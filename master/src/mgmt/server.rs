@@ -1,5 +1,6 @@
 //! The management socket: accept, authorize by peer credentials, read capped lines, answer
-//! one line per request, audit (management-protocol.md §1-§4).
+//! one line per request, audit (docs/management-protocol.md, "Connecting" to "Audit log").
+//! This is the edge where a [`CommandError`] becomes an error line.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::apps::error::CommandError;
 use crate::core::Master;
 use crate::users::Users;
 use tako_protocol::line::{LineEvent, LineReader};
@@ -32,7 +34,8 @@ pub enum SocketError {
     },
 }
 
-/// Binds the socket with its mode and owner (§1), replacing a stale file.
+/// Binds the socket with its mode and owner (docs/management-protocol.md, "Connecting"),
+/// replacing a stale file.
 /// `take_over`: a re-executed successor replaces its predecessor's socket file.
 pub fn bind(
     path: &Path,
@@ -203,7 +206,7 @@ async fn connection(master: Arc<Master>, mut stream: UnixStream) {
 async fn run(master: &Arc<Master>, peer: &Peer, req: protocol::Request) -> String {
     let name = req.name();
     if master.is_shutting_down() {
-        return protocol::error(&format!("Server is shutting down; '{name}' was not run."));
+        return answer(Err(CommandError::NotRun { command: name }));
     }
     let mutating = req.is_mutating();
     let app = req.app().map(str::to_string);
@@ -217,7 +220,7 @@ async fn run(master: &Arc<Master>, peer: &Peer, req: protocol::Request) -> Strin
     let ms = started.elapsed().as_millis() as u64;
     let (res, err) = match &result {
         Ok(_) => ("ok", String::new()),
-        Err(e) => ("error", e.clone()),
+        Err(e) => ("error", e.to_string()),
     };
     let app_s = app.as_deref().unwrap_or("");
     let version_s = version.as_deref().unwrap_or("");
@@ -229,8 +232,14 @@ async fn run(master: &Arc<Master>, peer: &Peer, req: protocol::Request) -> Strin
         tracing::debug!(target: "tako::audit", peer_uid = peer.uid, peer_pid = peer.pid.unwrap_or(0), peer_comm = %peer.comm,
             command = name, app = app_s, result = res, duration_ms = ms, "management command");
     }
+    answer(result)
+}
+
+/// The answer line of a command: its data, or its error's message (for a failed rollout, a
+/// JSON document carried as the message).
+fn answer(result: Result<serde_json::Value, CommandError>) -> String {
     match result {
         Ok(data) => protocol::ok(data),
-        Err(msg) => protocol::error(&msg),
+        Err(e) => protocol::error(&e.to_string()),
     }
 }

@@ -48,10 +48,15 @@ pub enum StateError {
     #[error("Cannot use lock file {path}: {err}", path = .path.display())]
     LockFile { path: PathBuf, err: String },
 
-    /// A run-time database error. The text is the bare SQLite message, because the callers
-    /// wrap it (`Deploy failed: could not save state: <err>`).
-    #[error("{0}")]
-    Db(#[from] rusqlite::Error),
+    /// A run-time database error: what was being read or written, in which file. Callers
+    /// wrap the text (`Deploy failed: could not save state: <err>`).
+    #[error("cannot {op} in {file}: {source}", file = .file.display())]
+    Db {
+        op: &'static str,
+        file: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
 
     /// A stored value that does not decode (e.g. broken JSON in `command_json`).
     #[error("{0}")]
@@ -65,6 +70,15 @@ pub enum StateError {
 }
 
 impl StateError {
+    /// A run-time SQLite failure of `op` on `file`.
+    pub(crate) fn db(op: &'static str, file: &std::path::Path, source: rusqlite::Error) -> Self {
+        StateError::Db {
+            op,
+            file: file.to_path_buf(),
+            source,
+        }
+    }
+
     /// True for a permission problem opening the state file: the only startup failure that
     /// lets a candidate-shaped process continue as a stand-in.
     pub fn is_permission_denied(&self) -> bool {

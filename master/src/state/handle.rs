@@ -1,6 +1,6 @@
-//! The state thread: the one connection lives on a dedicated OS thread (state.md §1) and async
-//! code reaches it through [`StateHandle`]. SQLite calls block (up to the 5 s busy timeout), so
-//! they never run on a runtime worker.
+//! The state thread: the one connection lives on a dedicated OS thread and async code
+//! reaches it through [`StateHandle`] (docs/architecture.md, "State"). SQLite calls block
+//! (up to the 5 s busy timeout), so they never run on a runtime worker.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -119,10 +119,6 @@ impl StateHandle {
 
     pub async fn primary_ready_at(&self) -> Result<Option<u64>, StateError> {
         self.call(|s| s.primary_ready_at()).await
-    }
-
-    pub async fn primary_settings_json(&self) -> Result<Option<String>, StateError> {
-        self.call(|s| s.primary_settings_json()).await
     }
 
     pub async fn enter_upgrading(&self, owner: String) -> Result<EnterOutcome, StateError> {

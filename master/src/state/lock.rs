@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -19,7 +19,6 @@ pub const LOCK_FILE: &str = "tako-server.lock";
 #[derive(Debug)]
 pub struct DataDirLock {
     _lock: Flock<File>,
-    path: PathBuf,
 }
 
 impl DataDirLock {
@@ -63,7 +62,7 @@ impl DataDirLock {
             f.set_permissions(Permissions::from_mode(0o644))
         };
         write_pid(&mut lock).map_err(|e| lock_err(e.to_string()))?;
-        Ok(DataDirLock { _lock: lock, path })
+        Ok(DataDirLock { _lock: lock })
     }
 
     /// Takes over the lock held through an inherited descriptor (in-place re-exec): the
@@ -88,15 +87,11 @@ impl DataDirLock {
             path: path.clone(),
             err: e.to_string(),
         })?;
-        Ok(DataDirLock { _lock: lock, path })
+        Ok(DataDirLock { _lock: lock })
     }
 
     /// The descriptor of the locked file, to hand to a re-executed successor.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }

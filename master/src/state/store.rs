@@ -116,50 +116,75 @@ impl Store {
     }
 
     /// Path of the database file.
+    #[cfg(test)]
     pub fn file(&self) -> &Path {
         &self.file
     }
 
-    fn write_tx(&mut self) -> Result<Transaction<'_>, StateError> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it. A SQLite error names
+    /// `op` and the file, so the message says what was being saved where.
+    fn write<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        let run = || {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        };
+        run().map_err(|source| StateError::db(op, &self.file, source))
+    }
+
+    /// Runs the read `f` outside a transaction; errors as in [`Store::write`].
+    fn read<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        f(&self.conn).map_err(|source| StateError::db(op, &self.file, source))
     }
 
     /// Every app ordered by name, each with its routes by position, then route. A row whose
     /// stored JSON or numbers do not decode is skipped with an error log and left in the file.
     pub fn load_apps(&mut self) -> Result<Vec<StoredApp>, StateError> {
         // One read transaction so apps and routes come from the same snapshot.
-        let tx = self.conn.transaction()?;
-        let mut apps = Vec::new();
-        {
-            let mut stmt = tx.prepare(
-                "SELECT name, version, path, cwd, command_json, env_json, min_instances,
-                        base_port, idle_timeout_secs, stopped, app_uid
-                 FROM apps ORDER BY name",
-            )?;
-            let mut routes_stmt = tx.prepare(
-                "SELECT route FROM app_routes WHERE app_name = ?1 ORDER BY position, route",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let name: String = row.get(0)?;
-                match decode_app(row) {
-                    Ok(mut app) => {
-                        let routes = routes_stmt
-                            .query_map([&name], |r| r.get::<_, String>(0))?
-                            .collect::<Result<Vec<_>, _>>()?;
-                        app.routes = routes;
-                        apps.push(app);
-                    }
-                    Err(reason) => {
-                        tracing::error!(app = %name, %reason, "skipping stored app that does not decode");
+        let mut run = || {
+            let tx = self.conn.transaction()?;
+            let mut apps = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT name, version, path, cwd, command_json, env_json, min_instances,
+                            base_port, idle_timeout_secs, stopped, app_uid
+                     FROM apps ORDER BY name",
+                )?;
+                let mut routes_stmt = tx.prepare(
+                    "SELECT route FROM app_routes WHERE app_name = ?1 ORDER BY position, route",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let name: String = row.get(0)?;
+                    match decode_app(row) {
+                        Ok(mut app) => {
+                            let routes = routes_stmt
+                                .query_map([&name], |r| r.get::<_, String>(0))?
+                                .collect::<Result<Vec<_>, _>>()?;
+                            app.routes = routes;
+                            apps.push(app);
+                        }
+                        Err(reason) => {
+                            tracing::error!(app = %name, %reason, "skipping stored app that does not decode");
+                        }
                     }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(apps)
+            tx.commit()?;
+            Ok(apps)
+        };
+        run().map_err(|source| StateError::db("load the apps", &self.file, source))
     }
 
     /// The deploy or rollback switch: upsert the app (`stopped = 0`), replace its routes in
@@ -175,56 +200,56 @@ impl Store {
         let env_json =
             serde_json::to_string(&app.env).map_err(|e| StateError::Decode(e.to_string()))?;
         let now = to_i64(now_unix_secs);
-        let tx = self.write_tx()?;
-        tx.execute(
-            "INSERT INTO apps (name, version, path, cwd, command_json, env_json, min_instances,
-                               max_instances, base_port, idle_timeout_secs, stopped,
-                               updated_at_unix_secs, app_uid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12)
-             ON CONFLICT(name) DO UPDATE SET
-               version = excluded.version, path = excluded.path, cwd = excluded.cwd,
-               command_json = excluded.command_json, env_json = excluded.env_json,
-               min_instances = excluded.min_instances, max_instances = excluded.max_instances,
-               base_port = excluded.base_port, idle_timeout_secs = excluded.idle_timeout_secs,
-               stopped = 0, updated_at_unix_secs = excluded.updated_at_unix_secs,
-               app_uid = COALESCE(excluded.app_uid, apps.app_uid)",
-            params![
-                app.name,
-                app.version,
-                app.path,
-                app.cwd,
-                command_json,
-                env_json,
-                app.min_instances,
-                STORED_MAX_INSTANCES,
-                app.base_port,
-                app.idle_timeout_secs,
-                now,
-                app.uid
-            ],
-        )?;
-        tx.execute("DELETE FROM app_routes WHERE app_name = ?1", [&app.name])?;
-        {
-            // OR IGNORE: a repeated route keeps its first position instead of failing the deploy.
-            let mut insert = tx.prepare(
-                "INSERT OR IGNORE INTO app_routes (app_name, route, position) VALUES (?1, ?2, ?3)",
+        self.write("save the deploy", |tx| {
+            tx.execute(
+                "INSERT INTO apps (name, version, path, cwd, command_json, env_json, min_instances,
+                                   max_instances, base_port, idle_timeout_secs, stopped,
+                                   updated_at_unix_secs, app_uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12)
+                 ON CONFLICT(name) DO UPDATE SET
+                   version = excluded.version, path = excluded.path, cwd = excluded.cwd,
+                   command_json = excluded.command_json, env_json = excluded.env_json,
+                   min_instances = excluded.min_instances, max_instances = excluded.max_instances,
+                   base_port = excluded.base_port, idle_timeout_secs = excluded.idle_timeout_secs,
+                   stopped = 0, updated_at_unix_secs = excluded.updated_at_unix_secs,
+                   app_uid = COALESCE(excluded.app_uid, apps.app_uid)",
+                params![
+                    app.name,
+                    app.version,
+                    app.path,
+                    app.cwd,
+                    command_json,
+                    env_json,
+                    app.min_instances,
+                    STORED_MAX_INSTANCES,
+                    app.base_port,
+                    app.idle_timeout_secs,
+                    now,
+                    app.uid
+                ],
             )?;
-            for (position, route) in app.routes.iter().enumerate() {
-                insert.execute(params![app.name, route, to_i64(position as u64)])?;
+            tx.execute("DELETE FROM app_routes WHERE app_name = ?1", [&app.name])?;
+            {
+                // OR IGNORE: a repeated route keeps its first position instead of failing the
+                // deploy.
+                let mut insert = tx.prepare(
+                    "INSERT OR IGNORE INTO app_routes (app_name, route, position) VALUES (?1, ?2, ?3)",
+                )?;
+                for (position, route) in app.routes.iter().enumerate() {
+                    insert.execute(params![app.name, route, to_i64(position as u64)])?;
+                }
             }
-        }
-        insert_release(
-            &tx,
-            &app.name,
-            &app.version,
-            &app.path,
-            kind,
-            now,
-            ReleaseResult::Success,
-            None,
-        )?;
-        tx.commit()?;
-        Ok(())
+            insert_release(
+                tx,
+                &app.name,
+                &app.version,
+                &app.path,
+                kind,
+                now,
+                ReleaseResult::Success,
+                None,
+            )
+        })
     }
 
     /// Records a failed deploy or rollback. Nothing else changes.
@@ -237,30 +262,29 @@ impl Store {
         error: &str,
         now_unix_secs: u64,
     ) -> Result<(), StateError> {
-        let tx = self.write_tx()?;
-        insert_release(
-            &tx,
-            app,
-            version,
-            path,
-            kind,
-            to_i64(now_unix_secs),
-            ReleaseResult::Failed,
-            Some(error),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write("record the failed release", |tx| {
+            insert_release(
+                tx,
+                app,
+                version,
+                path,
+                kind,
+                to_i64(now_unix_secs),
+                ReleaseResult::Failed,
+                Some(error),
+            )
+        })
     }
 
     /// Sets or clears the durable stop flag. Returns whether the app exists.
     pub fn set_stopped(&mut self, app: &str, stopped: bool) -> Result<bool, StateError> {
-        let tx = self.write_tx()?;
-        let n = tx.execute(
-            "UPDATE apps SET stopped = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
-            params![app, stopped, to_i64(super::unix_now())],
-        )?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write("save the stop flag", |tx| {
+            let n = tx.execute(
+                "UPDATE apps SET stopped = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
+                params![app, stopped, to_i64(super::unix_now())],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     /// Replaces the stored env (the caller has already merged the secrets). Returns whether
@@ -271,99 +295,101 @@ impl Store {
         env: &BTreeMap<String, String>,
     ) -> Result<bool, StateError> {
         let env_json = serde_json::to_string(env).map_err(|e| StateError::Decode(e.to_string()))?;
-        let tx = self.write_tx()?;
-        let n = tx.execute(
-            "UPDATE apps SET env_json = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
-            params![app, env_json, to_i64(super::unix_now())],
-        )?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write("save the env", |tx| {
+            let n = tx.execute(
+                "UPDATE apps SET env_json = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
+                params![app, env_json, to_i64(super::unix_now())],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     /// Deletes the app row, its routes and its release history. Returns whether it existed.
     pub fn delete_app(&mut self, app: &str) -> Result<bool, StateError> {
-        let tx = self.write_tx()?;
-        // Routes cascade with foreign_keys=ON; deleting them explicitly also cleans a file
-        // written by a connection that had the pragma off.
-        tx.execute("DELETE FROM app_routes WHERE app_name = ?1", [app])?;
-        let n = tx.execute("DELETE FROM apps WHERE name = ?1", [app])?;
-        tx.execute("DELETE FROM releases WHERE app_name = ?1", [app])?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write("delete the app", |tx| {
+            // Routes cascade with foreign_keys=ON; deleting them explicitly also cleans a file
+            // written by a connection that had the pragma off.
+            tx.execute("DELETE FROM app_routes WHERE app_name = ?1", [app])?;
+            let n = tx.execute("DELETE FROM apps WHERE name = ?1", [app])?;
+            tx.execute("DELETE FROM releases WHERE app_name = ?1", [app])?;
+            Ok(n > 0)
+        })
     }
 
     /// Stores the uid allocated to an app that had none (a row of an older binary), or a
     /// replacement for one outside the configured range. Returns whether the app exists.
     pub fn set_app_uid(&mut self, app: &str, uid: u32) -> Result<bool, StateError> {
-        let tx = self.write_tx()?;
-        let n = tx.execute(
-            "UPDATE apps SET app_uid = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
-            params![app, uid, to_i64(super::unix_now())],
-        )?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write("save the app's uid", |tx| {
+            let n = tx.execute(
+                "UPDATE apps SET app_uid = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
+                params![app, uid, to_i64(super::unix_now())],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     /// Stores a corrected port base found during restore. Returns whether the app exists.
     pub fn set_base_port(&mut self, app: &str, base_port: u16) -> Result<bool, StateError> {
-        let tx = self.write_tx()?;
-        let n = tx.execute(
-            "UPDATE apps SET base_port = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
-            params![app, base_port, to_i64(super::unix_now())],
-        )?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write("save the app's port block", |tx| {
+            let n = tx.execute(
+                "UPDATE apps SET base_port = ?2, updated_at_unix_secs = ?3 WHERE name = ?1",
+                params![app, base_port, to_i64(super::unix_now())],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     /// The app's release history, newest first (by time, then insertion order).
     pub fn releases(&mut self, app: &str) -> Result<Vec<ReleaseRow>, StateError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, app_name, version, path, kind, deployed_at_unix_secs, result, error
-             FROM releases WHERE app_name = ?1
-             ORDER BY deployed_at_unix_secs DESC, id DESC",
-        )?;
-        let mut rows = stmt.query([app])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let kind: String = row.get(4)?;
-            let result: String = row.get(6)?;
-            let (Some(kind), Some(result)) =
-                (ReleaseKind::from_db(&kind), ReleaseResult::from_db(&result))
-            else {
-                tracing::warn!(
-                    app,
+        self.read("read the release history", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, app_name, version, path, kind, deployed_at_unix_secs, result, error
+                 FROM releases WHERE app_name = ?1
+                 ORDER BY deployed_at_unix_secs DESC, id DESC",
+            )?;
+            let mut rows = stmt.query([app])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                let kind: String = row.get(4)?;
+                let result: String = row.get(6)?;
+                let (Some(kind), Some(result)) =
+                    (ReleaseKind::from_db(&kind), ReleaseResult::from_db(&result))
+                else {
+                    tracing::warn!(
+                        app,
+                        id,
+                        kind,
+                        result,
+                        "skipping release row with unknown kind or result"
+                    );
+                    continue;
+                };
+                out.push(ReleaseRow {
                     id,
+                    app_name: row.get(1)?,
+                    version: row.get(2)?,
+                    path: row.get(3)?,
                     kind,
+                    deployed_at_unix_secs: to_u64(row.get(5)?),
                     result,
-                    "skipping release row with unknown kind or result"
-                );
-                continue;
-            };
-            out.push(ReleaseRow {
-                id,
-                app_name: row.get(1)?,
-                version: row.get(2)?,
-                path: row.get(3)?,
-                kind,
-                deployed_at_unix_secs: to_u64(row.get(5)?),
-                result,
-                error: row.get(7)?,
-            });
-        }
-        Ok(out)
+                    error: row.get(7)?,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// The durable server mode. An unknown stored value reads as `normal`, with a warning.
     pub fn server_mode(&mut self) -> Result<ServerMode, StateError> {
-        let mode: Option<String> = self
-            .conn
-            .query_row(
+        let mode: Option<String> = self.read("read the server mode", |conn| {
+            conn.query_row(
                 "SELECT server_mode FROM server_state WHERE id = 1",
                 [],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()
+        })?;
         Ok(match mode.as_deref() {
             Some("upgrading") => ServerMode::Upgrading,
             Some("normal") | None => ServerMode::Normal,
@@ -379,68 +405,68 @@ impl Store {
 
     /// The upgrade lock holder, if any. An unreadable owner reads as `unknown`.
     pub fn upgrade_owner(&mut self) -> Result<Option<String>, StateError> {
-        Ok(read_owner(&self.conn)?)
+        self.read("read the upgrade owner", read_owner)
     }
 
     /// When the primary finished its boot restore (`primary_ready_at_unix_secs`).
     pub fn primary_ready_at(&mut self) -> Result<Option<u64>, StateError> {
-        let v: Option<Option<i64>> = self
-            .conn
-            .query_row(
+        let v: Option<Option<i64>> = self.read("read the primary's ready time", |conn| {
+            conn.query_row(
                 "SELECT primary_ready_at_unix_secs FROM server_state WHERE id = 1",
                 [],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()
+        })?;
         Ok(v.flatten().map(|t| t.max(0) as u64))
     }
 
     /// The primary's effective settings (`server_state.settings_json`), for a candidate.
     pub fn primary_settings_json(&mut self) -> Result<Option<String>, StateError> {
-        let v: Option<Option<String>> = self
-            .conn
-            .query_row(
+        let v: Option<Option<String>> = self.read("read the primary's settings", |conn| {
+            conn.query_row(
                 "SELECT settings_json FROM server_state WHERE id = 1",
                 [],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()
+        })?;
         Ok(v.flatten())
     }
 
-    /// upgrade-and-restarts.md §1: take the single-owner lock and set `upgrading`, in one
-    /// transaction. Idempotent for the same owner.
+    /// Takes the single-owner upgrade lock and sets `upgrading`, in one transaction
+    /// (docs/management-protocol.md, "`enter_upgrading`, `exit_upgrading`"). Idempotent for
+    /// the same owner.
     pub fn enter_upgrading(&mut self, owner: &str) -> Result<EnterOutcome, StateError> {
-        let tx = self.write_tx()?;
-        let outcome = match read_owner(&tx)? {
-            None => {
-                tx.execute(
-                    "INSERT INTO upgrade_lock (id, owner, acquired_at_unix_secs) VALUES (1, ?1, ?2)",
-                    params![owner, to_i64(super::unix_now())],
-                )?;
-                EnterOutcome::Acquired
-            }
-            Some(holder) if holder == owner => EnterOutcome::AlreadyHeld,
-            Some(holder) => return Ok(EnterOutcome::HeldBy(holder)),
-        };
-        set_mode(&tx, ServerMode::Upgrading)?;
-        tx.commit()?;
-        Ok(outcome)
+        self.write("take the upgrade lock", |tx| {
+            let outcome = match read_owner(tx)? {
+                None => {
+                    tx.execute(
+                        "INSERT INTO upgrade_lock (id, owner, acquired_at_unix_secs) VALUES (1, ?1, ?2)",
+                        params![owner, to_i64(super::unix_now())],
+                    )?;
+                    EnterOutcome::Acquired
+                }
+                Some(holder) if holder == owner => EnterOutcome::AlreadyHeld,
+                // Nothing was written: committing the empty transaction changes nothing.
+                Some(holder) => return Ok(EnterOutcome::HeldBy(holder)),
+            };
+            set_mode(tx, ServerMode::Upgrading)?;
+            Ok(outcome)
+        })
     }
 
-    /// upgrade-and-restarts.md §1: the holder releases the lock and the mode returns to
-    /// `normal`. Anyone else, or no lock at all, is refused.
+    /// The holder releases the upgrade lock and the mode returns to `normal`. Anyone else,
+    /// or no lock at all, is refused.
     pub fn exit_upgrading(&mut self, owner: &str) -> Result<ExitOutcome, StateError> {
-        let tx = self.write_tx()?;
-        match read_owner(&tx)? {
+        self.write("release the upgrade lock", |tx| match read_owner(tx)? {
             Some(holder) if holder == owner => {
                 tx.execute("DELETE FROM upgrade_lock WHERE id = 1", [])?;
-                set_mode(&tx, ServerMode::Normal)?;
-                tx.commit()?;
+                set_mode(tx, ServerMode::Normal)?;
                 Ok(ExitOutcome::Released)
             }
             _ => Ok(ExitOutcome::NotHolder),
-        }
+        })
     }
 
     /// Primary boot: its settings, pid and start time. Clears the ready time of the previous
@@ -451,30 +477,30 @@ impl Store {
         pid: u32,
         started_at_unix_secs: u64,
     ) -> Result<(), StateError> {
-        let tx = self.write_tx()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO server_state (id, server_mode) VALUES (1, 'normal')",
-            [],
-        )?;
-        tx.execute(
-            "UPDATE server_state SET settings_json = ?1, primary_pid = ?2,
-               primary_started_at_unix_secs = ?3, primary_ready_at_unix_secs = NULL
-             WHERE id = 1",
-            params![settings_json, pid, to_i64(started_at_unix_secs)],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write("record the primary's start", |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO server_state (id, server_mode) VALUES (1, 'normal')",
+                [],
+            )?;
+            tx.execute(
+                "UPDATE server_state SET settings_json = ?1, primary_pid = ?2,
+                   primary_started_at_unix_secs = ?3, primary_ready_at_unix_secs = NULL
+                 WHERE id = 1",
+                params![settings_json, pid, to_i64(started_at_unix_secs)],
+            )?;
+            Ok(())
+        })
     }
 
-    /// Restore has finished (state.md §4).
+    /// Restore has finished (docs/architecture.md, "State").
     pub fn write_primary_ready(&mut self, at_unix_secs: u64) -> Result<(), StateError> {
-        let tx = self.write_tx()?;
-        tx.execute(
-            "UPDATE server_state SET primary_ready_at_unix_secs = ?1 WHERE id = 1",
-            params![to_i64(at_unix_secs)],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write("record the end of restore", |tx| {
+            tx.execute(
+                "UPDATE server_state SET primary_ready_at_unix_secs = ?1 WHERE id = 1",
+                params![to_i64(at_unix_secs)],
+            )?;
+            Ok(())
+        })
     }
 
     #[cfg(test)]
