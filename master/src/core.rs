@@ -43,7 +43,7 @@ pub struct Master {
     pub workers: Mutex<WorkerTable>,
     pub launcher: LauncherLink,
     pub apps: Mutex<Registry>,
-    /// ACME account, orders, challenge answers and failures (tls.md §6).
+    /// ACME account, orders, challenge answers and failures (docs/tls.md, "ACME").
     pub acme: crate::acme::Acme,
     /// Serialises building and broadcasting route tables so epochs arrive in order.
     publish_lock: Mutex<()>,

@@ -1,4 +1,4 @@
-//! The instance environment, built from scratch (instances.md §4).
+//! The instance environment, built from scratch (docs/apps.md, "Environment").
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,6 @@
-//! The once-a-second housekeeping: idle scale-down of on-demand apps (instances.md §13) and
-//! resetting the crash counter after 60 s of health (§9).
+//! The once-a-second housekeeping: idle scale-down of on-demand apps (docs/apps.md,
+//! "On-demand apps") and resetting the crash counter after 60 s of health ("Crashes and
+//! replacement").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Instance ports (instances.md §6): a block of 64 per app from 10000, slots reused.
+//! Instance ports (docs/apps.md, "Ports"): a block of 64 per app from 10000, slots reused.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};

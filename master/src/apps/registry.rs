@@ -135,7 +135,8 @@ impl App {
         self.config.min_instances == 0
     }
 
-    /// instances.md §15.
+    /// The app's `state` in its status object (docs/management-protocol.md, "Status
+    /// objects").
     pub fn state(&self) -> &'static str {
         if self.config.stopped {
             return "stopped";
@@ -225,7 +226,7 @@ impl Drop for AppLock<'_> {
 }
 
 impl crate::core::Master {
-    /// The per-app try-lock (management-protocol.md §7).
+    /// The per-app try-lock (docs/management-protocol.md, "One operation per app").
     pub fn try_lock_app(&self, name: &str) -> Option<AppLock<'_>> {
         let mut reg = crate::core::lock(&self.apps);
         if !reg.busy.insert(name.to_string()) {

@@ -1,5 +1,5 @@
-//! Restore at boot (state.md §4): register every app before the listeners open, then start
-//! instances in the background.
+//! Restore at boot (docs/architecture.md, "State"): register every app before the
+//! listeners open, then start instances in the background.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -47,7 +47,7 @@ const SETTLE_WAIT: Duration = Duration::from_secs(5);
 /// Returns once every worker serves a status page that shows what the command changed (or
 /// failed to change): a route table published now carries a freshly rendered page ahead of
 /// it, and its acknowledgement means both were applied. So a `deploy` answered is a deploy
-/// `tako.internal/status` shows (status-page.md).
+/// `tako.internal/status` shows (docs/status-page.md).
 async fn settle(master: &Arc<Master>) {
     let epoch = master.publish();
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT;

@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use rusqlite::ErrorCode;
 
-/// Everything that can go wrong with the durable state. The startup variants render the exact
-/// texts of state.md §6; the master prints them and exits 5.
+/// Everything that can go wrong with the durable state. The startup variants are the texts
+/// docs/operations.md lists under "Troubleshooting"; the master prints them and exits 5.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
@@ -18,8 +18,8 @@ pub enum StateError {
     )]
     NewerSchema { file: PathBuf, version: i64 },
 
-    /// `schema_meta.min_binary_version` names a newer release than this binary. The spec
-    /// gives no text of its own for this case; this one follows the newer-schema text.
+    /// `schema_meta.min_binary_version` names a newer release than this binary. The text
+    /// follows the newer-schema one.
     #[error(
         "State database {file} was last migrated by tako-server {min_binary_version}; this is tako-server {binary_version}. Install a newer tako-server or restore a backup.",
         file = .file.display()
@@ -34,7 +34,7 @@ pub enum StateError {
     Locked { file: PathBuf, err: String },
 
     /// `permission_denied` lets the caller decide whether a candidate-shaped process becomes a
-    /// stand-in (upgrade-and-restarts.md §2) instead of exiting.
+    /// stand-in (docs/operations.md, "Upgrade") instead of exiting.
     #[error("Cannot open state database {file}: {err}", file = .file.display())]
     CannotOpen {
         file: PathBuf,
@@ -91,7 +91,8 @@ impl StateError {
         )
     }
 
-    /// Maps an error met while opening, configuring or migrating the file to its §6 text.
+    /// Maps an error met while opening, configuring or migrating the file to its startup
+    /// text.
     pub(crate) fn at_open(file: &std::path::Path, err: rusqlite::Error) -> StateError {
         let file = file.to_path_buf();
         match err.sqlite_error_code() {

@@ -1,4 +1,4 @@
-//! The primary's data-dir lock (state.md §6): an exclusive `flock` on
+//! The primary's data-dir lock (docs/architecture.md, "State"): an exclusive `flock` on
 //! `<data-dir>/tako-server.lock`, held for the life of the value.
 
 use std::fs::{File, OpenOptions, Permissions};

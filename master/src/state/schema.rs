@@ -1,4 +1,5 @@
-//! Schema version 2 (state.md §2) and the numbered migrations that reach it (§5).
+//! Schema version 2 and the numbered migrations that reach it. Before a migration the file
+//! is backed up beside itself (docs/architecture.md, "State").
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 

@@ -1,5 +1,6 @@
 //! The SQLite connection: open with pragmas and migrations, then typed reads and writes.
-//! Every write is one `BEGIN IMMEDIATE` transaction (state.md §1).
+//! Every write is one `BEGIN IMMEDIATE` transaction: a change is on disk before it takes
+//! effect in memory, or the command fails (docs/architecture.md, "State").
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions, Permissions};
@@ -53,7 +54,8 @@ fn to_u64(v: i64) -> u64 {
 
 impl Store {
     /// Opens (creating when missing) `<data_dir>/runtime-state.sqlite3`, applies the pragmas,
-    /// runs `quick_check` and brings the schema to version 2. Errors carry the §6 texts.
+    /// runs `quick_check` and brings the schema to version 2. Errors carry the startup texts
+    /// (docs/operations.md, "Troubleshooting").
     pub fn open(data_dir: &Path, binary_version: &str) -> Result<Store, StateError> {
         let file = data_dir.join(STATE_FILE);
         ensure_data_dir(data_dir).map_err(|e| StateError::CannotOpen {
@@ -509,32 +511,45 @@ impl Store {
     }
 }
 
-fn decode_app(row: &rusqlite::Row<'_>) -> Result<StoredApp, String> {
-    let get_err = |e: rusqlite::Error| e.to_string();
-    let command_json: String = row.get(4).map_err(get_err)?;
-    let env_json: String = row.get(5).map_err(get_err)?;
-    let command: Vec<String> =
-        serde_json::from_str(&command_json).map_err(|e| format!("command_json: {e}"))?;
+/// Why a stored app row does not decode; the row is skipped at load and left in the file.
+#[derive(Debug, thiserror::Error)]
+enum RowError {
+    #[error("{0}")]
+    Column(#[from] rusqlite::Error),
+    #[error("{column}: {source}")]
+    Json {
+        column: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{column} {value} out of range")]
+    OutOfRange { column: &'static str, value: i64 },
+}
+
+fn decode_app(row: &rusqlite::Row<'_>) -> Result<StoredApp, RowError> {
+    let json = |column: &'static str| move |source| RowError::Json { column, source };
+    let range = |column: &'static str, value: i64| RowError::OutOfRange { column, value };
+    let command_json: String = row.get(4)?;
+    let env_json: String = row.get(5)?;
+    let command: Vec<String> = serde_json::from_str(&command_json).map_err(json("command_json"))?;
     let env: BTreeMap<String, String> =
-        serde_json::from_str(&env_json).map_err(|e| format!("env_json: {e}"))?;
-    let min_instances: i64 = row.get(6).map_err(get_err)?;
-    let base_port: i64 = row.get(7).map_err(get_err)?;
-    let idle: i64 = row.get(8).map_err(get_err)?;
-    let stopped: i64 = row.get(9).map_err(get_err)?;
-    let uid: Option<i64> = row.get(10).map_err(get_err)?;
+        serde_json::from_str(&env_json).map_err(json("env_json"))?;
+    let min_instances: i64 = row.get(6)?;
+    let base_port: i64 = row.get(7)?;
+    let idle: i64 = row.get(8)?;
+    let stopped: i64 = row.get(9)?;
+    let uid: Option<i64> = row.get(10)?;
     Ok(StoredApp {
-        name: row.get(0).map_err(get_err)?,
-        version: row.get(1).map_err(get_err)?,
-        path: row.get(2).map_err(get_err)?,
-        cwd: row.get(3).map_err(get_err)?,
+        name: row.get(0)?,
+        version: row.get(1)?,
+        path: row.get(2)?,
+        cwd: row.get(3)?,
         command,
         env,
         min_instances: u8::try_from(min_instances)
-            .map_err(|_| format!("min_instances {min_instances} out of range"))?,
-        base_port: u16::try_from(base_port)
-            .map_err(|_| format!("base_port {base_port} out of range"))?,
-        idle_timeout_secs: u32::try_from(idle)
-            .map_err(|_| format!("idle_timeout_secs {idle} out of range"))?,
+            .map_err(|_| range("min_instances", min_instances))?,
+        base_port: u16::try_from(base_port).map_err(|_| range("base_port", base_port))?,
+        idle_timeout_secs: u32::try_from(idle).map_err(|_| range("idle_timeout_secs", idle))?,
         stopped: stopped != 0,
         routes: Vec::new(),
         // A value that is no uid is dropped: the app gets a fresh one.

@@ -411,7 +411,7 @@ fn primary_boot_and_ready_columns() {
 }
 
 #[test]
-fn newer_schema_is_refused_with_the_spec_text() {
+fn newer_schema_is_refused_with_the_documented_text() {
     let dir = TempDir::new("newer");
     drop(Store::open(dir.path(), BIN).expect("open"));
     let file = dir.path().join(STATE_FILE);
