@@ -1,4 +1,5 @@
-//! Running the server: startup order (cli.md §5), signals (§6) and graceful shutdown.
+//! Running the server: startup order, signals and graceful shutdown (docs/cli.md, "Startup",
+//! "Signals").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ fn raise_nofile_limit() {
     }
 }
 
-/// upgrade-and-restarts.md §8.
+/// Warns when `net.ipv4.tcp_migrate_req` is 0 (docs/operations.md, "Upgrade").
 fn warn_tcp_migrate_req() {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
         if v.trim() == "0" {
@@ -128,7 +129,7 @@ pub fn run(flags: ServerFlags) -> i32 {
     tracing::info!("HTTPS port: {}", settings.https_port);
     tracing::info!("Data directory: {}", settings.data_dir.display());
 
-    // Candidates and stand-ins leave the CLI's shell at once (§3 step 1).
+    // Candidates and stand-ins leave the CLI's shell at once (docs/operations.md, "Upgrade").
     let daemon = match role {
         Role::Primary => None,
         _ => Some(upgrade::Daemon::fork()),
@@ -410,9 +411,9 @@ async fn serve(boot: Boot) -> i32 {
     .await
 }
 
-/// tls.md §6: 60 s after start, then every renewal interval, (re)generate missing or
-/// expired self-signed certificates of private route hosts. A candidate leaves certificates
-/// to the primary.
+/// The certificate check (docs/tls.md, "The certificate check"): 60 s after start, then every
+/// renewal interval, (re)generate missing or expired self-signed certificates of private route
+/// hosts and queue the ACME orders that are due. A candidate leaves certificates to the primary.
 fn spawn_certificate_check(master: Arc<Master>) {
     if !master.is_primary() {
         return;
@@ -525,7 +526,7 @@ async fn wait_for_shutdown(master: &Arc<Master>, signals: &mut Signals) -> Stop 
     }
 }
 
-/// Graceful shutdown (upgrade-and-restarts.md §5); a second signal forces.
+/// Graceful shutdown (docs/architecture.md, "Restarts and upgrades"); a second signal forces.
 async fn shutdown(
     master: Arc<Master>,
     mgmt: Arc<Notify>,

@@ -1,5 +1,6 @@
 //! Certificates in the master: loading `certs/`, the in-memory `default`, and self-signed
-//! certificates for private hosts (tls.md §2-§5). Workers get them over IPC only.
+//! certificates for private hosts (docs/tls.md, "Files" to "Self-signed certificates"). Workers
+//! get them over IPC only.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +12,8 @@ use tako_ipc::CertEntry;
 use crate::core::{lock, Master};
 use crate::status::CertView;
 
-/// A name is private when it never gets a public certificate (routing-and-proxy.md §5).
+/// A name is private when it never gets a public certificate (docs/http.md, "Forwarded headers
+/// and the effective scheme").
 pub fn is_private_host(host: &str) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
     h == "localhost"
@@ -148,9 +150,10 @@ fn load_one(dir: &Path, name: &str) -> Result<(CertEntry, LeafInfo), CertLoadErr
     Ok((entry, info))
 }
 
-/// Reads every `certs/<name>/{fullchain,privkey}.pem` (tls.md §3). Directories without both
-/// files are not certificates; bad ones are skipped with a warning and returned as
-/// `(name, error)`. Expired certificates load, with a warning: they serve until replaced.
+/// Reads every `certs/<name>/{fullchain,privkey}.pem` (docs/tls.md, "Loading and reloading").
+/// Directories without both files are not certificates; bad ones are skipped with a warning and
+/// returned as `(name, error)`. Expired certificates load, with a warning: they serve until
+/// replaced.
 pub fn load_dir(dir: &Path) -> (Vec<CertEntry>, Vec<(String, String)>) {
     let mut certs = Vec::new();
     let mut errors = Vec::new();
@@ -187,7 +190,7 @@ pub fn load_dir(dir: &Path) -> (Vec<CertEntry>, Vec<(String, String)>) {
 }
 
 /// Writes a certificate atomically: a temporary file in the same directory, then rename,
-/// key (0600) before chain (0644) (tls.md §2).
+/// key (0600) before chain (0644) (docs/tls.md, "Files").
 pub fn write_cert(certs_dir: &Path, entry: &CertEntry) -> std::io::Result<()> {
     let dir = certs_dir.join(&entry.name);
     crate::datadir::ensure_dir(&dir, 0o700, None)?;
@@ -273,7 +276,7 @@ impl Master {
         changed
     }
 
-    /// One entry per route host, in route order (tls.md §7).
+    /// One entry per route host, in route order (docs/tls.md, "Status").
     pub fn cert_views(&self, routes: &[String]) -> Vec<CertView> {
         let certs = lock(&self.certs);
         let now = unix_now();
@@ -322,7 +325,8 @@ impl Master {
                 }
                 (None, _) => "missing",
             };
-            // ACME's word wins while it works on the name or after it failed (§7).
+            // ACME's word wins while it works on the name or after it failed (docs/tls.md,
+            // "Status").
             let mut error = None;
             if let Some((acme_state, acme_error)) = self.acme.view(&host) {
                 state = acme_state;

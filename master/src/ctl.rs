@@ -1,4 +1,4 @@
-//! `tako-server ctl`: the admin client (cli.md §9).
+//! `tako-server ctl`: the admin client (docs/cli.md, "`tako-server ctl`"; docs/ctl.md).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -209,7 +209,8 @@ pub enum SyntaxError {
     Nul,
 }
 
-/// A request line is at most 1 MiB (management-protocol.md), so a larger file cannot be sent.
+/// A request line is at most 1 MiB (docs/management-protocol.md, "Lines"), so a larger file
+/// cannot be sent.
 const MAX_ENV_FILE_BYTES: u64 = 1024 * 1024;
 
 fn is_env_name(s: &str) -> bool {

@@ -1,5 +1,6 @@
 //! Status views: the AppStatus of `status` and of `tako.internal/status`, the page itself,
-//! and the Prometheus page (management-protocol.md §9, routing-and-proxy.md §7).
+//! and the Prometheus page (docs/management-protocol.md, "Status objects"; docs/status-page.md;
+//! docs/operations.md, "Metrics").
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -71,7 +72,7 @@ struct PublicStatusPage<'a> {
 }
 
 /// Both bodies of `tako.internal/status`, rendered together from one registry snapshot so
-/// that they never disagree on health (routing-and-proxy.md §7, docs/status-page.md).
+/// that they never disagree on health (docs/status-page.md, "How it is built").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedStatus {
     /// The whole page: loopback and trusted peers.

@@ -1,4 +1,4 @@
-//! The ACME account (tls.md §6 "Account"): credentials in `<data-dir>/acme/`, reused while
+//! The ACME account (docs/tls.md, "ACME", Account): credentials in `<data-dir>/acme/`, reused while
 //! the directory stays the same, and the HTTPS client that talks to the directory.
 
 use std::io::Write;

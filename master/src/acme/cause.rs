@@ -1,8 +1,8 @@
-//! What an ACME failure came down to, said so a person can act on it (tls.md "ACME
-//! failures"). instant-acme reports a failed connection as `client error (Connect)`; the
-//! cause (an untrusted certificate, a name that does not resolve, a refused connection) is
-//! further down the error's source chain, and a rate limit is only a problem type. This walks
-//! the chain, names the cause first and keeps every distinct message after it.
+//! What an ACME failure came down to, said so a person can act on it (docs/tls.md, "ACME", Failures
+//! say their cause). instant-acme reports a failed connection as `client error (Connect)`; the
+//! cause (an untrusted certificate, a name that does not resolve, a refused connection) is further
+//! down the error's source chain, and a rate limit is only a problem type. This walks the chain,
+//! names the cause first and keeps every distinct message after it.
 
 use std::error::Error;
 

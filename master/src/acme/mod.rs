@@ -1,6 +1,6 @@
-//! Automatic certificates with ACME HTTP-01 (tls.md §6): the account, a queue of orders run
-//! one at a time, the challenge answers pushed to the workers, retries with backoff, and the
-//! per-name state that status reports (§7). Only a primary runs any of it.
+//! Automatic certificates with ACME HTTP-01 (docs/tls.md, "ACME"): the account, a queue of orders
+//! run one at a time, the challenge answers pushed to the workers, retries with backoff, and the
+//! per-name state that status reports (docs/tls.md, "Status"). Only a primary runs any of it.
 
 pub mod account;
 pub mod cause;
@@ -25,7 +25,7 @@ const TOKENS_APPLIED_WAIT: Duration = Duration::from_secs(5);
 /// An idle order runner looks at its retries at least this often.
 const IDLE_TICK: Duration = Duration::from_secs(60);
 
-/// The master's ACME state. Failure texts live in memory only (§7).
+/// The master's ACME state. Failure texts live in memory only (docs/tls.md, "Status").
 #[derive(Default)]
 pub struct Acme {
     state: Mutex<State>,
@@ -135,8 +135,8 @@ impl Tokens<'_> {
     }
 }
 
-/// Starts the account setup and then the order runner, in the background (cli.md §5 step
-/// 10). Nothing here blocks startup.
+/// Starts the account setup and then the order runner, in the background (docs/cli.md,
+/// "Startup", step 10). Nothing here blocks startup.
 pub fn start(master: &Arc<Master>) {
     if master.settings.no_acme || !master.is_primary() {
         return;
@@ -359,7 +359,8 @@ async fn run_one(master: &Arc<Master>, acct: &instant_acme::Account, host: &str)
     }
 }
 
-/// Writes the certificate with `acme.json` (tls.md §2) and makes it live in every worker.
+/// Writes the certificate with `acme.json` (docs/tls.md, "Files") and makes it live in every
+/// worker.
 fn install(master: &Master, entry: CertEntry) {
     let host = entry.name.clone();
     let not_after =

@@ -1,4 +1,4 @@
-//! One ACME order for one name (tls.md §6 "Orders"): HTTP-01 challenges answered by the
+//! One ACME order for one name (docs/tls.md, "ACME", Orders): HTTP-01 challenges answered by the
 //! workers, polling up to 300 s, finalization with a fresh P-256 key, the chain download.
 
 use std::time::Duration;

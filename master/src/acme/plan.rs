@@ -1,5 +1,5 @@
-//! Which route hosts need an ACME order (tls.md §6 "Which names get certificates"), and when
-//! a failed one is tried again. Pure decisions, so they are tested without a CA.
+//! Which route hosts need an ACME order (docs/tls.md, "ACME", Which names are ordered), and when a
+//! failed one is tried again. Pure decisions, so they are tested without a CA.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Instance lifecycle in the master: spawning, launcher events, promotion to healthy,
-//! graceful stops, crash replacement and cold starts (instances.md §6-§10, §13).
+//! graceful stops, crash replacement and cold starts (docs/apps.md, "Ports" to "On-demand apps").
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -300,8 +300,8 @@ impl Master {
         }
     }
 
-    /// Keeps an always-on app at its count (instances.md §9), after the backoff delay of
-    /// its consecutive failures.
+    /// Keeps an always-on app at its count (docs/apps.md, "Crashes and replacement"), after the
+    /// backoff delay of its consecutive failures.
     pub fn schedule_replacement(self: &Arc<Self>, app: &str) {
         self.schedule_replacement_after(app, None);
     }
@@ -452,7 +452,8 @@ impl Master {
         }
     }
 
-    /// Graceful stop (instances.md §10). With `drain`, waits for in-flight requests first.
+    /// Graceful stop (docs/apps.md, "Stopping an instance"). With `drain`, waits for in-flight
+    /// requests first.
     pub async fn stop_instance(self: &Arc<Self>, app: &str, id: u32, drain: bool) {
         let (exit_rx, was) = {
             let mut reg = lock(&self.apps);
