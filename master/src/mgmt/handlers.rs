@@ -235,8 +235,8 @@ fn processes(master: &Master) -> Value {
     json!({ "instances": app_instances(master), "processes": list })
 }
 
-/// Every live app instance, by app name then instance id (management-protocol.md
-/// `processes`). The uid is the app's own when the server runs as root, else the server's:
+/// Every live app instance, by app name then instance id (docs/management-protocol.md,
+/// "`processes`"). The uid is the app's own when the server runs as root, else the server's:
 /// instances then run as the server's user.
 fn app_instances(master: &Master) -> Vec<Value> {
     let own_uid = nix::unistd::getuid().as_raw();
