@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     pub h2_timeouts: Option<H2Timeouts>,
     /// How the worker confines itself after the privilege drop (docs/isolation.md).
     pub sandbox: SandboxConfig,
+    /// Listener addresses (`ip:port`, as `SocketAddr` prints them) whose connections start
+    /// with a PROXY protocol header (docs/http.md, "PROXY protocol"); empty = none.
+    pub proxy_protocol: Vec<String>,
 }
 
 /// How strictly a worker confines itself (`--sandbox`).

@@ -1,7 +1,7 @@
 //! The command line (docs/cli.md, "Flags", "Config file"): server flags, the optional config
 //! file, and `ctl`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -109,6 +109,60 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// A `--proxy-protocol` value (docs/http.md, "PROXY protocol").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyListener {
+    /// Every listener.
+    All,
+    /// The listener bound to this address and port.
+    Addr(SocketAddr),
+}
+
+fn parse_proxy_listener(s: &str) -> Result<ProxyListener, String> {
+    if s == "all" {
+        return Ok(ProxyListener::All);
+    }
+    s.parse::<SocketAddr>()
+        .map(ProxyListener::Addr)
+        .map_err(|_| "must be a listener's IP:PORT ([IPv6]:PORT) or `all`".into())
+}
+
+/// The listener addresses that expect a PROXY header: every entry must name a listener
+/// (an `--listen` address with the HTTP or the HTTPS port), so a typo fails at startup instead
+/// of leaving a listener that takes the balancer's address for every client's.
+fn proxy_listeners(
+    specs: &[ProxyListener],
+    listen: &[IpAddr],
+    ports: [u16; 2],
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let all: Vec<SocketAddr> = listen
+        .iter()
+        .flat_map(|ip| ports.map(|port| SocketAddr::new(*ip, port)))
+        .collect();
+    if specs.contains(&ProxyListener::All) {
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for spec in specs {
+        let ProxyListener::Addr(addr) = spec else {
+            continue;
+        };
+        if !all.contains(addr) {
+            return Err(ConfigError::Usage(format!(
+                "--proxy-protocol {addr} names no listener (they are {})",
+                all.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !out.contains(addr) {
+            out.push(*addr);
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct ServerFlags {
     /// Management socket path
@@ -147,6 +201,9 @@ pub struct ServerFlags {
     /// Peer whose forwarded headers are believed, repeatable; replaces the default list [default: 127.0.0.0/8, ::1/128]
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub trusted_proxy: Vec<Cidr>,
+    /// Listener (IP:PORT, or `all`) whose connections start with a PROXY protocol v1 or v2 header from a trusted proxy, repeatable; replaces the config file's list [default: none]
+    #[arg(long = "proxy-protocol", value_name = "ADDR:PORT|all", value_parser = parse_proxy_listener)]
+    pub proxy_protocol: Vec<ProxyListener>,
     /// No ACME account, issuance, renewal or challenge answers
     #[arg(long = "no-acme")]
     pub no_acme: bool,
@@ -214,6 +271,8 @@ struct AppsSection {
 struct ServerSection {
     http_port: Option<u16>,
     https_port: Option<u16>,
+    /// Listeners that expect a PROXY protocol header, as `--proxy-protocol` takes them.
+    proxy_protocol: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +310,9 @@ pub struct Settings {
     /// User flags given explicitly, for the non-root warning.
     pub explicit_user_flags: Vec<&'static str>,
     pub trusted_proxies: Vec<Cidr>,
+    /// Listeners whose connections start with a PROXY protocol header (docs/http.md,
+    /// "PROXY protocol").
+    pub proxy_protocol: Vec<SocketAddr>,
     pub no_acme: bool,
     pub acme_staging: bool,
     pub acme_email: Option<String>,
@@ -382,6 +444,18 @@ impl ServerFlags {
         } else {
             self.trusted_proxy.clone()
         };
+        let proxy_specs = if self.proxy_protocol.is_empty() {
+            let mut specs = Vec::new();
+            for raw in file.server.proxy_protocol.iter().flatten() {
+                specs.push(parse_proxy_listener(raw).map_err(|e| {
+                    ConfigError::Usage(format!("[server] proxy_protocol {raw:?}: {e}"))
+                })?);
+            }
+            specs
+        } else {
+            self.proxy_protocol.clone()
+        };
+        let proxy_protocol = proxy_listeners(&proxy_specs, &listen, [http_port, https_port])?;
         Ok(Settings {
             socket: self.socket,
             http_port,
@@ -397,6 +471,7 @@ impl ServerFlags {
             deploy_user: self.deploy_user.unwrap_or_else(|| "tako".into()),
             explicit_user_flags: explicit,
             trusted_proxies,
+            proxy_protocol,
             no_acme: self.no_acme,
             acme_staging,
             acme_email,
@@ -508,6 +583,74 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn proxy_protocol_names_listeners() {
+        let s = flags(&[
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "8080",
+            "--tls-port",
+            "8443",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(s.proxy_protocol.is_empty(), "off by default");
+        let s = flags(&[
+            "--listen",
+            "127.0.0.1",
+            "--listen",
+            "::1",
+            "--port",
+            "8080",
+            "--proxy-protocol",
+            "[::1]:8080",
+            "--proxy-protocol",
+            "[::1]:8080",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.proxy_protocol, vec!["[::1]:8080".parse().unwrap()]);
+        let s = flags(&["--listen", "127.0.0.1", "--proxy-protocol", "all"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.proxy_protocol.len(), 2, "{:?}", s.proxy_protocol);
+        let e = flags(&["--listen", "127.0.0.1", "--proxy-protocol", "127.0.0.1:81"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no listener"), "{e}");
+        assert!(Cli::try_parse_from(["tako-server", "--proxy-protocol", "127.0.0.1"]).is_err());
+
+        let dir = std::env::temp_dir().join(format!("tako-cli-pp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("c.toml");
+        std::fs::write(&cfg, "[server]\nproxy_protocol = [\"127.0.0.1:443\"]\n").unwrap();
+        let config = cfg.to_str().unwrap();
+        let s = flags(&["--config", config, "--listen", "127.0.0.1"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.proxy_protocol, vec!["127.0.0.1:443".parse().unwrap()]);
+        let s = flags(&[
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1",
+            "--proxy-protocol",
+            "127.0.0.1:80",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.proxy_protocol,
+            vec!["127.0.0.1:80".parse().unwrap()],
+            "the flag replaces the key"
+        );
+        std::fs::write(&cfg, "[server]\nproxy_protocol = [\"x\"]\n").unwrap();
+        assert!(flags(&["--config", config]).resolve().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

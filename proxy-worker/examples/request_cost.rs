@@ -140,6 +140,7 @@ fn main() {
             cache_bytes: 0,
             h2_timeouts: None,
             sandbox: tako_ipc::SandboxConfig::off(),
+            proxy_protocol: Vec::new(),
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,

@@ -164,6 +164,7 @@ impl Master {
             cache_bytes: 0,
             h2_timeouts: None,
             sandbox: tako_ipc::SandboxConfig::off(),
+            proxy_protocol: Vec::new(),
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,
@@ -669,6 +670,7 @@ fn version_mismatch_exits_one() {
                 cache_bytes: 0,
                 h2_timeouts: None,
                 sandbox: tako_ipc::SandboxConfig::off(),
+                proxy_protocol: Vec::new(),
             },
         })
         .await

@@ -337,6 +337,7 @@ fn worker_config(master: &Master, index: u32, generation: u32) -> WorkerConfig {
         cache_bytes: s.cache_bytes / (s.workers.max(1) as u64),
         h2_timeouts: s.h2_timeouts,
         sandbox: s.worker_sandbox(),
+        proxy_protocol: s.proxy_protocol.iter().map(|a| a.to_string()).collect(),
     }
 }
 
