@@ -9,6 +9,7 @@ use std::path::Path;
 
 use tako_ipc::CertEntry;
 
+use crate::clock::unix_now;
 use crate::core::{lock, Master};
 use crate::status::CertView;
 
@@ -125,12 +126,6 @@ pub fn leaf_info(chain_pem: &str) -> Option<LeafInfo> {
         .next()?
         .ok()?;
     der::leaf_info(leaf.as_ref()).ok()
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn load_one(dir: &Path, name: &str) -> Result<(CertEntry, LeafInfo), CertLoadError> {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tako_ipc::{CertEntry, MasterToWorker, RouteTable};
 use tokio::sync::Notify;
@@ -17,12 +17,7 @@ use crate::supervisor::launcher::LauncherLink;
 use crate::supervisor::workers::WorkerTable;
 use crate::users::Users;
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;
 
 /// Locks a std mutex, recovering from poisoning: a panicked holder must not take the whole
 /// master down with it.

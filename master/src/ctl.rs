@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use tako_protocol::{parse_response, DeployRequest, Request, Response, PROTOCOL_VERSION};
 
+use crate::clock::unix_now;
+
 mod logs;
 mod output;
 
@@ -492,12 +494,6 @@ impl Conn {
             _ => None,
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The text people see for a successful answer to `cmd`. Some tables take more from the

@@ -8,6 +8,7 @@ mod boot;
 mod certs;
 mod child_env;
 mod cli;
+mod clock;
 mod core;
 mod ctl;
 mod datadir;

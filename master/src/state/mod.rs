@@ -17,10 +17,4 @@ pub use lock::DataDirLock;
 pub use store::{Store, STATE_FILE};
 pub use types::{EnterOutcome, ExitOutcome, ReleaseKind, ReleaseResult, ServerMode, StoredApp};
 
-/// Seconds since the Unix epoch; 0 if the clock is before it.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;
