@@ -13,19 +13,18 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::hijack::hijack_control_socket;
 use common::http::http;
-use common::{fixture, kill, poll, procfs, wait_for, Request, Server};
+use common::{fixture, poll, procfs, wait_for, Request, Server};
 use serde_json::{json, Value};
 use tako_ipc::frame::encode_frame;
-use tako_ipc::{RemovedInstance, WorkerToMaster, CHILD_IPC_FD};
+use tako_ipc::{RemovedInstance, WorkerToMaster};
 
 const HOST: &str = "drain-events.example.com";
 /// Bound of every wait for an event (an exit, a state): generous, the machine is shared.
@@ -353,42 +352,6 @@ fn idle_scale_down_waits_for_the_request_in_flight() {
     });
     let r = get(&server, "/").expect("a request that wakes the app");
     assert_eq!(r.status, 200, "{}", r.text());
-}
-
-/// A copy of the control socket of `pid`, stopped first so it cannot interleave its own
-/// frames with ours (as master/tests/hostile_worker.rs does; needs root or ptrace rights).
-fn hijack_control_socket(pid: i32) -> UnixStream {
-    assert!(kill(pid, libc::SIGSTOP), "cannot stop worker {pid}");
-    wait_for(Duration::from_secs(5), "the worker to stop", || {
-        procfs::status(pid).filter(|s| s.state == 'T').map(|_| ())
-    });
-    // SAFETY: plain syscalls with integer arguments; each result is checked.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(
-        pidfd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just gave us this descriptor.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: as above.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_getfd,
-            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-            CHILD_IPC_FD,
-            0,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "pidfd_getfd({pid}, {CHILD_IPC_FD}) (run the test as root): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the worker's end of its socketpair, now ours too.
-    let sock = unsafe { UnixStream::from_raw_fd(fd as i32) };
-    sock.set_nonblocking(false).expect("blocking socket");
-    sock
 }
 
 fn active_workers(server: &Server) -> Vec<i32> {

@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod fixture;
+pub mod hijack;
 pub mod http;
 pub mod mgmt;
 pub mod procfs;
