@@ -10,9 +10,10 @@ use tokio::sync::Notify;
 use crate::cli::{ConfigError, ServerFlags};
 use crate::core::{lock, unix_now, Master};
 use crate::datadir::{prepare_socket_dir, DataDir};
+use crate::server_role::ServerRole;
 use crate::state::{DataDirLock, ServerMode, StateHandle, Store};
 use crate::supervisor::{launcher, workers};
-use crate::upgrade::{self, Role};
+use crate::upgrade;
 
 const WORKER_DRAIN: Duration = Duration::from_secs(30);
 const INSTANCE_GRACE: Duration = Duration::from_secs(10);
@@ -95,19 +96,19 @@ pub fn run(flags: ServerFlags) -> i32 {
             if upgrade::is_candidate(&settings.socket, mode, holder.as_deref()) {
                 let primary = store.primary_settings_json().ok().flatten();
                 upgrade::inherit_settings(&mut settings, &explicit, primary.as_deref());
-                Role::Candidate
+                ServerRole::Candidate
             } else {
-                Role::Primary
+                ServerRole::Primary
             }
         }
-        Err(e) if e.is_permission_denied() && !root && candidate_shaped => Role::StandIn,
+        Err(e) if e.is_permission_denied() && !root && candidate_shaped => ServerRole::StandIn,
         Err(e) => {
             tracing::error!("{e}");
             return 5;
         }
     };
     let users = match role {
-        Role::StandIn => None,
+        ServerRole::StandIn => None,
         _ => match crate::users::resolve(&settings) {
             Ok(u) => u,
             Err(e) => {
@@ -116,7 +117,7 @@ pub fn run(flags: ServerFlags) -> i32 {
             }
         },
     };
-    if users.is_none() && role != Role::StandIn {
+    if users.is_none() && role != ServerRole::StandIn {
         let uid = nix::unistd::getuid().as_raw();
         tracing::warn!("privilege separation is off: tako-server runs as uid {uid} (not root); workers, launcher and apps run as this user");
         for flag in &settings.explicit_user_flags {
@@ -131,10 +132,10 @@ pub fn run(flags: ServerFlags) -> i32 {
 
     // Candidates and stand-ins leave the CLI's shell at once (docs/operations.md, "Upgrade").
     let daemon = match role {
-        Role::Primary => None,
+        ServerRole::Primary => None,
         _ => Some(upgrade::Daemon::fork()),
     };
-    if role == Role::StandIn {
+    if role == ServerRole::StandIn {
         let state_file = data.root.join(crate::state::STATE_FILE);
         let owner = std::fs::metadata(&state_file)
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
@@ -169,7 +170,7 @@ pub fn run(flags: ServerFlags) -> i32 {
     }
     // Only a primary holds the data-dir lock.
     let _dir_lock = match role {
-        Role::Primary => match inherited_lock.map_or_else(
+        ServerRole::Primary => match inherited_lock.map_or_else(
             || DataDirLock::acquire(&data.root),
             |fd| DataDirLock::adopt(&data.root, fd),
         ) {
@@ -228,7 +229,7 @@ struct Boot {
     users: Option<crate::users::Users>,
     data: DataDir,
     store: StateHandle,
-    role: Role,
+    role: ServerRole,
     daemon: Option<upgrade::Daemon>,
     lock_fd: Option<std::os::fd::RawFd>,
     self_exec: crate::reexec::SelfExec,
@@ -285,7 +286,7 @@ async fn serve(boot: Boot) -> i32 {
     };
     let (registry, fixes) = crate::apps::restore::register(stored);
     // A candidate never writes app rows: its fixed bases live in memory only.
-    for (app, base) in fixes.into_iter().filter(|_| role == Role::Primary) {
+    for (app, base) in fixes.into_iter().filter(|_| role == ServerRole::Primary) {
         if let Err(e) = store.set_base_port(app.clone(), base).await {
             tracing::warn!(app = %app, error = %e, "cannot persist the new port base");
         }
@@ -330,19 +331,12 @@ async fn serve(boot: Boot) -> i32 {
     let settings_json = upgrade::settings_json(&settings);
     let socket_path = settings.socket.clone();
     let mut m = Master::new(
-        settings,
-        users,
-        data,
-        listeners,
-        store,
-        certs,
-        registry,
-        role.as_str(),
+        settings, users, data, listeners, store, certs, registry, role,
     );
     m.lock_fd = lock_fd;
     m.self_exec = self_exec;
     let master = Arc::new(m);
-    if role == Role::Primary {
+    if role == ServerRole::Primary {
         if let Err(e) = master
             .store
             .write_primary_boot(settings_json, std::process::id(), master.started_unix)
@@ -388,7 +382,7 @@ async fn serve(boot: Boot) -> i32 {
     }
 
     let mut keep_socket = false;
-    if role == Role::Candidate {
+    if role == ServerRole::Candidate {
         let owner = upgrade::socket_owner(&socket_path).unwrap_or_default();
         tokio::select! {
             _ = upgrade::candidate_until_done(master.clone(), owner) => {

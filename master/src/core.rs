@@ -12,6 +12,7 @@ use crate::apps::registry::Registry;
 use crate::cli::Settings;
 use crate::datadir::DataDir;
 use crate::listeners::Listener;
+use crate::server_role::ServerRole;
 use crate::state::StateHandle;
 use crate::supervisor::launcher::LauncherLink;
 use crate::supervisor::workers::WorkerTable;
@@ -31,7 +32,7 @@ pub struct Master {
     pub data: DataDir,
     pub started: Instant,
     pub started_unix: u64,
-    pub role: &'static str,
+    pub role: ServerRole,
     pub listeners: Vec<Listener>,
     pub store: StateHandle,
     pub certs: Mutex<Vec<CertEntry>>,
@@ -69,7 +70,7 @@ impl Master {
         store: StateHandle,
         certs: Vec<CertEntry>,
         registry: Registry,
-        role: &'static str,
+        role: ServerRole,
     ) -> Master {
         Master {
             settings,
@@ -106,7 +107,7 @@ impl Master {
     }
 
     pub fn is_primary(&self) -> bool {
-        self.role == "primary"
+        self.role == ServerRole::Primary
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -19,6 +19,7 @@ mod mgmt;
 mod reexec;
 mod role;
 mod sandbox_selftest;
+mod server_role;
 mod state;
 mod status;
 mod supervisor;

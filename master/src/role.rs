@@ -12,7 +12,7 @@ use tako_ipc::{privilege, CHILD_IPC_FD};
 /// Hidden first argument that selects a child role.
 pub const ROLE_ARG: &str = "__role";
 
-pub enum Role {
+pub enum ChildRole {
     Worker {
         index: u32,
         generation: u32,
@@ -26,10 +26,10 @@ pub enum Role {
     },
 }
 
-impl Role {
+impl ChildRole {
     pub fn to_args(&self) -> Vec<String> {
         match self {
-            Role::Worker {
+            ChildRole::Worker {
                 index,
                 generation,
                 master_pid,
@@ -48,7 +48,7 @@ impl Role {
                 }
                 v
             }
-            Role::Launcher {
+            ChildRole::Launcher {
                 generation,
                 master_pid,
                 restrict,
@@ -66,7 +66,7 @@ impl Role {
         }
     }
 
-    fn parse(args: &[String]) -> Option<Role> {
+    fn parse(args: &[String]) -> Option<ChildRole> {
         let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok());
         match args.first().map(String::as_str) {
             Some("worker") => {
@@ -74,14 +74,14 @@ impl Role {
                     (Some(u), Some(g)) => Some((u32::try_from(u).ok()?, u32::try_from(g).ok()?)),
                     _ => None,
                 };
-                Some(Role::Worker {
+                Some(ChildRole::Worker {
                     index: u32::try_from(num(1)?).ok()?,
                     generation: u32::try_from(num(2)?).ok()?,
                     master_pid: i32::try_from(num(3)?).ok()?,
                     drop_to,
                 })
             }
-            Some("launcher") => Some(Role::Launcher {
+            Some("launcher") => Some(ChildRole::Launcher {
                 generation: u32::try_from(num(1)?).ok()?,
                 master_pid: i32::try_from(num(2)?).ok()?,
                 restrict: args.get(3).map(String::as_str) == Some("restrict"),
@@ -108,7 +108,7 @@ fn ipc_socket() -> Option<UnixStream> {
 
 /// Runs a child role and returns its exit code.
 pub fn run_child(args: &[String]) -> i32 {
-    let Some(role) = Role::parse(args) else {
+    let Some(role) = ChildRole::parse(args) else {
         eprintln!("tako-server: internal role arguments are invalid");
         return 2;
     };
@@ -117,7 +117,9 @@ pub fn run_child(args: &[String]) -> i32 {
         return 2;
     };
     let master_pid = match &role {
-        Role::Worker { master_pid, .. } | Role::Launcher { master_pid, .. } => *master_pid,
+        ChildRole::Worker { master_pid, .. } | ChildRole::Launcher { master_pid, .. } => {
+            *master_pid
+        }
     };
     // SAFETY: no threads exist yet; SIG_IGN installs no handler code.
     unsafe {
@@ -130,7 +132,7 @@ pub fn run_child(args: &[String]) -> i32 {
         return 1;
     }
     match role {
-        Role::Worker {
+        ChildRole::Worker {
             index,
             generation,
             drop_to,
@@ -147,7 +149,7 @@ pub fn run_child(args: &[String]) -> i32 {
             }
             tako_proxy_worker::run(ipc)
         }
-        Role::Launcher { restrict, .. } => {
+        ChildRole::Launcher { restrict, .. } => {
             crate::logging::init("role=launcher".into());
             if restrict {
                 // First, while CAP_SETPCAP is still held: apps and install steps inherit

@@ -13,24 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::cli::Settings;
 use crate::core::Master;
+use crate::server_role::ServerRole;
 use crate::state::ServerMode;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Primary,
-    Candidate,
-    StandIn,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Candidate => "candidate",
-            Role::StandIn => "stand-in",
-        }
-    }
-}
 
 /// `tako-<owner>.sock` → `<owner>`.
 pub fn socket_owner(socket: &Path) -> Option<String> {
@@ -314,7 +298,7 @@ pub async fn run_stand_in(settings: Settings, mut daemon: Daemon) -> i32 {
 pub fn server_info(
     s: &Settings,
     mode: &str,
-    role: &str,
+    role: ServerRole,
     privilege_separation: bool,
     owner: Option<String>,
 ) -> Value {
@@ -325,7 +309,7 @@ pub fn server_info(
         o.remove("app_uid_range");
         o.remove("sandbox");
         o.insert("mode".into(), json!(mode));
-        o.insert("role".into(), json!(role));
+        o.insert("role".into(), json!(role.as_str()));
         o.insert("privilege_separation".into(), json!(privilege_separation));
         o.insert("server_version".into(), json!(env!("CARGO_PKG_VERSION")));
         o.insert("upgrade_owner".into(), json!(owner));
@@ -337,7 +321,7 @@ fn stand_in_info(s: &Settings) -> Value {
     server_info(
         s,
         "upgrading",
-        Role::StandIn.as_str(),
+        ServerRole::StandIn,
         false,
         socket_owner(&s.socket),
     )

@@ -13,7 +13,7 @@ use tako_ipc::{
 use tokio::sync::oneshot;
 
 use crate::core::Master;
-use crate::role::Role;
+use crate::role::ChildRole;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +144,7 @@ pub fn supervise(master: Arc<Master>) {
 }
 
 async fn run_one(master: &Arc<Master>, generation: u32) -> String {
-    let role = Role::Launcher {
+    let role = ChildRole::Launcher {
         generation,
         master_pid: std::process::id() as i32,
         restrict: master.users.is_some(),

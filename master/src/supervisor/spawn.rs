@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use tako_ipc::CHILD_IPC_FD;
 
-use crate::role::Role;
+use crate::role::ChildRole;
 
 pub struct Spawned {
     pub child: tokio::process::Child,
@@ -16,7 +16,7 @@ pub struct Spawned {
     pub ipc: tokio::net::UnixStream,
 }
 
-pub fn spawn_role(role: &Role) -> io::Result<Spawned> {
+pub fn spawn_role(role: &ChildRole) -> io::Result<Spawned> {
     let (ours, theirs) = StdUnixStream::pair()?;
     let their_fd = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");

@@ -14,7 +14,7 @@ use tako_ipc::{
 use tokio::sync::oneshot;
 
 use crate::core::Master;
-use crate::role::Role;
+use crate::role::ChildRole;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
 
 /// How long a new worker has to report ready.
@@ -416,7 +416,7 @@ async fn run_one(
     retired: Arc<AtomicBool>,
     ready: Option<oneshot::Sender<()>>,
 ) -> WorkerEnd {
-    let role = Role::Worker {
+    let role = ChildRole::Worker {
         index,
         generation,
         master_pid: std::process::id() as i32,
