@@ -19,6 +19,8 @@ mod internal_host;
 mod lazy_timer;
 mod listeners;
 mod pipeline;
+#[doc(hidden)]
+pub mod proxy_protocol;
 mod redirect;
 mod responses;
 mod rewind;

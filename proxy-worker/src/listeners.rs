@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::h1;
 use crate::h2_limits;
 use crate::pipeline::ConnInfo;
+use crate::proxy_protocol::{self, Header};
 use crate::shared::Shared;
 
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,12 +152,44 @@ pub fn spawn(
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let local = listener.local_addr().ok();
-    tracing::info!(?kind, addr = ?local, "Serving listener");
-    tokio::spawn(accept_loop(listener, kind, server));
+    let proxy = local.is_some_and(|addr| expects_proxy_header(&server.shared.config, addr));
+    tracing::info!(?kind, addr = ?local, proxy_protocol = proxy, "Serving listener");
+    tokio::spawn(accept_loop(listener, kind, proxy, server));
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, kind: ListenerKind, server: Arc<Server>) {
+/// Whether the master named this listener's address for the PROXY protocol (docs/http.md,
+/// "PROXY protocol").
+fn expects_proxy_header(config: &tako_ipc::WorkerConfig, local: std::net::SocketAddr) -> bool {
+    config
+        .proxy_protocol
+        .iter()
+        .any(|a| a.parse::<std::net::SocketAddr>() == Ok(local))
+}
+
+/// The client's address on a PROXY protocol listener, from the header a trusted proxy sent
+/// first; `None` closes the connection: an untrusted peer may not speak for another address,
+/// and a trusted one that sends no valid header in time is not followed further.
+async fn proxied_peer(
+    stream: &mut TcpStream,
+    peer: std::net::SocketAddr,
+    server: &Server,
+) -> Option<std::net::SocketAddr> {
+    if !server.shared.trusted.iter().any(|c| c.contains(peer.ip())) {
+        tracing::debug!(%peer, "PROXY protocol listener: peer is not a trusted proxy; closing");
+        return None;
+    }
+    match proxy_protocol::read_header(stream).await {
+        Ok(Header::Proxied(client)) => Some(client),
+        Ok(Header::Local) => Some(peer),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "PROXY protocol header refused; closing");
+            None
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, kind: ListenerKind, proxy: bool, server: Arc<Server>) {
     let mut shutdown = server.shutdown.clone();
     let mut cap = ConnCap::new(MAX_CONNECTIONS);
     loop {
@@ -185,12 +218,21 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, server: Arc<Serv
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((mut stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let guard = server.tracker.enter();
                 let server = Arc::clone(&server);
                 tokio::spawn(async move {
                     let _guard = guard;
+                    // The header comes before anything else, the TLS ClientHello included.
+                    let peer = if proxy {
+                        match proxied_peer(&mut stream, peer, &server).await {
+                            Some(client) => client,
+                            None => return,
+                        }
+                    } else {
+                        peer
+                    };
                     let conn = ConnInfo::new(peer, kind == ListenerKind::Https);
                     serve_stream(stream, conn, &server).await;
                 });
