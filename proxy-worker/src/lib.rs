@@ -22,6 +22,7 @@ mod pipeline;
 #[doc(hidden)]
 pub mod proxy_protocol;
 mod redirect;
+mod request_id;
 mod responses;
 mod rewind;
 pub mod sandbox;

@@ -19,6 +19,7 @@ use crate::host::{self, RequestHost};
 use crate::internal_host::{self, INTERNAL_HOST};
 use crate::lazy_timer::LazyTimer;
 use crate::redirect::{self, ACME_PREFIX};
+use crate::request_id;
 use crate::responses::Canned;
 use crate::shared::Shared;
 use crate::static_files;
@@ -84,7 +85,14 @@ pub fn answer<'a>(
     async move {
         let mut log = AccessLog::start(&req, conn.peer, conn.tls);
         log.stats = Some(Arc::clone(&shared.counters));
-        let resp = route(&mut req, conn, shared, &mut log, timer).await;
+        // docs/http.md, "Request IDs": set in the request for the app, on every answer.
+        let trusted = || any_contains(&shared.trusted, canonical_ip(conn.peer.ip()));
+        let (worker, at) = (shared.config.index, log.started());
+        log.request_id = request_id::assign(req.headers_mut(), trusted, worker, at);
+        let mut resp = route(&mut req, conn, shared, &mut log, timer).await;
+        let id = log.request_id.clone();
+        resp.headers_mut()
+            .insert(request_id::X_REQUEST_ID.clone(), id);
         log.status = resp.status().as_u16();
         (resp, log)
     }

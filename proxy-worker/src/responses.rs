@@ -90,17 +90,20 @@ impl Canned {
 
 impl Canned {
     /// The whole HTTP/1.1 response as bytes, with `Connection: close`: written by the
-    /// connection guard, which answers before hyper ever sees the request.
-    pub fn raw_close(self, head: bool) -> Vec<u8> {
+    /// connection guard, which answers before hyper ever sees the request. It carries a
+    /// request id like every other answer (docs/http.md, "Request IDs").
+    pub fn raw_close(self, head: bool, request_id: &HeaderValue) -> Vec<u8> {
         let status = self.status();
         let body = self.body();
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\nX-Request-ID: ",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             body.len()
         )
         .into_bytes();
+        out.extend_from_slice(request_id.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
         if !head {
             out.extend_from_slice(body.as_bytes());
         }
@@ -191,5 +194,20 @@ mod tests {
             assert!(b.is_empty(), "HEAD has no body");
             assert_eq!(h[CONTENT_LENGTH], text.len().to_string().as_str());
         }
+    }
+
+    #[test]
+    fn raw_close_carries_the_request_id() {
+        let id = HeaderValue::from_static("01ARZ3NDEKTSV4RRFFQ69G5FAV");
+        let raw = Canned::BadRequest.raw_close(false, &id);
+        let text = std::str::from_utf8(&raw).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nX-Request-ID: 01ARZ3NDEKTSV4RRFFQ69G5FAV\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nBad Request"), "{text}");
+        let raw = Canned::RequestTimeout.raw_close(true, &id);
+        assert!(raw.ends_with(b"\r\n\r\n"));
     }
 }

@@ -146,7 +146,7 @@ pub fn serve<I: Io>(
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
                     Err(refusal) => {
-                        refuse(&mut io, refusal, &conn).await;
+                        refuse(&mut io, refusal, &conn, shared.config.index).await;
                         return;
                     }
                 }
@@ -188,7 +188,8 @@ pub fn serve<I: Io>(
                     Wait::TimedOut if idle => return,
                     Wait::TimedOut => {
                         let head = rbuf.trim_ascii_start().starts_with(b"HEAD ");
-                        refuse(&mut io, Refusal(Canned::RequestTimeout, head), &conn).await;
+                        let timeout = Refusal(Canned::RequestTimeout, head);
+                        refuse(&mut io, timeout, &conn, shared.config.index).await;
                         return;
                     }
                 }
@@ -370,14 +371,19 @@ async fn read_by<I: Io>(
 }
 
 /// Answers a head that cannot be served and closes the connection.
-async fn refuse<I: Io>(io: &mut I, refusal: Refusal, conn: &ConnInfo) {
+/// Such a request has no headers to take an id from: it gets a made one (docs/http.md,
+/// "Request IDs").
+async fn refuse<I: Io>(io: &mut I, refusal: Refusal, conn: &ConnInfo, worker: u32) {
     let Refusal(canned, head_request) = refusal;
+    let request_id = crate::request_id::generate(worker, std::time::Instant::now());
     tracing::debug!(
         peer = %conn.peer,
         status = canned.status().as_u16(),
+        request_id = %request_id.to_str().unwrap_or(""),
         "Request refused before parsing"
     );
-    if io.write_all(&canned.raw_close(head_request)).await.is_ok() && io.flush().await.is_ok() {
+    let raw = canned.raw_close(head_request, &request_id);
+    if io.write_all(&raw).await.is_ok() && io.flush().await.is_ok() {
         linger_close(io).await;
     }
 }
