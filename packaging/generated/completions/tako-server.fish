@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tako_server_global_optspecs
-    string join \n socket= port= tls-port= listen= data-dir= config= workers= proxy-user= app-user= app-uid-range= deploy-user= trusted-proxy= no-acme acme-staging acme-email= acme-directory= acme-ca-root= renewal-interval-hours= instance-port-offset= cache-size= sandbox= test-h2-timeouts-ms= h/help V/version
+    string join \n socket= port= tls-port= listen= data-dir= config= workers= proxy-user= app-user= app-uid-range= deploy-user= trusted-proxy= proxy-protocol= no-acme acme-staging acme-email= acme-directory= acme-ca-root= renewal-interval-hours= instance-port-offset= cache-size= sandbox= test-h2-timeouts-ms= h/help V/version
 end
 
 function __fish_tako_server_needs_command
@@ -36,6 +36,7 @@ complete -c tako-server -n "__fish_tako_server_needs_command" -l app-user -d 'Gr
 complete -c tako-server -n "__fish_tako_server_needs_command" -l app-uid-range -d 'Uids (and gids) given to apps, one each, skipping any that exist in passwd or group (root only) [default: 61184-65519]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l deploy-user -d 'User the Tako CLI logs in as; its primary group owns the socket (root only) [default: tako]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l trusted-proxy -d 'Peer whose forwarded headers are believed, repeatable; replaces the default list [default: 127.0.0.0/8, ::1/128]' -r
+complete -c tako-server -n "__fish_tako_server_needs_command" -l proxy-protocol -d 'Listener (IP:PORT, or `all`) whose connections start with a PROXY protocol v1 or v2 header from a trusted proxy, repeatable; replaces the config file\'s list [default: none]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-email -d 'Contact for a new ACME account ("mailto:" is added) [default: none]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-directory -d 'ACME directory URL; overrides --acme-staging [default: Let\'s Encrypt production]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-ca-root -d 'Extra trusted root for the HTTPS connection to the ACME directory [default: none]' -r -F
