@@ -458,4 +458,22 @@ mod tests {
         drop(client);
         assert_eq!(read_header(&mut server).await, Err(ProxyHeaderError::Eof));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_header_that_never_ends_times_out() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(b"PROXY TCP4 1.2.3.4").await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            read_header(&mut server).await,
+            Err(ProxyHeaderError::Timeout)
+        );
+        assert_eq!(started.elapsed(), HEADER_TIMEOUT);
+        drop(client);
+    }
 }
