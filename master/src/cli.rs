@@ -364,6 +364,7 @@ impl ServerFlags {
             acme_ca_root: self.acme_ca_root.is_some(),
             app_uid_range: self.app_uid_range.is_some(),
             sandbox: self.sandbox.is_some(),
+            proxy_protocol: !self.proxy_protocol.is_empty(),
         }
     }
 
@@ -538,6 +539,23 @@ mod tests {
         let mut candidate = own.resolve().unwrap();
         crate::upgrade::inherit_settings(&mut candidate, &explicit, Some(&stored));
         assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
+    }
+
+    #[test]
+    fn a_candidate_keeps_the_primarys_proxy_protocol_listeners() {
+        let dir = std::env::temp_dir().join("tako-cli-test-proxy-inherit");
+        let d = dir.to_str().unwrap();
+        let base = ["--data-dir", d, "--listen", "127.0.0.1", "--port", "8080"];
+        let mut with = base.to_vec();
+        with.extend(["--proxy-protocol", "127.0.0.1:8080"]);
+        let primary = flags(&with).resolve().unwrap();
+        let stored = crate::upgrade::settings_json(&primary);
+        let plain = flags(&base);
+        let explicit = plain.explicit();
+        let mut candidate = plain.resolve().unwrap();
+        assert!(candidate.proxy_protocol.is_empty());
+        crate::upgrade::inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert_eq!(candidate.proxy_protocol, primary.proxy_protocol);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! watch.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,6 +153,20 @@ pub fn inherit_settings(
             settings.sandbox = mode;
         }
     }
+    // The balancer in front sends its PROXY headers to the candidate's listeners too; a
+    // list from the candidate's own flags or config file wins.
+    if !explicit.proxy_protocol && settings.proxy_protocol.is_empty() {
+        if let Some(list) = v["proxy_protocol"].as_array() {
+            settings.proxy_protocol = list
+                .iter()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .filter(|a: &SocketAddr| {
+                    settings.listen.contains(&a.ip())
+                        && [settings.http_port, settings.https_port].contains(&a.port())
+                })
+                .collect();
+        }
+    }
     // The apps' stored uids come from the primary's range: a candidate with another range
     // would give them new ones.
     if !explicit.app_uid_range {
@@ -181,6 +196,7 @@ pub struct ExplicitFlags {
     pub acme_ca_root: bool,
     pub app_uid_range: bool,
     pub sandbox: bool,
+    pub proxy_protocol: bool,
 }
 
 /// The primary's effective settings, as stored for candidates: the `server_info` keys and
@@ -202,6 +218,7 @@ pub fn settings_json(s: &Settings) -> String {
         "no_acme": s.no_acme,
         "proxy_user": s.proxy_user,
         "renewal_interval_hours": s.renewal_interval_hours,
+        "proxy_protocol": s.proxy_protocol.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "sandbox": crate::cli::sandbox_name(s.sandbox),
         "socket": s.socket.display().to_string(),
         "trusted_proxies": s.trusted_proxies.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
@@ -308,6 +325,7 @@ pub fn server_info(
         // For candidates only, like the CA root: not server_info keys.
         o.remove("app_uid_range");
         o.remove("sandbox");
+        o.remove("proxy_protocol");
         o.insert("mode".into(), json!(mode));
         o.insert("role".into(), json!(role.as_str()));
         o.insert("privilege_separation".into(), json!(privilege_separation));
