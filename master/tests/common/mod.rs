@@ -65,13 +65,43 @@ pub fn free_ports() -> (u16, u16) {
     (pa, pb)
 }
 
-/// A per-process instance port offset: tests run in parallel, one process each, so the
-/// pid keeps their app port blocks apart. A multiple of 64 in 0-45000. Neighbouring pids
-/// land 7 blocks apart (room for the few apps a test deploys), and every instance port
-/// stays below 32768, out of the kernel's ephemeral range where client sockets would
+/// How many instance port offsets there are: multiples of 64 in 0-22464, so every instance
+/// port stays below 32768, out of the kernel's ephemeral range where client sockets would
 /// take slots at random.
+const PORT_SLOTS: u32 = 352;
+
+/// A per-process instance port offset (a multiple of 64), never the one of another test
+/// process running at the same time: tests run in parallel, one process each, and two
+/// servers with the same offset give their apps the same ports (the second app's bind
+/// fails). A slot is taken by locking its file under the temp dir; the lock lives as long as
+/// the process. Slots are tried from one picked by the pid, 7 apart, so that a test that
+/// deploys several apps (a block of ports each) does not reach into its neighbour's.
 pub fn instance_port_offset() -> u32 {
-    ((std::process::id() * 7) % 352) * 64
+    static SLOT: std::sync::OnceLock<(u32, Option<fs::File>)> = std::sync::OnceLock::new();
+    SLOT.get_or_init(|| {
+        let dir = std::env::temp_dir().join("tako-it-port-slots");
+        let _ = fs::create_dir_all(&dir);
+        let start = std::process::id() * 7;
+        for i in 0..PORT_SLOTS {
+            let slot = (start + i * 7) % PORT_SLOTS;
+            let Ok(file) = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(slot.to_string()))
+            else {
+                continue;
+            };
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return (slot * 64, Some(file));
+            }
+        }
+        // Every slot taken (hundreds of test processes at once): share by pid, as before.
+        ((start % PORT_SLOTS) * 64, None)
+    })
+    .0
 }
 
 static DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
