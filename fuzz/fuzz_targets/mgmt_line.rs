@@ -101,7 +101,7 @@ fn check_parse(line: &[u8]) {
         Ok(req) => {
             // Every accessor of a parsed request is total.
             let _ = (req.name(), req.is_mutating(), req.app(), req.version());
-            let _ = req.upgrade_gate_message();
+            let _ = req.upgrade_gated_name();
             let _ = format!("{req:?}");
         }
         Err(msg) => assert!(msg.starts_with("Invalid command: "), "{msg}"),
