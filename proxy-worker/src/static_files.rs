@@ -320,6 +320,11 @@ fn none_match(header: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t.trim_start_matches("W/") == ours)
 }
 
+/// An HTTP-date as file-time seconds; dates before 1970 are none (no file here is older).
+fn unix_date(v: &str) -> Option<u64> {
+    httpdate::parse(v).and_then(|t| u64::try_from(t).ok())
+}
+
 /// `If-Range`: a strong ETag match or the exact Last-Modified date.
 fn if_range_matches(value: &str, etag: &str, mtime: u64) -> bool {
     let v = value.trim();
@@ -328,7 +333,7 @@ fn if_range_matches(value: &str, etag: &str, mtime: u64) -> bool {
     } else if v.starts_with("W/") {
         false
     } else {
-        httpdate::parse(v) == Some(mtime)
+        unix_date(v) == Some(mtime)
     }
 }
 
@@ -407,7 +412,7 @@ async fn respond(found: Found, req: &HeaderMap, head: bool) -> Response<Body> {
     let not_modified = match header_str(req, &IF_NONE_MATCH) {
         Some(inm) => none_match(inm, &etag),
         None => header_str(req, &IF_MODIFIED_SINCE)
-            .and_then(httpdate::parse)
+            .and_then(unix_date)
             .is_some_and(|since| found.mtime <= since),
     };
     if not_modified {

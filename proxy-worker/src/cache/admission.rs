@@ -9,9 +9,9 @@ use http::header::{
 };
 use http::{Method, StatusCode};
 
-use super::date;
 use super::directives::{Delta, Directives};
 use super::key::{vary_spec, VarySpec};
+use crate::httpdate as date;
 
 /// Largest body one entry may hold.
 pub const MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;

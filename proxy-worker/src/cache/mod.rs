@@ -5,7 +5,6 @@
 //! response.
 
 mod admission;
-mod date;
 mod directives;
 mod flight;
 mod invalidate;

@@ -11,9 +11,9 @@ use http::header::{
 };
 use http::{Response, StatusCode};
 
-use super::date;
 use super::store::Entry;
 use crate::body::Body;
+use crate::httpdate as date;
 use crate::responses::{empty, full};
 
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
