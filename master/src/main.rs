@@ -3,6 +3,7 @@
 
 mod acme;
 mod apps;
+mod backoff;
 mod beneath;
 mod boot;
 mod certs;

@@ -94,12 +94,11 @@ pub fn retry_delay(failures: usize) -> Option<Duration> {
 /// The wait after `attempt` failed account setups (1 after the first): 1 min, doubling, at
 /// most 1 h.
 pub fn account_backoff(attempt: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1).min(16))
-        .unwrap_or(u32::MAX);
-    ACCOUNT_RETRY_FIRST
-        .saturating_mul(factor)
-        .min(ACCOUNT_RETRY_MAX)
+    crate::backoff::doubling(
+        ACCOUNT_RETRY_FIRST,
+        ACCOUNT_RETRY_MAX,
+        attempt.saturating_sub(1),
+    )
 }
 
 #[cfg(test)]

@@ -38,13 +38,14 @@ pub fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-/// Crash replacement delays: 0 s, then 1, 2, 4, … 32 s, then 60 s.
+/// Crash replacement delays ("Crashes and replacement" in docs/apps.md): 0 s, then 1, 2, 4,
+/// … 32 s, then 60 s.
 pub fn replacement_delay(consecutive_failures: u32) -> Duration {
-    match consecutive_failures {
-        0 | 1 => Duration::ZERO,
-        n if n <= 7 => Duration::from_secs(1 << (n - 2)),
-        _ => Duration::from_secs(60),
-    }
+    crate::backoff::after_failures(
+        consecutive_failures,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    )
 }
 
 impl Master {

@@ -48,14 +48,15 @@ pub fn spawn_role(role: &ChildRole) -> io::Result<Spawned> {
     Ok(Spawned { child, pid, ipc })
 }
 
-/// Delay before restarting a child that died: immediate for the first crash, then doubling
-/// up to 30 s while it keeps dying soon after start.
+/// Delay before restarting a child that died: immediate for the first crash, then 250 ms
+/// doubling up to 30 s while it keeps dying soon after start.
 pub fn restart_delay(consecutive_failures: u32) -> std::time::Duration {
-    if consecutive_failures <= 1 {
-        return std::time::Duration::ZERO;
-    }
-    let ms = 250u64.saturating_mul(1u64 << (consecutive_failures - 2).min(8));
-    std::time::Duration::from_millis(ms.min(30_000))
+    use std::time::Duration;
+    crate::backoff::after_failures(
+        consecutive_failures,
+        Duration::from_millis(250),
+        Duration::from_secs(30),
+    )
 }
 
 #[cfg(test)]
