@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use logline::{format_line, LineSplitter, MAX_LINE_BYTES};
 pub use logs::rotate;
-pub use output::{summarize, Capture, Stream};
+pub use output::{Capture, Stream};
 pub use probe::parse_status_line;
 
 /// The timing rules of docs/apps.md. Production uses [`Limits::default`]; tests shorten some.

@@ -1,6 +1,8 @@
 //! Output kept in memory for error messages: the first bytes of each stream during startup or
-//! of an install (docs/apps.md, "Startup", "Install step"), and the trimming rule both messages
-//! share.
+//! of an install (docs/apps.md, "Startup", "Install step"). The trimming rule is the shared one
+//! in `tako_ipc::output`, which the master also applies to install output.
+
+use tako_ipc::output::summarize;
 
 use crate::redact::Redactor;
 
@@ -8,8 +10,6 @@ use crate::redact::Redactor;
 pub const STARTUP_CAPTURE_BYTES: usize = 4096;
 /// Bytes kept per stream of an install: enough for 400 characters after trimming.
 pub const INSTALL_CAPTURE_BYTES: usize = 16 * 1024;
-/// Longest output in an error message, in characters.
-pub const MESSAGE_MAX_CHARS: usize = 400;
 
 /// Which pipe bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +25,6 @@ impl Stream {
             Stream::Out => "out",
             Stream::Err => "err",
         }
-    }
-}
-
-/// Trims `text` and cuts it to 400 characters, appending `...` when it was cut.
-pub fn summarize(text: &str) -> String {
-    let trimmed = text.trim();
-    match trimmed.char_indices().nth(MESSAGE_MAX_CHARS) {
-        Some((cut, _)) => format!("{}...", &trimmed[..cut]),
-        None => trimmed.to_string(),
     }
 }
 
@@ -112,18 +103,6 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn summarize_trims_and_cuts_at_400_characters() {
-        assert_eq!(summarize("  boom\n"), "boom");
-        assert_eq!(summarize(""), "");
-        let exact = "a".repeat(400);
-        assert_eq!(summarize(&exact), exact);
-        let long = "é".repeat(401);
-        let cut = summarize(&long);
-        assert_eq!(cut.chars().count(), 403);
-        assert!(cut.ends_with("é..."));
-    }
 
     #[test]
     fn startup_output_puts_stderr_first() {

@@ -6,6 +6,7 @@ pub mod channel;
 pub mod cidr;
 pub mod frame;
 pub mod messages;
+pub mod output;
 pub mod privilege;
 pub mod route;
 pub mod validate;

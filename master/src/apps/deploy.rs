@@ -36,15 +36,6 @@ pub struct DeployRequest {
     pub kind: ReleaseKind,
 }
 
-fn trim_output(s: &str) -> String {
-    let t = s.trim();
-    if t.chars().count() > 400 {
-        format!("{}...", t.chars().take(400).collect::<String>())
-    } else {
-        t.to_string()
-    }
-}
-
 impl Master {
     /// The route conflict ("Validation", Routes, in docs/management-protocol.md): one of
     /// `routes` is a pattern another registered app already has.
@@ -190,7 +181,7 @@ impl Master {
             Ok(InstallResult::Failed { status, output }) => ReleaseError::InstallFailed {
                 step,
                 exit: describe_exit(status),
-                output: trim_output(&output),
+                output: tako_ipc::output::summarize(&output),
             },
             Ok(InstallResult::TimedOut) => ReleaseError::InstallTimedOut,
             Ok(InstallResult::SpawnError { error }) if bun_default && !custom => {
