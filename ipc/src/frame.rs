@@ -201,21 +201,6 @@ fn recv_fds_once(
     Ok(Ok((n, fds)))
 }
 
-/// A message queued for sending, with descriptors to pass beside it.
-pub struct Outgoing<T> {
-    pub msg: T,
-    pub fds: Vec<OwnedFd>,
-}
-
-impl<T> From<T> for Outgoing<T> {
-    fn from(msg: T) -> Self {
-        Self {
-            msg,
-            fds: Vec::new(),
-        }
-    }
-}
-
 /// The sending half of a channel, typed by what this side may send.
 pub struct FrameWriter<T> {
     half: OwnedWriteHalf,
@@ -273,10 +258,6 @@ impl<T: Serialize> FrameWriter<T> {
         }
         let frame = encode_frame(msg, fds.len() as u32)?;
         self.send_frame_bytes(&frame, fds).await
-    }
-
-    pub async fn send_outgoing(&mut self, out: &Outgoing<T>) -> Result<(), FrameError> {
-        self.send_with_fds(&out.msg, &out.fds).await
     }
 }
 

@@ -12,7 +12,7 @@ pub mod route;
 pub mod validate;
 
 pub use channel::{Channel, ChannelError, Encoded, Greeting, Limits, SendError, Sender};
-pub use frame::{FrameError, FrameReader, FrameWriter, Outgoing, MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
+pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 pub use messages::*;
 
 /// Version of the IPC protocol between the master and its children. Bumped on any change of
