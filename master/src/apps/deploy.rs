@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tako_ipc::InstallResult;
 
-use super::error::{CommandError, ReleaseError};
+use super::error::{CommandError, ReleaseError, StartError};
 use super::events::describe_exit;
 use super::ports::free_base;
 use super::registry::{App, AppConfig, Build, InstState};
@@ -252,11 +252,11 @@ impl Master {
         let rolling = !old_ids.is_empty();
         // An instance that did not come up: a rolling update answers with the rollback
         // document, a first start with the instance's error.
-        let start_failed = |detail: String| {
+        let start_failed = |detail: StartError| {
             if rolling {
                 CommandError::RolledBack {
                     app: app.to_string(),
-                    error: detail,
+                    error: detail.to_string(),
                 }
             } else if instances == 0 {
                 CommandError::WarmStartFailed { detail }

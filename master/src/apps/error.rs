@@ -3,9 +3,9 @@
 //! a [`CommandError`] into a protocol line. It lives with the app operations, which return
 //! it, so the command layer (`mgmt`) depends on them and never the other way round.
 //!
-//! Instance errors ("Instance errors" in docs/management-protocol.md) reach this layer as
-//! the text the instance lifecycle (`apps::events`) reports for a failed start; the variants
-//! that carry one hold it as `detail`.
+//! Instance errors ("Instance errors" in docs/management-protocol.md) reach this layer as a
+//! [`StartError`] from the instance lifecycle (`apps::events`); the variants that carry one
+//! hold it as `detail`, and their message quotes its `Display`.
 
 use std::path::PathBuf;
 
@@ -69,10 +69,16 @@ pub enum CommandError {
     InvalidRelease(#[from] ReleaseError),
     /// First start of an on-demand app: its warm instance did not come up.
     #[error("Deploy failed: Warm instance startup failed: {detail}")]
-    WarmStartFailed { detail: String },
+    WarmStartFailed {
+        #[source]
+        detail: StartError,
+    },
     /// First start of an always-on app: an instance did not come up.
     #[error("Deploy failed: {detail}")]
-    StartFailed { detail: String },
+    StartFailed {
+        #[source]
+        detail: StartError,
+    },
     /// Every port block is held by another app.
     #[error("Deploy failed: No free instance port for app '{app}'")]
     NoPortBlock { app: String },
@@ -99,7 +105,10 @@ pub enum CommandError {
     #[error("Start failed: could not save state: {0}")]
     StartSave(#[source] StateError),
     #[error("Start failed: {detail}")]
-    StartInstance { detail: String },
+    StartInstance {
+        #[source]
+        detail: StartError,
+    },
     #[error("Start failed: the instance was lost")]
     StartInstanceLost,
 
@@ -127,6 +136,36 @@ pub enum CommandError {
     RestartWorkers(#[from] RestartError),
     #[error(transparent)]
     Upgrade(#[from] ReexecError),
+}
+
+/// Why an instance did not start. `Display` is the text an app's `last_error` shows and the
+/// failed command quotes ("Instance errors" in docs/management-protocol.md, "Crashes and
+/// replacement" in docs/apps.md), word for word.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The release directory may not be opened (gone, or a symbolic link on the way).
+    #[error("Failed to spawn instance: release directory refused: {0}")]
+    ReleaseRefused(#[source] ReleasePathError),
+    #[error("Failed to spawn instance: cannot prepare the log directory: {0}")]
+    LogDir(#[source] WalkError),
+    #[error("Failed to spawn instance: {0}")]
+    Identity(#[source] IdentityError),
+    #[error("App not found: {app}")]
+    AppNotFound { app: String },
+    #[error("No free instance port for app '{app}'")]
+    NoFreePort { app: String },
+    #[error("Failed to spawn instance: the app launcher is not running")]
+    LauncherDown,
+    /// The start failed as the launcher reported it: the spawn failed, the health check timed
+    /// out or the process exited during startup. The text is already the message.
+    #[error("{0}")]
+    Startup(String),
+    /// Exited before it was healthy without the launcher calling it a startup failure.
+    #[error("Instance exited")]
+    Exited,
+    /// The launcher died while the instance was starting.
+    #[error("Rolling update failed: the app launcher was lost")]
+    LauncherLost,
 }
 
 /// The message of a failed rollout: `{"app":…,"error":…,"rolled_back":true,"status":"rollback"}`.
@@ -231,6 +270,24 @@ mod tests {
                     other: "api".into(),
                 }),
                 "Deploy rejected: route 'a.com' is already used by app 'api'",
+            ),
+            (
+                CommandError::StartFailed {
+                    detail: StartError::LauncherDown,
+                },
+                "Deploy failed: Failed to spawn instance: the app launcher is not running",
+            ),
+            (
+                CommandError::WarmStartFailed {
+                    detail: StartError::Startup("Instance startup timeout".into()),
+                },
+                "Deploy failed: Warm instance startup failed: Instance startup timeout",
+            ),
+            (
+                CommandError::StartInstance {
+                    detail: StartError::NoFreePort { app: "web".into() },
+                },
+                "Start failed: No free instance port for app 'web'",
             ),
         ];
         for (e, text) in cases {

@@ -11,6 +11,7 @@ use tako_ipc::{
 use tokio::sync::oneshot;
 
 use super::env::build_env;
+use super::error::StartError;
 use super::ports::free_slot;
 use super::registry::{Build, InstState, Instance};
 use crate::core::{lock, Master};
@@ -56,35 +57,35 @@ impl Master {
         app: &str,
         build: Arc<Build>,
         replace_on_exit: bool,
-    ) -> Result<(u32, oneshot::Receiver<Result<(), String>>), String> {
+    ) -> Result<(u32, oneshot::Receiver<Result<(), StartError>>), StartError> {
         // Every start re-opens the release through descriptors: a reload, a replacement or
         // a cold start after the deploy user swapped a directory for a symlink is refused.
         self.data
             .open_release(app, &build.path)
-            .map_err(|e| format!("Failed to spawn instance: release directory refused: {e}"))?;
+            .map_err(StartError::ReleaseRefused)?;
         let log_dir = self
             .data
             .prepare_app_logs(app, self.users.as_ref())
-            .map_err(|e| {
-                format!("Failed to spawn instance: cannot prepare the log directory: {e}")
-            })?;
-        let identity = self
-            .app_identity(app)
-            .map_err(|e| format!("Failed to spawn instance: {e}"))?;
+            .map_err(StartError::LogDir)?;
+        let identity = self.app_identity(app).map_err(StartError::Identity)?;
         let (tx, rx) = oneshot::channel();
         let spec = {
             let mut reg = lock(&self.apps);
             let a = reg
                 .apps
                 .get_mut(app)
-                .ok_or_else(|| format!("App not found: {app}"))?;
+                .ok_or_else(|| StartError::AppNotFound {
+                    app: app.to_string(),
+                })?;
             let held: HashSet<u16> = a.instances.values().map(|i| i.slot).collect();
             let (slot, port) = free_slot(
                 a.config.base_port,
                 self.settings.instance_port_offset,
                 &held,
             )
-            .ok_or_else(|| format!("No free instance port for app '{app}'"))?;
+            .ok_or_else(|| StartError::NoFreePort {
+                app: app.to_string(),
+            })?;
             let id = a.next_id;
             a.next_id += 1;
             let env = build_env(
@@ -133,7 +134,7 @@ impl Master {
             if let Some(a) = reg.apps.get_mut(app) {
                 a.instances.remove(&id);
             }
-            return Err("Failed to spawn instance: the app launcher is not running".into());
+            return Err(StartError::LauncherDown);
         }
         self.publish();
         Ok((id, rx))
@@ -268,13 +269,13 @@ impl Master {
             let expected = (stopping && !inst.replace_on_exit) || self.is_shutting_down();
             if let Some(err) = &startup_error {
                 for w in inst.start_waiters {
-                    let _ = w.send(Err(err.clone()));
+                    let _ = w.send(Err(StartError::Startup(err.clone())));
                 }
                 a.last_error = Some(err.clone());
                 a.consecutive_failures += 1;
             } else {
                 for w in inst.start_waiters {
-                    let _ = w.send(Err("Instance exited".into()));
+                    let _ = w.send(Err(StartError::Exited));
                 }
                 if !expected {
                     // A dead instance that was stopped keeps its "marked dead" error.
@@ -365,7 +366,7 @@ impl Master {
                     {
                         let mut reg = lock(&me.apps);
                         if let Some(a) = reg.apps.get_mut(&app) {
-                            a.last_error = Some(e);
+                            a.last_error = Some(e.to_string());
                             a.consecutive_failures += 1;
                         }
                     }
@@ -556,14 +557,18 @@ impl Master {
         tracing::info!(app = %app, "cold start");
         let me = self.clone();
         tokio::spawn(async move {
-            let result = match me.spawn_instance(&app, build, false) {
-                Ok((_, rx)) => rx.await.unwrap_or_else(|_| Err("instance lost".into())),
-                Err(e) => Err(e),
+            let failure = match me.spawn_instance(&app, build, false) {
+                Ok((_, rx)) => match rx.await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("instance lost".to_string()),
+                },
+                Err(e) => Some(e.to_string()),
             };
             if let Some(a) = lock(&me.apps).apps.get_mut(&app) {
                 a.waking = false;
             }
-            if let Err(e) = result {
+            if let Some(e) = failure {
                 {
                     let mut reg = lock(&me.apps);
                     if let Some(a) = reg.apps.get_mut(&app) {
@@ -613,9 +618,7 @@ impl Master {
                         Some("Instance processes were restarted after a launcher failure".into());
                     if let Some(inst) = a.instances.remove(id) {
                         for w in inst.start_waiters {
-                            let _ = w.send(Err(
-                                "Rolling update failed: the app launcher was lost".into()
-                            ));
+                            let _ = w.send(Err(StartError::LauncherLost));
                         }
                         for w in inst.exit_waiters {
                             let _ = w.send(());

@@ -7,6 +7,8 @@ use std::time::Instant;
 use tako_ipc::{AppRoutes, Backend};
 use tokio::sync::oneshot;
 
+use super::error::StartError;
+
 /// What it takes to start an instance of one build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Build {
@@ -69,7 +71,7 @@ impl InstState {
     }
 }
 
-pub type StartWaiter = oneshot::Sender<Result<(), String>>;
+pub type StartWaiter = oneshot::Sender<Result<(), StartError>>;
 
 pub struct Instance {
     pub id: u32,

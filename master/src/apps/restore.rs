@@ -130,7 +130,7 @@ async fn restore_app(master: &Arc<Master>, app: &str) {
                 Ok((_, rx)) => match rx.await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        failed = Some(e);
+                        failed = Some(e.to_string());
                         break;
                     }
                     Err(_) => {
@@ -139,7 +139,7 @@ async fn restore_app(master: &Arc<Master>, app: &str) {
                     }
                 },
                 Err(e) => {
-                    failed = Some(e);
+                    failed = Some(e.to_string());
                     break;
                 }
             }
