@@ -4,17 +4,15 @@
 //! docs/http.md, "tako.internal", "The upstream exchange", "Limits and timeouts",
 //! "Error responses".
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::fixture::APP_PY;
-use common::http::http;
-use common::{wait_for, Request, Server, ServerOpts};
+use crate::common::fixture::APP_PY;
+use crate::common::http::http;
+use crate::common::{wait_for, Request, Server, ServerOpts};
 use serde_json::Value;
 
 const HOST: &str = "app.example.com";

@@ -4,15 +4,13 @@
 //! with server shutdown and with a failed install. Root only: the harness runs the server
 //! as root so that privilege separation is on.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::fixture;
-use common::{procfs, users, wait_for, Server, ServerOpts};
+use crate::common::fixture;
+use crate::common::{procfs, users, wait_for, Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// A process must be gone within this long of the order that ends it.
@@ -295,7 +293,7 @@ fn detached_helper_dies_with_server_shutdown() {
     deploy_probe(&server, "alpha", "v1", &[]);
     let helper = start_helper(&server, "alpha");
     let st = server.stop();
-    assert_eq!(common::exit_code(st), 0, "{}", server.stderr_text());
+    assert_eq!(crate::common::exit_code(st), 0, "{}", server.stderr_text());
     wait_gone(helper, "alpha's detached helper to die with the server");
 }
 

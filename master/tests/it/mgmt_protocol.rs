@@ -3,8 +3,6 @@
 //! `tako-server ctl`. Documented in docs/management-protocol.md and docs/cli.md,
 //! "tako-server ctl".
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -12,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::users::{self, DEPLOY_USER};
-use common::{wait_for, Mgmt, Server, ServerOpts, BIN};
+use crate::common::users::{self, DEPLOY_USER};
+use crate::common::{wait_for, Mgmt, Server, ServerOpts, BIN};
 use serde_json::{json, Value};
 
 const CAPABILITIES: [&str; 10] = [
@@ -127,7 +125,7 @@ fn malformed_lines_get_errors_and_the_connection_stays_usable() {
     let server = Server::start_default();
     let mut m = server.mgmt();
     let err_of = |line: &str| -> String {
-        let v = common::mgmt::parse_response(line);
+        let v = crate::common::mgmt::parse_response(line);
         assert_eq!(v["status"], "error", "expected an error: {line}");
         v["message"].as_str().unwrap_or("").to_string()
     };
@@ -190,9 +188,9 @@ fn requests_on_one_connection_are_answered_in_order() {
         b"{\"command\":\"hello\",\"protocol_version\":3}\n{\"command\":\"list\"}\n{\"command\":\"hello\",\"protocol_version\":9}\n",
     )
     .expect("write three requests");
-    let a = common::mgmt::parse_response(&m.read_line().expect("first"));
-    let b = common::mgmt::parse_response(&m.read_line().expect("second"));
-    let c = common::mgmt::parse_response(&m.read_line().expect("third"));
+    let a = crate::common::mgmt::parse_response(&m.read_line().expect("first"));
+    let b = crate::common::mgmt::parse_response(&m.read_line().expect("second"));
+    let c = crate::common::mgmt::parse_response(&m.read_line().expect("third"));
     assert_eq!(a["data"]["protocol_version"], json!(3), "{a}");
     assert_eq!(b["data"], json!({"apps": []}), "{b}");
     assert_eq!(
@@ -208,7 +206,7 @@ fn last_line_without_newline_is_answered_at_eof() {
     let mut m = server.mgmt();
     m.write_only(br#"{"command":"list"}"#).expect("write");
     m.shutdown_write().expect("half-close");
-    let v = common::mgmt::parse_response(&m.read_line().expect("answer before close"));
+    let v = crate::common::mgmt::parse_response(&m.read_line().expect("answer before close"));
     assert_eq!(v["data"], json!({"apps": []}), "{v}");
 }
 
@@ -231,7 +229,7 @@ fn line_cap_is_1_mib_and_the_connection_survives() {
     let server = Server::start_default();
     let mut m = server.mgmt();
     let at_cap = m.raw(&padded_list_line(CAP)).expect("answer at the cap");
-    let v = common::mgmt::parse_response(&at_cap);
+    let v = crate::common::mgmt::parse_response(&at_cap);
     assert_eq!(
         v["status"], "ok",
         "a line of exactly 1 MiB with its newline: {at_cap}"
@@ -241,7 +239,7 @@ fn line_cap_is_1_mib_and_the_connection_survives() {
         let line = m
             .raw(&padded_list_line(total))
             .expect("answer over the cap");
-        let v = common::mgmt::parse_response(&line);
+        let v = crate::common::mgmt::parse_response(&line);
         assert_eq!(
             v["message"],
             json!("Invalid command: json line exceeds max length (1048576 bytes)"),
@@ -911,14 +909,14 @@ fn missing_or_bad_manifest_is_an_invalid_release() {
         fs::create_dir_all(&dir).expect("mkdir");
         if let Some(m) = manifest {
             fs::write(dir.join("app.json"), m).expect("write manifest");
-            common::fixture::chown(&dir.join("app.json"), owner);
+            crate::common::fixture::chown(&dir.join("app.json"), owner);
         }
         for p in [
             server.data_dir.join("apps/web"),
             server.data_dir.join("apps/web/releases"),
             dir.clone(),
         ] {
-            common::fixture::chown(&p, owner);
+            crate::common::fixture::chown(&p, owner);
         }
         dir.display().to_string()
     };
@@ -1296,14 +1294,14 @@ fn per_app_lock_refuses_concurrent_operations() {
     m.ok(&json!({"command":"stop","app":"slow"}));
 }
 
-fn ctl(args: &[&str]) -> common::Outcome {
+fn ctl(args: &[&str]) -> crate::common::Outcome {
     let out = Command::new(BIN)
         .arg("ctl")
         .args(args)
         .output()
         .expect("run tako-server ctl");
-    common::Outcome {
-        code: common::exit_code(out.status),
+    crate::common::Outcome {
+        code: crate::common::exit_code(out.status),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

@@ -13,8 +13,6 @@
 //! Tools missing (systemd-analyze, cargo-deb, dpkg, lintian) or not root: the test says so on
 //! stderr and passes. `.ci/run` installs the tools, so in CI they run.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{exit_code, free_ports, wait_for, Request, BIN};
+use crate::common::{exit_code, free_ports, wait_for, Request, BIN};
 
 /// The cargo profile of the packaged binary. By default `dev`: no LTO, many codegen units,
 /// and already built by `cargo nextest run` before the tests start (CARGO_BIN_EXE), so the
@@ -88,7 +86,7 @@ fn run(cmd: &mut Command, timeout: Duration) -> Output {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if rx.recv_timeout(timeout).is_err() {
-            common::kill(pid as i32, libc::SIGKILL);
+            crate::common::kill(pid as i32, libc::SIGKILL);
             true
         } else {
             false
@@ -232,7 +230,7 @@ fn unit_passes_systemd_analyze_verify() {
     }
     // verify checks that ExecStart's program exists: point it at the binary under test. The
     // file keeps its name, since verify derives the unit name from it.
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let text = fs::read_to_string(packaging("tako-server.service")).expect("read the unit");
     let text = text.replace(
         "ExecStart=/usr/bin/tako-server ",
@@ -277,7 +275,7 @@ fn sysusers_and_tmpfiles_create_users_and_directories() {
     }
     // An empty root: on the CI host the users exist already (.ci/run), so only this shows
     // what the package's own files create.
-    let root = common::temp_dir();
+    let root = crate::common::temp_dir();
     fs::create_dir_all(root.join("etc")).expect("mkdir etc");
     run_ok(
         Command::new("systemd-sysusers")
@@ -332,7 +330,7 @@ fn install_sh_lays_out_the_files() {
     if !require(&["sh", "sed"], false, "install_sh_lays_out_the_files") {
         return;
     }
-    let dest = common::temp_dir();
+    let dest = crate::common::temp_dir();
     run_ok(
         Command::new(packaging("install.sh"))
             .arg(BIN)
@@ -455,7 +453,7 @@ fn lintian_findings_are_explained() {
     ) {
         return;
     }
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let deb = dir.join("tako-server-lintian.deb");
     build_deb(&deb);
     // lintian exits non-zero when it finds errors; the tags are judged below.
@@ -515,7 +513,7 @@ fn deb_installs_serves_and_purges() {
     if !require(&["cargo-deb", "dpkg", "dpkg-query"], true, test) {
         return;
     }
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let deb = dir.join("tako-server-install.deb");
     build_deb(&deb);
 
@@ -636,12 +634,12 @@ fn deb_installs_serves_and_purges() {
         .spawn()
         .expect("start /usr/bin/tako-server");
     let pid = child.id() as i32;
-    let served = common::poll(Duration::from_secs(30), Duration::from_millis(100), || {
-        common::http::http(http_port, &Request::get("tako.internal", "/status")).ok()
+    let served = crate::common::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        crate::common::http::http(http_port, &Request::get("tako.internal", "/status")).ok()
     });
     let log_text = || fs::read_to_string(&log).unwrap_or_default();
     let Some(resp) = served else {
-        common::kill(pid, libc::SIGKILL);
+        crate::common::kill(pid, libc::SIGKILL);
         let _ = child.wait();
         panic!(
             "no answer to GET /status within 30 s; server log:\n{}",
@@ -664,9 +662,9 @@ fn deb_installs_serves_and_purges() {
     let sock_md = fs::metadata(&sock).expect("management socket in /run/tako");
     assert_eq!(sock_md.gid(), tako.1, "the socket's group is tako's");
     // Privilege separation is on: some child runs as tako-proxy.
-    let worker = common::procfs::descendants(pid)
+    let worker = crate::common::procfs::descendants(pid)
         .into_iter()
-        .filter_map(common::procfs::status)
+        .filter_map(crate::common::procfs::status)
         .any(|s| s.uid() == proxy.0);
     assert!(
         worker,
@@ -675,9 +673,9 @@ fn deb_installs_serves_and_purges() {
     );
 
     // --- stop: SIGTERM, graceful, exit 0 ---
-    assert!(common::kill(pid, libc::SIGTERM), "send SIGTERM");
+    assert!(crate::common::kill(pid, libc::SIGTERM), "send SIGTERM");
     let status = wait_for(
-        common::STOP_TIMEOUT,
+        crate::common::STOP_TIMEOUT,
         "the server to exit after SIGTERM",
         || child.try_wait().ok().flatten(),
     );
@@ -916,7 +914,7 @@ fn children_do_not_inherit_notify_socket() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixDatagram;
 
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
     notify
@@ -929,10 +927,10 @@ fn children_do_not_inherit_notify_socket() {
     let marker_fd = marker.as_raw_fd();
     // SAFETY: F_SETFD on a descriptor this test owns.
     assert_eq!(unsafe { libc::fcntl(marker_fd, libc::F_SETFD, 0) }, 0);
-    let opts = common::ServerOpts::default()
+    let opts = crate::common::ServerOpts::default()
         .env("NOTIFY_SOCKET", &notify_path.display().to_string())
         .env("TAKO_TEST_MASTER_ONLY", "not-for-children");
-    let server = common::Server::start(opts);
+    let server = crate::common::Server::start(opts);
     // Only the server was to inherit it.
     // SAFETY: as above.
     unsafe { libc::fcntl(marker_fd, libc::F_SETFD, libc::FD_CLOEXEC) };

@@ -4,14 +4,12 @@
 //! docs/http.md, "Response cache". One worker per server: the cache is per worker, so with more
 //! than one the counts would depend on which worker accepted.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::http::{http, Request, Response};
-use common::{poll, Server, ServerOpts};
+use crate::common::http::{http, Request, Response};
+use crate::common::{poll, Server, ServerOpts};
 use serde_json::{json, Value};
 
 const HOST: &str = "cache.example.com";
@@ -128,7 +126,7 @@ fn start(args: &[&str]) -> Server {
 }
 
 fn write_release(server: &Server) -> PathBuf {
-    common::fixture::write_release_with(
+    crate::common::fixture::write_release_with(
         &server.data_dir,
         "web",
         "v1",

@@ -7,14 +7,12 @@
 //! Every test runs a client pool of std threads against one app: HTTP and HTTPS, keep-alive
 //! and one connection per request, plus a slow request and (where the test is about workers)
 //! a WebSocket-style upgraded connection. The figures are printed with `eprintln!` so they
-//! can be quoted (`cargo nextest run -p tako-server --test zero_downtime --no-capture`).
+//! can be quoted (`cargo nextest run -p tako-server -E 'test(/^zero_downtime::/)' --no-capture`).
 //!
 //! Keep-alive clients follow RFC 9112 §9.3.1: a GET on a reused connection that the server
 //! closed before sending a single byte of the response is retried once on a new connection.
 //! Those retries are counted apart (`retried`); every other error, and every status other than
 //! 200 from the app, is a failed request.
-
-mod common;
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -30,8 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{exit_code, fixture, http, kill, procfs, users, wait_for, Mgmt, Request, Server};
-use common::{Response, ServerOpts};
+use crate::common::{
+    exit_code, fixture, http, kill, procfs, users, wait_for, Mgmt, Request, Server,
+};
+use crate::common::{Response, ServerOpts};
 use serde_json::{json, Value};
 
 const APP: &str = "zd";
@@ -405,7 +405,7 @@ fn tls(port: u16) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, Tc
     let tcp = plain(port)?;
     let name = rustls_pki_types::ServerName::try_from(HOST.to_string())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let conn = rustls::ClientConnection::new(common::http::tls_config(), name)
+    let conn = rustls::ClientConnection::new(crate::common::http::tls_config(), name)
         .map_err(io::Error::other)?;
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
@@ -599,7 +599,7 @@ fn master_pid_at(socket: &Path) -> Option<i32> {
 
 /// Waits until `pid` is gone (zombies count as gone), at most `timeout`.
 fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    common::poll(timeout, Duration::from_millis(20), || {
+    crate::common::poll(timeout, Duration::from_millis(20), || {
         (!procfs::alive(pid)).then_some(())
     })
     .is_some()
@@ -758,7 +758,7 @@ fn five_rolling_worker_restarts_drop_nothing() {
             "worker {pid} survived: {after:?}"
         );
     }
-    let fds_after = common::poll(Duration::from_secs(5), Duration::from_millis(50), || {
+    let fds_after = crate::common::poll(Duration::from_secs(5), Duration::from_millis(50), || {
         let n = fd_count(server.pid);
         (n == fds_before).then_some(n)
     })
@@ -902,7 +902,7 @@ fn start_with_fds(server: &Server, store: &FdStore) -> Proc {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(r#"export LISTEN_PID=$$; exec "$0" "$@""#)
-        .arg(common::BIN)
+        .arg(crate::common::BIN)
         .args(server.base_args())
         .env("NOTIFY_SOCKET", &store.path)
         .env("LISTEN_FDS", srcs.len().to_string())
@@ -1030,7 +1030,7 @@ fn upgrade_to_a_binary_that_exits_keeps_the_old_master_serving() {
     if users::is_root() {
         users::require_default_users();
     }
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let data_dir = dir.join("data");
     fs::create_dir_all(&data_dir).expect("create the data dir");
     fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -1038,10 +1038,10 @@ fn upgrade_to_a_binary_that_exits_keeps_the_old_master_serving() {
     fs::create_dir_all(&bin_dir).expect("create bin/");
     fs::set_permissions(&bin_dir, fs::Permissions::from_mode(0o755)).expect("chmod");
     let bin = bin_dir.join("tako-server");
-    fs::copy(common::BIN, &bin).expect("copy the binary");
+    fs::copy(crate::common::BIN, &bin).expect("copy the binary");
     let socket = data_dir.join("tako.sock");
-    let (http_port, tls_port) = common::free_ports();
-    common::certs::install(
+    let (http_port, tls_port) = crate::common::free_ports();
+    crate::common::certs::install(
         &data_dir,
         &["default".to_string(), "*.example.com".to_string()],
         (0, 0),
@@ -1062,7 +1062,7 @@ fn upgrade_to_a_binary_that_exits_keeps_the_old_master_serving() {
         "2",
         "--no-acme",
         "--instance-port-offset",
-        &common::instance_port_offset().to_string(),
+        &crate::common::instance_port_offset().to_string(),
     ]);
     let mut master = Proc::spawn(cmd, &dir.join("server.stderr"));
     wait_for(Duration::from_secs(20), "the socket", || {
@@ -1081,7 +1081,7 @@ fn upgrade_to_a_binary_that_exits_keeps_the_old_master_serving() {
     fs::write(&bin, "#!/bin/sh\nexit 1\n").expect("write the script");
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod the script");
 
-    let out = Command::new(common::BIN)
+    let out = Command::new(crate::common::BIN)
         .args(["ctl", "--socket", &socket.display().to_string(), "upgrade"])
         .output()
         .expect("run ctl upgrade");
@@ -1158,7 +1158,7 @@ fn cli_upgrade_sequence(
     // 3: the candidate, as the CLI starts it.
     let cand_socket = run.join(format!("tako-{owner}.sock"));
     let log = server.data_dir.join(format!("candidate-{owner}.log"));
-    let mut cmd = Command::new(common::BIN);
+    let mut cmd = Command::new(crate::common::BIN);
     cmd.args([
         "--socket",
         &cand_socket.display().to_string(),

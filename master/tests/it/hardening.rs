@@ -6,8 +6,6 @@
 //! request; the app records every request line its own parser reads, so "the app never sees
 //! a smuggled request" is checked at the app, not inferred from the answers.
 
-mod common;
-
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::http::read_response;
-use common::{procfs, users, wait_for, Mgmt, Response, Server};
+use crate::common::http::read_response;
+use crate::common::{procfs, users, wait_for, Mgmt, Response, Server};
 use serde_json::{json, Value};
 
 /// An app that answers every path with JSON (path, method, host, body) and keeps two logs:
@@ -649,7 +647,7 @@ fn descriptors_stay_flat_and_nothing_is_left_after_shutdown() {
     // Drained connections and old instances go away within a few seconds; wait for the
     // counts to come back rather than sleeping a fixed time.
     let mut after = fd_snapshot(&server);
-    let flat = common::poll(Duration::from_secs(20), Duration::from_millis(250), || {
+    let flat = crate::common::poll(Duration::from_secs(20), Duration::from_millis(250), || {
         after = fd_snapshot(&server);
         let ok = before.iter().all(|(role, pid, n)| {
             after
@@ -676,7 +674,7 @@ fn descriptors_stay_flat_and_nothing_is_left_after_shutdown() {
     let tree = server.remember_tree();
     assert!(tree.len() >= 4, "master's tree: {tree:?}");
     let st = server.stop();
-    assert_eq!(common::exit_code(st), 0, "SIGTERM exit");
+    assert_eq!(crate::common::exit_code(st), 0, "SIGTERM exit");
     let left = wait_for(Duration::from_secs(10), "the tree to be gone", || {
         let alive: Vec<i32> = tree.iter().copied().filter(|p| procfs::alive(*p)).collect();
         alive.is_empty().then_some(alive)

@@ -3,11 +3,9 @@
 //! answered; a server with only private hosts never contacts an ACME CA; `processes` lists
 //! the app instances.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Server, ServerOpts};
+use crate::common::{Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// The full status page (loopback peer) as JSON.
@@ -148,7 +146,7 @@ fn processes_lists_app_instances() {
         assert!(i["instance"].as_u64().is_some(), "{answer}");
         let pid = i["pid"].as_i64().expect("pid") as i32;
         assert!(healthy.contains(&pid), "{answer}");
-        let real_uid = common::procfs::status(pid).map(|s| u64::from(s.uid()));
+        let real_uid = crate::common::procfs::status(pid).map(|s| u64::from(s.uid()));
         assert_eq!(i["uid"].as_u64(), real_uid, "{answer}");
     }
 }

@@ -3,8 +3,6 @@
 //! private hosts, the redirect, forwarded headers from trusted and untrusted peers. Documented
 //! in docs/http.md and docs/tls.md.
 
-mod common;
-
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -12,9 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::fixture::chown;
-use common::http::{http, https};
-use common::{wait_for, Request, Response, Server, ServerOpts};
+use crate::common::fixture::chown;
+use crate::common::http::{http, https};
+use crate::common::{wait_for, Request, Response, Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// An app for the edge: `/status` for probes, `/sse` streams two events with a pause the test
@@ -434,7 +432,7 @@ fn static_files_follow_the_rules_and_never_leave_public() {
     assert_eq!(r.json()["path"], json!("/assets"));
 
     // A file the worker cannot read.
-    if common::users::is_root() {
+    if crate::common::users::is_root() {
         let r = get(&server, "static.example.com", "/locked.txt", &[]);
         assert_eq!(
             (r.status, r.text()),
@@ -649,7 +647,7 @@ fn smuggling_patterns_and_header_limits_get_spec_answers() {
 fn served_cert(port: u16, sni: &str) -> Result<Vec<u8>, String> {
     let name =
         rustls_pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
-    let mut conn = rustls::ClientConnection::new(common::http::tls_config(), name)
+    let mut conn = rustls::ClientConnection::new(crate::common::http::tls_config(), name)
         .map_err(|e| e.to_string())?;
     let mut tcp = connect(port);
     while conn.is_handshaking() {

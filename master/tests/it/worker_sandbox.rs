@@ -7,8 +7,6 @@
 //! then tries what a compromised worker would try, reporting each outcome as JSON; they run
 //! as root, so every refusal comes from the sandbox, not from file permissions.
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixture::chown;
-use common::users::require_root;
-use common::{procfs, wait_for, Server, ServerOpts, BIN};
+use crate::common::fixture::chown;
+use crate::common::users::require_root;
+use crate::common::{procfs, wait_for, Server, ServerOpts, BIN};
 use serde_json::{json, Value};
 
 const HOST: &str = "app.example.com";
@@ -90,7 +88,7 @@ fn selftest(data_dir: &Path, range: (u16, u16), connect: &[u16], exec: bool) -> 
 
 /// A data dir with `apps/web/releases/v1/public/index.html`, as the self-test's target.
 fn data_dir_with_release() -> PathBuf {
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let public = dir.join("apps/web/releases/v1/public");
     fs::create_dir_all(&public).expect("create public/");
     fs::write(public.join("index.html"), "hello").expect("write index.html");
@@ -289,7 +287,7 @@ fn release_with_public(server: &Server) -> PathBuf {
 /// A GET over HTTP/2 (TLS, ALPN h2) with hand-made frames; returns the first response
 /// HEADERS payload of stream 1.
 fn h2_get(port: u16, path: &str) -> Vec<u8> {
-    let mut cfg = (*common::http::tls_config()).clone();
+    let mut cfg = (*crate::common::http::tls_config()).clone();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let name = rustls_pki_types::ServerName::try_from(HOST.to_string()).expect("server name");
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("TLS client");

@@ -3,16 +3,14 @@
 //! acknowledged deploy is there and service resumes. Power cut: kill -9 the master in the
 //! middle of a deploy, restart it, and the state is the old or the new release, never a mix.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::http::http;
-use common::{procfs, wait_for, Mgmt, Request, Server};
+use crate::common::http::http;
+use crate::common::{procfs, wait_for, Mgmt, Request, Server};
 use serde_json::Value;
 
 const APP: &str = "chaos";
@@ -208,7 +206,7 @@ fn kill_each_role_under_load_and_nothing_acknowledged_is_lost() {
         // Into the rollout: the new instances are starting.
         std::thread::sleep(Duration::from_millis(250));
         assert!(
-            common::kill(victim, libc::SIGKILL),
+            crate::common::kill(victim, libc::SIGKILL),
             "kill -9 {role} {victim}"
         );
         let killed_at = Instant::now();
@@ -307,7 +305,7 @@ fn power_cut_mid_deploy_restarts_on_the_old_or_the_new_release() {
             .expect("the master dies of SIGKILL");
         let acked = deploy.join().expect("deploy thread").is_ok();
         // The old tree goes away (instances get SIGKILL 5 s after the launcher's SIGTERM).
-        let gone = common::poll(Duration::from_secs(8), Duration::from_millis(50), || {
+        let gone = crate::common::poll(Duration::from_secs(8), Duration::from_millis(50), || {
             tree.iter().all(|p| !procfs::alive(*p)).then_some(())
         });
         assert!(gone.is_some(), "the killed master's tree outlived it");

@@ -12,14 +12,12 @@
 //! Run as root, the quickstart runs twice: as root (privilege separation on) and as the
 //! deploy user `tako` (a normal user); as another user, once as that user.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{users, Mgmt, BIN, READY_TIMEOUT, STOP_TIMEOUT};
+use crate::common::{users, Mgmt, BIN, READY_TIMEOUT, STOP_TIMEOUT};
 
 const CARGO_RUN: &str = "cargo run -p tako-server --";
 
@@ -114,7 +112,7 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         let pid = self.child.id() as i32;
-        common::kill(pid, libc::SIGTERM);
+        crate::common::kill(pid, libc::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -122,7 +120,7 @@ impl Drop for ServerProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        common::kill(-pid, libc::SIGKILL);
+        crate::common::kill(-pid, libc::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -165,14 +163,14 @@ fn wait_ready(server: &mut ServerProc, socket: &Path) {
 }
 
 fn run_quickstart(who: RunAs) {
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     if let Some(ids) = who.ids {
-        common::fixture::chown(&dir, ids);
+        crate::common::fixture::chown(&dir, ids);
     }
     let data_dir = dir.join("tako-dev");
     let socket = data_dir.join("tako.sock");
-    let (http_port, tls_port) = common::free_ports();
-    let (first_uid, last_uid) = common::app_uid_range();
+    let (http_port, tls_port) = crate::common::free_ports();
+    let (first_uid, last_uid) = crate::common::app_uid_range();
     let substitute = |line: &str| {
         line.replace("/tmp/tako-dev", &data_dir.display().to_string())
             .replace("8080", &http_port.to_string())
@@ -191,7 +189,7 @@ fn run_quickstart(who: RunAs) {
                 cmd.args(["--app-uid-range", &format!("{first_uid}-{last_uid}")])
                     .args([
                         "--instance-port-offset",
-                        &common::instance_port_offset().to_string(),
+                        &crate::common::instance_port_offset().to_string(),
                     ])
                     .args(["--workers", "2"]);
                 let stderr = dir.join("server.stderr");

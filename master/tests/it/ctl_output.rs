@@ -2,15 +2,13 @@
 //! answer line with `--json`, `logs -n` and `logs -f` across a rotation, and one-line errors
 //! that say what to do.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Server, BIN};
+use crate::common::{Server, BIN};
 use serde_json::Value;
 
 struct Out {
@@ -29,7 +27,7 @@ fn ctl(server: &Server, args: &[&str]) -> Out {
         .output()
         .expect("run tako-server ctl");
     Out {
-        code: common::exit_code(out.status),
+        code: crate::common::exit_code(out.status),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -200,7 +198,7 @@ fn tables_by_default_and_the_raw_line_with_json() {
     assert_eq!(r[1][0], "master");
     assert_eq!(r[2][0], "launcher");
     assert!(r[3][0].starts_with("worker/"), "{procs}");
-    if common::users::is_root() {
+    if crate::common::users::is_root() {
         assert_eq!(r[1][2], "root", "{procs}");
         assert_eq!(r[3][2], "tako-proxy", "{procs}");
     }
@@ -249,14 +247,14 @@ fn tables_by_default_and_the_raw_line_with_json() {
 
 #[test]
 fn connection_errors_are_one_line_that_says_what_to_do() {
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let missing = dir.join("none.sock");
     let out = Command::new(BIN)
         .args(["ctl", "--socket", &missing.display().to_string(), "list"])
         .output()
         .expect("run ctl");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(common::exit_code(out.status), 3);
+    assert_eq!(crate::common::exit_code(out.status), 3);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.starts_with(&format!(
@@ -273,7 +271,7 @@ fn connection_errors_are_one_line_that_says_what_to_do() {
 fn logs_prints_the_last_lines_and_follows_rotation() {
     let server = Server::start_default();
     server.deploy("web", "v1", &["web.localhost"], 1, &[]);
-    let logs = common::app_log_dir(&server.data_dir, "web");
+    let logs = crate::common::app_log_dir(&server.data_dir, "web");
     // The fixture app's first line is in app.log once the deploy is answered.
     let out = ok(&server, &["logs", "web", "-n", "1"]);
     assert_eq!(out.lines().count(), 1, "{out}");
@@ -288,7 +286,7 @@ fn logs_prints_the_last_lines_and_follows_rotation() {
     };
     std::fs::rename(logs.join("app.log"), logs.join("app.log.1")).expect("rotate");
     std::fs::write(logs.join("app.log"), "one\ntwo\nthree\n").expect("write app.log");
-    common::fixture::chown(&logs.join("app.log"), ids);
+    crate::common::fixture::chown(&logs.join("app.log"), ids);
     assert_eq!(ok(&server, &["logs", "web", "-n", "2"]), "two\nthree\n");
     assert_eq!(
         ok(&server, &["logs", "web", "--lines", "3"]),
@@ -344,7 +342,7 @@ fn logs_prints_the_last_lines_and_follows_rotation() {
     std::fs::write(logs.join("app.log"), "six\n").expect("new app.log");
     assert_eq!(next("the old file's last line"), "five");
     assert_eq!(next("the new file's first line"), "six");
-    common::kill(child.id() as i32, libc::SIGINT);
+    crate::common::kill(child.id() as i32, libc::SIGINT);
     let _ = child.wait();
     let _ = reader.join();
 }

@@ -3,17 +3,15 @@
 //! entry, and dotfiles under `public/` are never served. Documented in docs/http.md,
 //! "Request host", "Static files", "Response cache".
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fixture::chown;
-use common::http::{https, tls_config};
-use common::{Request, Response, Server, ServerOpts};
+use crate::common::fixture::chown;
+use crate::common::http::{https, tls_config};
+use crate::common::{Request, Response, Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// Routed host; `*.example.com` has a test certificate.
@@ -92,8 +90,14 @@ fn start(files: &[(&str, &str)]) -> Server {
 
 fn write_release(server: &Server, files: &[(&str, &str)]) -> PathBuf {
     let owner = server.deploy_owner();
-    let dir =
-        common::fixture::write_release_with(&server.data_dir, "web", "v1", owner, APP_PY, APP_JSON);
+    let dir = crate::common::fixture::write_release_with(
+        &server.data_dir,
+        "web",
+        "v1",
+        owner,
+        APP_PY,
+        APP_JSON,
+    );
     for (rel, content) in files {
         let p = dir.join("public").join(rel);
         let parent = p.parent().expect("a public file has a parent");

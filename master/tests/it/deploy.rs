@@ -3,8 +3,6 @@
 //! environment, app logs, restore after a restart, the app user. Documented in docs/apps.md,
 //! docs/http.md and docs/architecture.md, "State".
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -12,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procfs;
-use common::users::{self, APP_USER, DEPLOY_USER};
-use common::{app_log_dir, exit_code, wait_for, Request, Server, ServerOpts};
+use crate::common::procfs;
+use crate::common::users::{self, APP_USER, DEPLOY_USER};
+use crate::common::{app_log_dir, exit_code, wait_for, Request, Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// (pid, instance id) of the instance that answered.
-fn who(r: &common::Response) -> (i64, String) {
+fn who(r: &crate::common::Response) -> (i64, String) {
     let v = r.json();
     (
         v["pid"].as_i64().unwrap_or(-1),
@@ -109,7 +107,7 @@ fn two_instances_two_routes_round_robin_and_404_for_unknown_host() {
     assert_eq!((r.status, r.text()), (404, "Not Found".to_string()));
     let r = server.app_get("unknown.example.org", "/").expect("request");
     assert_eq!(r.status, 404);
-    let r = common::http::http(server.http_port, &Request::get("web.example.com", "/"))
+    let r = crate::common::http::http(server.http_port, &Request::get("web.example.com", "/"))
         .expect("plain request");
     assert_eq!(r.status, 307, "plain HTTP to an app is redirected");
 
@@ -159,7 +157,7 @@ fn killed_instance_is_replaced() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let req = Request::get("web.example.com", "/").header("X-Forwarded-Proto", "https");
-                let fail = match common::http::http(port, &req) {
+                let fail = match crate::common::http::http(port, &req) {
                     Ok(r) if r.status == 200 => None,
                     Ok(r) => Some(format!("{} {}", r.status, r.text())),
                     Err(e) => Some(e.to_string()),
@@ -175,7 +173,7 @@ fn killed_instance_is_replaced() {
     std::thread::sleep(Duration::from_millis(200));
     let killed_at = Instant::now();
     assert!(
-        common::kill(victim, libc::SIGKILL),
+        crate::common::kill(victim, libc::SIGKILL),
         "kill -9 instance {victim}"
     );
     let after = wait_for(
@@ -668,7 +666,7 @@ fn instances_die_with_a_killed_master() {
         .wait_exit(Duration::from_secs(5))
         .expect("master dies");
     // The launcher sends SIGTERM at once and SIGKILL 5 s later.
-    let left = common::poll(Duration::from_secs(7), Duration::from_millis(20), || {
+    let left = crate::common::poll(Duration::from_secs(7), Duration::from_millis(20), || {
         tree.iter()
             .chain(pids.iter())
             .all(|p| !procfs::alive(*p))

@@ -10,8 +10,6 @@
 //! of stopping anything. How long the drains take is measured by `bench/drain-times.sh`,
 //! not asserted here: the machine is shared.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::hijack::hijack_control_socket;
-use common::http::http;
-use common::{fixture, poll, procfs, wait_for, Request, Server};
+use crate::common::hijack::hijack_control_socket;
+use crate::common::http::http;
+use crate::common::{fixture, poll, procfs, wait_for, Request, Server};
 use serde_json::{json, Value};
 use tako_ipc::frame::encode_frame;
 use tako_ipc::{RemovedInstance, WorkerToMaster};
@@ -96,7 +94,7 @@ fn marks_dir(server: &Server) -> std::path::PathBuf {
     d
 }
 
-fn get(server: &Server, path: &str) -> std::io::Result<common::http::Response> {
+fn get(server: &Server, path: &str) -> std::io::Result<crate::common::http::Response> {
     http(
         server.http_port,
         &Request::get(HOST, path).header("X-Forwarded-Proto", "https"),
@@ -140,7 +138,7 @@ fn wait_exited(pid: i32, what: &str) {
 /// One slow request on its own connection, started in a thread; `started` waits until
 /// the app runs it (its mark file exists), so it is in flight for sure.
 struct Slow {
-    handle: JoinHandle<std::io::Result<common::http::Response>>,
+    handle: JoinHandle<std::io::Result<crate::common::http::Response>>,
     done: Arc<AtomicBool>,
     pid: i32,
 }

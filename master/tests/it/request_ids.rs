@@ -6,16 +6,14 @@
 //! with `--trusted-proxy 10.0.0.0/8` sees the same loopback client as an untrusted one. That
 //! is what an internet client is to the id rules, without a network namespace.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::http::{http, https};
-use common::{wait_for, Request, Response, Server, ServerOpts};
+use crate::common::http::{http, https};
+use crate::common::{wait_for, Request, Response, Server, ServerOpts};
 use serde_json::{json, Value};
 
 const HOST: &str = "web.example.com";
@@ -70,7 +68,7 @@ Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 
 /// Held while a test starts its server and deploys: the servers of this process share one
-/// instance port block (common::instance_port_offset), and a server takes the first port that
+/// instance port block (crate::common::instance_port_offset), and a server takes the first port that
 /// binds at that moment, so two deploys at once could both pick the same one.
 static DEPLOYING: Mutex<()> = Mutex::new(());
 
@@ -87,13 +85,19 @@ fn start(extra: &[&str]) -> Server {
     }
     let server = Server::start(opts);
     let owner = server.deploy_owner();
-    let dir =
-        common::fixture::write_release_with(&server.data_dir, "web", "v1", owner, APP_PY, APP_JSON);
+    let dir = crate::common::fixture::write_release_with(
+        &server.data_dir,
+        "web",
+        "v1",
+        owner,
+        APP_PY,
+        APP_JSON,
+    );
     let public = dir.join("public");
     std::fs::create_dir_all(&public).expect("public/");
     std::fs::write(public.join("hello.txt"), "hello").expect("public/hello.txt");
-    common::fixture::chown(&public, owner);
-    common::fixture::chown(&public.join("hello.txt"), owner);
+    crate::common::fixture::chown(&public, owner);
+    crate::common::fixture::chown(&public.join("hello.txt"), owner);
     server.ok(&json!({
         "command": "deploy", "app": "web", "version": "v1",
         "path": dir.display().to_string(), "routes": [HOST], "env": {},

@@ -14,16 +14,14 @@
 //! sees a peer address that is neither loopback nor trusted, as it would see an internet
 //! client. Needs root (namespaces, veth); the tests say so and fail when run as another user.
 
-mod common;
-
 use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
-use common::http::{read_response, Request, IO_TIMEOUT};
-use common::{fixture, users, wait_for, Response, Server, ServerOpts};
+use crate::common::http::{read_response, Request, IO_TIMEOUT};
+use crate::common::{fixture, users, wait_for, Response, Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// A network namespace with a veth pair to the host, removed (with the pair) on drop.

@@ -3,15 +3,13 @@
 //! ClientHello; a missing or malformed header, or one from an untrusted peer, closes the
 //! connection; other listeners are unchanged. Documented in docs/http.md, "PROXY protocol".
 
-mod common;
-
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use common::http::{read_response, tls_config};
-use common::{Response, Server, ServerOpts};
+use crate::common::http::{read_response, tls_config};
+use crate::common::{Response, Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// Routed host with a certificate: served over HTTPS (plain HTTP redirects there).
@@ -48,7 +46,7 @@ const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3
 /// Both 127.0.0.1 listeners expect the PROXY protocol; the 127.0.0.2 ones do not. Only
 /// 127.0.0.1 is a trusted proxy, so a connection from 127.0.0.2 may not send a header.
 fn start() -> Server {
-    let (http, tls) = common::free_ports();
+    let (http, tls) = crate::common::free_ports();
     let opts = ServerOpts {
         workers: 1,
         ports: Some((http, tls)),
@@ -65,8 +63,14 @@ fn start() -> Server {
     .arg(&format!("127.0.0.1:{tls}"));
     let server = Server::start(opts);
     let owner = server.deploy_owner();
-    let path =
-        common::fixture::write_release_with(&server.data_dir, "web", "v1", owner, APP_PY, APP_JSON);
+    let path = crate::common::fixture::write_release_with(
+        &server.data_dir,
+        "web",
+        "v1",
+        owner,
+        APP_PY,
+        APP_JSON,
+    );
     server.ok(&json!({
         "command": "deploy", "app": "web", "version": "v1",
         "path": path.display().to_string(), "routes": [HOST, PLAIN], "env": {},
@@ -201,7 +205,7 @@ fn proxy_protocol_listeners() {
         assert_eq!(r.status, 307, "HTTP after {header:?}: {}", r.text());
         let want = format!("path={path} ");
         let peer = format!("peer={client} ");
-        common::wait_for(Duration::from_secs(10), "the access log line", || {
+        crate::common::wait_for(Duration::from_secs(10), "the access log line", || {
             server
                 .stderr_text()
                 .lines()

@@ -4,8 +4,6 @@
 //! line; a failed install or startup does not echo the app's env values into the deploy
 //! error or the server's log.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -13,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::fixture::{self, APP_PY};
-use common::{procfs, users, wait_for, Outcome, Server, BIN};
+use crate::common::fixture::{self, APP_PY};
+use crate::common::{procfs, users, wait_for, Outcome, Server, BIN};
 use serde_json::{json, Value};
 
 /// `ctl` with `args`, `stdin` fed to it, and `env` added to its environment.
@@ -37,7 +35,7 @@ fn ctl(server: &Server, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Out
     }
     let out = child.wait_with_output().expect("wait for ctl");
     Outcome {
-        code: common::exit_code(out.status),
+        code: crate::common::exit_code(out.status),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

@@ -5,8 +5,6 @@
 //! wildcard route fails with the DNS-01 text, and a host whose challenges nobody answers fails
 //! with the CA's error.
 
-mod common;
-
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{poll, temp_dir, wait_for, Request, Server, ServerOpts};
+use crate::common::{poll, temp_dir, wait_for, Request, Server, ServerOpts};
 use serde_json::Value;
 
 const PEBBLE: &str = "/usr/bin/pebble";
@@ -109,7 +107,7 @@ fn verified_get(
     name: &str,
     host: &str,
     path: &str,
-) -> Result<(common::Response, Vec<u8>), String> {
+) -> Result<(crate::common::Response, Vec<u8>), String> {
     let server_name =
         rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
     let conn =
@@ -127,8 +125,8 @@ fn verified_get(
         .and_then(|c| c.first())
         .map(|c| serial_of(c.as_ref()))
         .ok_or("no peer certificate")?;
-    let resp =
-        common::http::read_response(BufReader::new(tls), false).map_err(|e| e.to_string())?;
+    let resp = crate::common::http::read_response(BufReader::new(tls), false)
+        .map_err(|e| e.to_string())?;
     Ok((resp, serial))
 }
 
@@ -370,7 +368,7 @@ fn pebble_issues_renews_and_reports_failures() {
     };
 
     // An unknown token is refused by every worker before any order exists.
-    let r = common::http::http(
+    let r = crate::common::http::http(
         http_port,
         &Request::get(HOST, "/.well-known/acme-challenge/nope"),
     )

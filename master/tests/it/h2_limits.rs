@@ -6,13 +6,11 @@
 //! frame, including the ones a well-behaved client library would never send. The minute-long
 //! timers are shortened with the hidden `--test-h2-timeouts-ms PREFACE,IDLE,BODY` flag.
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, ServerOpts};
+use crate::common::{Server, ServerOpts};
 
 const HOST: &str = "app.example.com";
 
@@ -67,7 +65,7 @@ struct H2 {
 
 /// A TLS connection to the server that negotiated `h2`; nothing of HTTP/2 sent yet.
 fn connect(server: &Server) -> H2 {
-    let mut cfg = (*common::http::tls_config()).clone();
+    let mut cfg = (*crate::common::http::tls_config()).clone();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let name = rustls_pki_types::ServerName::try_from(HOST.to_string()).expect("server name");
     let mut conn =

@@ -2,16 +2,14 @@
 //! Documented in docs/cli.md, docs/architecture.md, "Processes and privileges", and
 //! docs/http.md.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procfs::{self, LAUNCHER_CAPS};
-use common::users::{self, APP_USER, DEPLOY_USER, PROXY_USER};
-use common::{exit_code, free_ports, run_to_exit, temp_dir, wait_for, Server, ServerOpts};
+use crate::common::procfs::{self, LAUNCHER_CAPS};
+use crate::common::users::{self, APP_USER, DEPLOY_USER, PROXY_USER};
+use crate::common::{exit_code, free_ports, run_to_exit, temp_dir, wait_for, Server, ServerOpts};
 use serde_json::json;
 
 const EXIT_WAIT: Duration = Duration::from_secs(15);
@@ -37,7 +35,7 @@ fn safe_args(dir: &std::path::Path) -> Vec<String> {
     ]
 }
 
-fn run_with(extra: &[&str]) -> common::Outcome {
+fn run_with(extra: &[&str]) -> crate::common::Outcome {
     let dir = temp_dir();
     let mut args = safe_args(&dir);
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -405,15 +403,15 @@ fn status_host_over_http_and_https() {
         );
     }
     // The query is ignored; other internal paths are 404.
-    let q = common::http::http(
+    let q = crate::common::http::http(
         server.http_port,
-        &common::Request::get("tako.internal", "/status?x=1"),
+        &crate::common::Request::get("tako.internal", "/status?x=1"),
     )
     .expect("status with a query");
     assert_eq!(q.status, 200, "{}", q.text());
-    let other = common::http::http(
+    let other = crate::common::http::http(
         server.http_port,
-        &common::Request::get("tako.internal", "/nope"),
+        &crate::common::Request::get("tako.internal", "/nope"),
     )
     .expect("other internal path");
     assert_eq!(other.status, 404);
@@ -437,9 +435,9 @@ fn unknown_host_404_over_https_and_307_over_http() {
     assert_eq!(r.header("content-type"), Some("text/plain"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
 
-    let r = common::http::http(
+    let r = crate::common::http::http(
         server.http_port,
-        &common::Request::get("Other.Example.com:8080", "/x?y=1"),
+        &crate::common::Request::get("Other.Example.com:8080", "/x?y=1"),
     )
     .expect("HTTP request");
     assert_eq!(r.status, 307, "{}", r.text());
@@ -477,9 +475,12 @@ fn killed_worker_is_replaced_within_1s_and_status_keeps_answering() {
         let (stop, log) = (stop.clone(), log.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let r = common::http::http(port, &common::Request::get("tako.internal", "/status"))
-                    .map(|r| r.status)
-                    .map_err(|e| e.to_string());
+                let r = crate::common::http::http(
+                    port,
+                    &crate::common::Request::get("tako.internal", "/status"),
+                )
+                .map(|r| r.status)
+                .map_err(|e| e.to_string());
                 log.lock().expect("log lock").push((Instant::now(), r));
             }
         })
@@ -487,7 +488,7 @@ fn killed_worker_is_replaced_within_1s_and_status_keeps_answering() {
     std::thread::sleep(Duration::from_millis(300));
     let killed_at = Instant::now();
     assert!(
-        common::kill(victim, libc::SIGKILL),
+        crate::common::kill(victim, libc::SIGKILL),
         "kill -9 worker {victim}"
     );
 
@@ -565,7 +566,7 @@ fn killed_master_takes_every_child_down_within_2s() {
         .wait_exit(Duration::from_secs(5))
         .expect("master dies of SIGKILL");
     let killed_at = Instant::now();
-    let left = common::poll(Duration::from_secs(2), Duration::from_millis(20), || {
+    let left = crate::common::poll(Duration::from_secs(2), Duration::from_millis(20), || {
         let alive: Vec<i32> = tree.iter().copied().filter(|p| procfs::alive(*p)).collect();
         alive.is_empty().then_some(())
     });

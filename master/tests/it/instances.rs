@@ -4,8 +4,6 @@
 //! docs/apps.md, docs/http.md, "Choosing an instance", and docs/management-protocol.md,
 //! "Commands".
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufReader, Write};
@@ -16,7 +14,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{app_log_dir, fixture, procfs, wait_for, Mgmt, Request, Response, Server};
+use crate::common::{app_log_dir, fixture, procfs, wait_for, Mgmt, Request, Response, Server};
 use serde_json::{json, Value};
 
 const HOST: &str = "web.example.com";
@@ -204,7 +202,7 @@ impl Pool {
                 } else {
                     while !stop.load(Ordering::Relaxed) {
                         let req = Request::get(&host, "/").header("X-Forwarded-Proto", "https");
-                        let r = common::http::http(port, &req);
+                        let r = crate::common::http::http(port, &req);
                         stats.lock().expect("stats").record("new connection", r);
                         std::thread::sleep(PACE);
                     }
@@ -273,7 +271,7 @@ fn keep_alive_loop(port: u16, host: &str, stop: &AtomicBool, stats: &Mutex<Stats
         let r = reader
             .get_mut()
             .write_all(req.as_bytes())
-            .and_then(|_| common::http::read_response(&mut *reader, false));
+            .and_then(|_| crate::common::http::read_response(&mut *reader, false));
         let what = format!("keep-alive request {} on its connection", *used + 1);
         *used += 1;
         let close = match &r {
@@ -435,7 +433,7 @@ fn slow_request_on_an_old_instance_completes_during_the_rollout() {
     let slow = std::thread::spawn(move || {
         let t0 = Instant::now();
         let req = Request::get(HOST, "/slow?s=3").header("X-Forwarded-Proto", "https");
-        (common::http::http(port, &req), t0.elapsed())
+        (crate::common::http::http(port, &req), t0.elapsed())
     });
     wait_for(
         Duration::from_secs(10),
@@ -518,7 +516,7 @@ fn on_demand_app_idles_to_zero_and_20_held_requests_all_get_200() {
                 barrier.wait();
                 let req =
                     Request::get(HOST, &format!("/?n={i}")).header("X-Forwarded-Proto", "https");
-                common::http::http(port, &req)
+                crate::common::http::http(port, &req)
             })
         })
         .collect();
@@ -930,7 +928,7 @@ fn held_requests_over_the_queue_cap_get_503_and_the_rest_are_served() {
                 barrier.wait();
                 let req =
                     Request::get(HOST, &format!("/?n={i}")).header("X-Forwarded-Proto", "https");
-                common::http::http(port, &req)
+                crate::common::http::http(port, &req)
             })
         })
         .collect();
@@ -986,7 +984,7 @@ fn old_instance_that_crashes_during_a_failed_rollout_is_replaced_afterwards() {
     // An old instance crashes during the rollout: not replaced while it runs (docs/apps.md,
     // "Crashes and replacement").
     assert!(
-        common::kill(victim, libc::SIGKILL),
+        crate::common::kill(victim, libc::SIGKILL),
         "kill -9 v1 instance {victim}"
     );
     wait_for(Duration::from_secs(5), "the crash to be noticed", || {
@@ -996,7 +994,7 @@ fn old_instance_that_crashes_during_a_failed_rollout_is_replaced_afterwards() {
     });
     // Then the new instance fails to start: the rollout fails.
     assert!(
-        common::kill(starting, libc::SIGKILL),
+        crate::common::kill(starting, libc::SIGKILL),
         "kill -9 v2 instance {starting}"
     );
     let resp = deploy.join().expect("deploy thread");

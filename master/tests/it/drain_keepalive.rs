@@ -6,12 +6,10 @@
 //!
 //! The clients here never retry: a request sent on a reused connection that the server closed
 //! without an answer is a failed request, exactly as for a POST, most HTTP libraries or a load
-//! balancer in front. (master/tests/zero_downtime.rs retries that case once, as RFC 9112 §9.3.1
+//! balancer in front. (master/tests/it/zero_downtime.rs retries that case once, as RFC 9112 §9.3.1
 //! allows for a GET; this test is the stricter one.)
 //!
-//! Figures: `cargo nextest run -p tako-server --test drain_keepalive --no-capture`.
-
-mod common;
+//! Figures: `cargo nextest run -p tako-server -E 'test(/^drain_keepalive::/)' --no-capture`.
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -20,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{http, kill, procfs, wait_for, Server, ServerOpts};
+use crate::common::{http, kill, procfs, wait_for, Server, ServerOpts};
 use serde_json::json;
 
 const APP: &str = "drain";
@@ -221,9 +219,10 @@ impl Drop for Adopted {
         let tree = procfs::descendants(self.0);
         if procfs::alive(self.0) {
             kill(self.0, libc::SIGTERM);
-            let gone = common::poll(Duration::from_secs(45), Duration::from_millis(20), || {
-                (!procfs::alive(self.0)).then_some(())
-            });
+            let gone =
+                crate::common::poll(Duration::from_secs(45), Duration::from_millis(20), || {
+                    (!procfs::alive(self.0)).then_some(())
+                });
             if gone.is_none() {
                 kill(self.0, libc::SIGKILL);
             }
@@ -259,7 +258,7 @@ fn draining_workers_answer_every_keep_alive_request() {
     let st = server
         .wait_exit(Duration::from_secs(45))
         .expect("the old master exits after the hand-over");
-    assert_eq!(common::exit_code(st), 0, "{}", server.stderr_text());
+    assert_eq!(crate::common::exit_code(st), 0, "{}", server.stderr_text());
     load.wait_more(300, "traffic after the upgrade");
     let took = started.elapsed();
 

@@ -7,14 +7,12 @@
 //! planted name hands them to the app user and back to the deploy user (the install step's
 //! ownership dance) or creates directories in them.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::fixture::{self, APP_JSON, APP_PY};
-use common::{temp_dir, users, Server};
+use crate::common::fixture::{self, APP_JSON, APP_PY};
+use crate::common::{temp_dir, users, Server};
 use serde_json::{json, Value};
 
 /// A manifest with an install step: the step that makes root hand the release directory

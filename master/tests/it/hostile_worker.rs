@@ -6,15 +6,13 @@
 //! directly) and writes crafted frames on it to the real master. Needs root (or
 //! CAP_SYS_PTRACE over the worker), as CI runs the tests.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::hijack::{hijack_control_socket, resume};
-use common::http::http;
-use common::{kill, poll, procfs, wait_for, Request, Server};
+use crate::common::hijack::{hijack_control_socket, resume};
+use crate::common::http::http;
+use crate::common::{kill, poll, procfs, wait_for, Request, Server};
 use tako_ipc::frame::encode_frame;
 use tako_ipc::{AppHttpStats, CacheInvalidation, WorkerToMaster};
 

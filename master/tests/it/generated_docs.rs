@@ -2,8 +2,6 @@
 //! .deb, docs/ctl.md "Shell completions and man pages") are what this binary generates: a
 //! flag or help text changed without regenerating them fails here.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,9 +31,9 @@ fn committed_man_pages_and_completions_are_current() {
         .parent()
         .expect("workspace")
         .join("packaging/generated");
-    let dir = common::temp_dir();
+    let dir = crate::common::temp_dir();
     let out = dir.join("generated");
-    let run = common::run_to_exit(
+    let run = crate::common::run_to_exit(
         &["generate-docs", &out.display().to_string()],
         Duration::from_secs(60),
     );
