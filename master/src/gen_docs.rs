@@ -1,7 +1,7 @@
 //! `tako-server generate-docs DIR`: the man pages and shell completions of the .deb, made
 //! from the clap definitions so they cannot say other than `--help` does. The output is
 //! committed under packaging/generated/ (the package build has no step to run it), and
-//! master/tests/generated_docs.rs fails when that copy is stale. Hidden: not an interface.
+//! master/tests/it/generated_docs.rs fails when that copy is stale. Hidden: not an interface.
 
 use std::path::{Path, PathBuf};
 

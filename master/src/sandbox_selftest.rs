@@ -1,7 +1,7 @@
 //! `tako-server sandbox-selftest` (hidden): applies the proxy worker's sandbox to this
 //! process with [`tako_proxy_worker::sandbox::apply`], the function a worker calls, then tries
 //! what a compromised worker would try and prints one JSON line with each outcome. The tests
-//! in `master/tests/worker_sandbox.rs` assert on it; an operator can run it to see what the
+//! in `master/tests/it/worker_sandbox.rs` assert on it; an operator can run it to see what the
 //! kernel enforces. Nothing is dropped first: run as root, every refusal is the sandbox's.
 
 use std::fs;

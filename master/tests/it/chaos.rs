@@ -76,8 +76,20 @@ impl Pool {
 
 /// The deploy command of `version`, with `REL=<version>` in its env so a mix of two releases
 /// in the state would show.
+/// Every instance takes half a second to start listening, so a kill 250 ms into a deploy
+/// lands while the new instances are still starting and the old ones still serve: drains end
+/// on events now, and a rollout of an instantly ready app can be over before the kill.
 fn deploy_cmd(server: &Server, version: &str, instances: u32) -> Value {
-    server.deploy_cmd(APP, version, &[HOST], instances, &[("REL", version)])
+    let delay = server.knob_dir().join("startup-delay");
+    std::fs::write(&delay, "0.5").expect("write the startup delay knob");
+    let delay = delay.display().to_string();
+    server.deploy_cmd(
+        APP,
+        version,
+        &[HOST],
+        instances,
+        &[("REL", version), ("STARTUP_DELAY_FILE", &delay)],
+    )
 }
 
 /// Sends a deploy on its own connection in a thread: Ok(data) when acknowledged.
