@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::common::http::{read_response, tls_config};
-use crate::common::{Response, Server, ServerOpts};
+use crate::common::{fixture, Response, Server, ServerOpts};
 use serde_json::{json, Value};
 
 /// Routed host with a certificate: served over HTTPS (plain HTTP redirects there).
@@ -41,8 +41,6 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 "#;
 
-const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
-
 /// Both 127.0.0.1 listeners expect the PROXY protocol; the 127.0.0.2 ones do not. Only
 /// 127.0.0.1 is a trusted proxy, so a connection from 127.0.0.2 may not send a header.
 fn start() -> Server {
@@ -69,7 +67,7 @@ fn start() -> Server {
         "v1",
         owner,
         APP_PY,
-        APP_JSON,
+        fixture::APP_JSON,
     );
     server.ok(&json!({
         "command": "deploy", "app": "web", "version": "v1",

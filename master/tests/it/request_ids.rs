@@ -13,59 +13,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::common::http::{http, https};
-use crate::common::{wait_for, Request, Response, Server, ServerOpts};
+use crate::common::{fixture, wait_for, Request, Response, Server, ServerOpts};
 use serde_json::{json, Value};
 
 const HOST: &str = "web.example.com";
-
-/// Echoes the request headers as JSON with a count of hits per target; `cc=<value>` in the
-/// query becomes `Cache-Control`, and `/garbage` answers bytes that are not HTTP.
-const APP_PY: &str = r#"import http.server, json, os, socketserver, threading, urllib.parse
-
-lock = threading.Lock()
-counts = {}
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def do_GET(self):
-        path, _, query = self.path.partition("?")
-        if path == "/garbage":
-            self.wfile.write(b"this is not http\r\n\r\n")
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        cc = None
-        if path == "/status":
-            body = b"ok"
-        else:
-            with lock:
-                counts[self.path] = counts.get(self.path, 0) + 1
-                n = counts[self.path]
-            q = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-            cc = q.get("cc")
-            body = json.dumps({"n": n, "path": self.path,
-                               "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if cc is not None:
-            self.send_header("Cache-Control", cc)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
-
-const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 
 /// Held while a test starts its server and deploys: the servers of this process share one
 /// instance port block (crate::common::instance_port_offset), and a server takes the first port that
@@ -90,8 +41,8 @@ fn start(extra: &[&str]) -> Server {
         "web",
         "v1",
         owner,
-        APP_PY,
-        APP_JSON,
+        fixture::ECHO_APP_PY,
+        fixture::APP_JSON,
     );
     let public = dir.join("public");
     std::fs::create_dir_all(&public).expect("public/");

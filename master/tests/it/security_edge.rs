@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::fixture::chown;
+use crate::common::fixture::{self, chown};
 use crate::common::http::{https, tls_config};
 use crate::common::{Request, Response, Server, ServerOpts};
 use serde_json::{json, Value};
@@ -18,54 +18,6 @@ use serde_json::{json, Value};
 const HOST: &str = "web.example.com";
 /// The host an attacker would like the app and the cache to see.
 const EVIL: &str = "evil.example.com";
-
-/// Answers every path but `/status` with JSON: how many times this exact target reached
-/// the app (`n`), the target and the request headers. `cc=<value>` in the query becomes the
-/// response's `Cache-Control`.
-const APP_PY: &str = r#"import http.server, json, os, socketserver, threading, urllib.parse
-
-lock = threading.Lock()
-counts = {}
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def do_GET(self):
-        path, _, query = self.path.partition("?")
-        cc = None
-        if path == "/status":
-            body = b"ok"
-        else:
-            with lock:
-                counts[self.path] = counts.get(self.path, 0) + 1
-                n = counts[self.path]
-            q = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-            cc = q.get("cc")
-            body = json.dumps({"n": n, "path": self.path,
-                               "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if cc is not None:
-            self.send_header("Cache-Control", cc)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_HEAD = do_GET
-
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
-
-const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 
 /// One worker (the cache is per worker), certificates for `*.example.com`, and loopback
 /// untrusted, so the forwarded headers are the ones an internet client gets. The app is
@@ -95,8 +47,8 @@ fn write_release(server: &Server, files: &[(&str, &str)]) -> PathBuf {
         "web",
         "v1",
         owner,
-        APP_PY,
-        APP_JSON,
+        fixture::ECHO_APP_PY,
+        fixture::APP_JSON,
     );
     for (rel, content) in files {
         let p = dir.join("public").join(rel);

@@ -94,6 +94,57 @@ print("listening on 127.0.0.1:%d instance %s" % (port, instance), flush=True)
 Server(("127.0.0.1", port), Handler).serve_forever()
 "#;
 
+/// An app that echoes the request headers as JSON with a count of hits per target (HEAD
+/// without a body); `cc=<value>` in the
+/// query becomes `Cache-Control`, and `/garbage` answers bytes that are not HTTP.
+pub const ECHO_APP_PY: &str = r#"import http.server, json, os, socketserver, threading, urllib.parse
+
+lock = threading.Lock()
+counts = {}
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        path, _, query = self.path.partition("?")
+        if path == "/garbage":
+            self.wfile.write(b"this is not http\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        cc = None
+        if path == "/status":
+            body = b"ok"
+        else:
+            with lock:
+                counts[self.path] = counts.get(self.path, 0) + 1
+                n = counts[self.path]
+            q = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+            cc = q.get("cc")
+            body = json.dumps({"n": n, "path": self.path,
+                               "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if cc is not None:
+            self.send_header("Cache-Control", cc)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
 /// The manifest that runs the fixture with `python3`.
 pub const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 
