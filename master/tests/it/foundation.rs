@@ -709,3 +709,25 @@ fn socket_in_use_exits_4() {
     let hello = first.ok(&json!({"command":"hello","protocol_version":3}));
     assert_eq!(hello["protocol_version"], json!(3));
 }
+
+/// A SIGTERM that arrives once the socket answers but while the workers still start (a
+/// `systemctl stop` right after a start) is a graceful stop like any other: exit code 0 and
+/// no process left behind (the harness checks that when the server is dropped). Before the
+/// signal handlers were installed first, the master died of the signal's default action and
+/// its workers outlived it.
+#[test]
+fn sigterm_while_the_workers_start_is_a_graceful_stop() {
+    for _ in 0..5 {
+        let mut server = Server::start_socket_only(ServerOpts {
+            workers: 4,
+            ..ServerOpts::default()
+        });
+        let st = server.stop();
+        assert_eq!(
+            exit_code(st),
+            0,
+            "SIGTERM during startup: {}",
+            server.stderr_text()
+        );
+    }
+}
