@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use crate::python_app;
 use crate::common::http::{http, Request, Response};
 use crate::common::{poll, Server, ServerOpts};
 use serde_json::{json, Value};
@@ -22,7 +23,7 @@ const HOST: &str = "cache.example.com";
 ///
 /// Every answer carries `X-Count`: how many requests this target has had, this one included.
 /// `GET /__counts` answers the counts as JSON and is not counted.
-const APP_PY: &str = r#"import email.utils, http.server, json, os, socketserver, threading, time, urllib.parse
+const APP_PY: &str = python_app!(r#"import email.utils, http.server, json, os, socketserver, threading, time, urllib.parse
 
 lock = threading.Lock()
 counts = {}
@@ -92,16 +93,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_PUT = answer
     do_DELETE = answer
 
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+"#);
 
 const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 

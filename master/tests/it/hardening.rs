@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::python_app;
 use crate::common::http::read_response;
 use crate::common::{procfs, users, wait_for, Mgmt, Response, Server};
 use serde_json::{json, Value};
@@ -24,7 +25,7 @@ use serde_json::{json, Value};
 /// every request line its HTTP parser read (`raw`, before any validation) and every request
 /// it answered (`seen`). `/__log` returns both; `/status` and `/__log` are not logged.
 /// Chunked request bodies are decoded, so the app itself never desynchronises.
-const COUNTING_APP: &str = r#"import http.server, json, os, socketserver, threading
+const COUNTING_APP: &str = python_app!(r#"import http.server, json, os, socketserver, threading
 
 LOCK = threading.Lock()
 RAW = []
@@ -81,15 +82,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_PUT = answer
     do_HEAD = answer
 
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+"#);
 
 const HOST: &str = "smug.example.com";
 

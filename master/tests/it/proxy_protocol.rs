@@ -8,6 +8,7 @@ use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use crate::python_app;
 use crate::common::http::{read_response, tls_config};
 use crate::common::{fixture, Response, Server, ServerOpts};
 use serde_json::{json, Value};
@@ -18,7 +19,7 @@ const HOST: &str = "web.example.com";
 const PLAIN: &str = "web.test";
 
 /// Answers every path with the request headers as JSON.
-const APP_PY: &str = r#"import http.server, json, os, socketserver
+const APP_PY: &str = python_app!(r#"import http.server, json, os, socketserver
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -31,15 +32,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+"#);
 
 /// Both 127.0.0.1 listeners expect the PROXY protocol; the 127.0.0.2 ones do not. Only
 /// 127.0.0.1 is a trusted proxy, so a connection from 127.0.0.2 may not send a header.

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::python_app;
 use crate::common::{
     exit_code, fixture, http, kill, procfs, users, wait_for, Mgmt, Request, Server,
 };
@@ -39,7 +40,7 @@ const HOST: &str = "zd.example.com";
 
 /// The app under load: `/slow?ms=N` answers after N ms, `/ws` with `Upgrade: websocket`
 /// switches protocols and echoes lines, everything else answers `ok <pid>` at once.
-const APP_PY: &str = r#"import http.server, os, socketserver, sys, time, urllib.parse
+const APP_PY: &str = python_app!(r#"import http.server, os, socketserver, sys, time, urllib.parse
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -68,17 +69,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-port = int(os.environ["PORT"])
-print("listening on 127.0.0.1:%d" % port, flush=True)
-Server(("127.0.0.1", port), Handler).serve_forever()
-"#;
+"#);
 
 // ---------------------------------------------------------------------------------------
 // The app

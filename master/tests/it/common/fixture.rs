@@ -11,11 +11,39 @@
 //! `/status` answers 200 `ok`; every other path answers JSON with the pid, uid, instance id,
 //! version, port, path, request headers and the whole environment.
 
+/// A Python 3 app from the text of its request handler: `$handler` is the program up to and
+/// including `class Handler(http.server.BaseHTTPRequestHandler)`, which must come last. The
+/// macro appends what every test app shares: no request log on stderr, a threaded server on
+/// `127.0.0.1:$PORT` with a deep accept queue, and a `listening on` line on stdout.
+#[macro_export]
+macro_rules! python_app {
+    ($handler:literal) => {
+        concat!(
+            $handler,
+            r#"
+
+import http.server, os, socketserver
+
+Handler.log_message = lambda self, *args: None
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+port = int(os.environ["PORT"])
+print("listening on 127.0.0.1:%d instance %s" % (port, os.environ.get("TAKO_INSTANCE", "")), flush=True)
+Server(("127.0.0.1", port), Handler).serve_forever()
+"#
+        )
+    };
+}
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub const APP_PY: &str = r#"import http.server, json, os, socketserver, sys, time
+pub const APP_PY: &str = python_app!(r#"import http.server, json, os, socketserver, sys, time
 
 code = os.environ.get("EXIT_CODE")
 if code:
@@ -82,22 +110,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_POST = answer
     do_HEAD = answer
 
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-port = int(os.environ["PORT"])
-print("listening on 127.0.0.1:%d instance %s" % (port, instance), flush=True)
-Server(("127.0.0.1", port), Handler).serve_forever()
-"#;
+"#);
 
 /// An app that echoes the request headers as JSON with a count of hits per target (HEAD
 /// without a body); `cc=<value>` in the
 /// query becomes `Cache-Control`, and `/garbage` answers bytes that are not HTTP.
-pub const ECHO_APP_PY: &str = r#"import http.server, json, os, socketserver, threading, urllib.parse
+pub const ECHO_APP_PY: &str = python_app!(r#"import http.server, json, os, socketserver, threading, urllib.parse
 
 lock = threading.Lock()
 counts = {}
@@ -135,15 +153,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+"#);
 
 /// The manifest that runs the fixture with `python3`.
 pub const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
