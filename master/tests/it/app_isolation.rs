@@ -9,9 +9,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::python_app;
 use crate::common::fixture;
 use crate::common::{procfs, users, wait_for, Server, ServerOpts};
+use crate::python_app;
 use serde_json::{json, Value};
 
 /// A process must be gone within this long of the order that ends it.
@@ -20,7 +20,8 @@ const GONE_WITHIN: Duration = Duration::from_secs(20);
 /// The isolation probe: `/id` (who am I, HOME), `/read?path=` (read a file), `/write?path=`
 /// (create a file), `/kill?pid=&sig=` (signal a process), `/helper` (start a helper in a
 /// session of its own, which outlives the request and the instance's process group).
-const PROBE_PY: &str = python_app!(r#"import http.server, json, os, socketserver, subprocess, urllib.parse
+const PROBE_PY: &str = python_app!(
+    r#"import http.server, json, os, socketserver, subprocess, urllib.parse
 
 def attempt(f):
     try:
@@ -72,7 +73,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-"#);
+"#
+);
 
 const PROBE_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use crate::python_app;
 use crate::common::http::{http, Request, Response};
 use crate::common::{poll, Server, ServerOpts};
+use crate::python_app;
 use serde_json::{json, Value};
 
 const HOST: &str = "cache.example.com";
@@ -23,7 +23,8 @@ const HOST: &str = "cache.example.com";
 ///
 /// Every answer carries `X-Count`: how many requests this target has had, this one included.
 /// `GET /__counts` answers the counts as JSON and is not counted.
-const APP_PY: &str = python_app!(r#"import email.utils, http.server, json, os, socketserver, threading, time, urllib.parse
+const APP_PY: &str = python_app!(
+    r#"import email.utils, http.server, json, os, socketserver, threading, time, urllib.parse
 
 lock = threading.Lock()
 counts = {}
@@ -93,7 +94,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_PUT = answer
     do_DELETE = answer
 
-"#);
+"#
+);
 
 const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 

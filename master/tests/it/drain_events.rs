@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::python_app;
 use crate::common::hijack::hijack_control_socket;
 use crate::common::http::http;
 use crate::common::{fixture, poll, procfs, wait_for, Request, Server};
+use crate::python_app;
 use serde_json::{json, Value};
 use tako_ipc::frame::encode_frame;
 use tako_ipc::{RemovedInstance, WorkerToMaster};
@@ -31,7 +31,8 @@ const EVENT_WAIT: Duration = Duration::from_secs(30);
 
 /// `/slow?ms=N&tag=T` writes `<MARK_DIR>/T` when it starts, then answers after N ms; every
 /// other path answers at once. Both answer JSON with the version, instance id and pid.
-const APP_PY: &str = python_app!(r#"import http.server, json, os, socketserver, time
+const APP_PY: &str = python_app!(
+    r#"import http.server, json, os, socketserver, time
 from urllib.parse import urlparse, parse_qs
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -58,7 +59,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-"#);
+"#
+);
 
 fn deploy_cmd(server: &Server, app: &str, version: &str, instances: u32, idle: u32) -> Value {
     let path = fixture::write_release_with(

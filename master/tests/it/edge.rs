@@ -10,16 +10,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::python_app;
 use crate::common::fixture::chown;
 use crate::common::http::{http, https};
 use crate::common::{wait_for, Request, Response, Server, ServerOpts};
+use crate::python_app;
 use serde_json::{json, Value};
 
 /// An app for the edge: `/status` for probes, `/sse` streams two events with a pause the test
 /// controls, `/ws` answers a WebSocket handshake and echoes raw bytes, anything else echoes
 /// the request as JSON (path and headers).
-const EDGE_APP: &str = python_app!(r#"import base64, hashlib, http.server, json, os, socketserver, time
+const EDGE_APP: &str = python_app!(
+    r#"import base64, hashlib, http.server, json, os, socketserver, time
 
 GO = os.environ.get("SSE_GO_FILE", "")
 
@@ -81,7 +82,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(n) if n else b""
         self.send_json(200, {"path": self.path, "method": "POST", "body": body.decode("latin-1")})
 
-"#);
+"#
+);
 
 const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
 

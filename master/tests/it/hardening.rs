@@ -16,16 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::python_app;
 use crate::common::http::read_response;
 use crate::common::{procfs, users, wait_for, Mgmt, Response, Server};
+use crate::python_app;
 use serde_json::{json, Value};
 
 /// An app that answers every path with JSON (path, method, host, body) and keeps two logs:
 /// every request line its HTTP parser read (`raw`, before any validation) and every request
 /// it answered (`seen`). `/__log` returns both; `/status` and `/__log` are not logged.
 /// Chunked request bodies are decoded, so the app itself never desynchronises.
-const COUNTING_APP: &str = python_app!(r#"import http.server, json, os, socketserver, threading
+const COUNTING_APP: &str = python_app!(
+    r#"import http.server, json, os, socketserver, threading
 
 LOCK = threading.Lock()
 RAW = []
@@ -82,7 +83,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_PUT = answer
     do_HEAD = answer
 
-"#);
+"#
+);
 
 const HOST: &str = "smug.example.com";
 

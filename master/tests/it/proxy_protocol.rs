@@ -8,9 +8,9 @@ use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use crate::python_app;
 use crate::common::http::{read_response, tls_config};
 use crate::common::{fixture, Response, Server, ServerOpts};
+use crate::python_app;
 use serde_json::{json, Value};
 
 /// Routed host with a certificate: served over HTTPS (plain HTTP redirects there).
@@ -19,7 +19,8 @@ const HOST: &str = "web.example.com";
 const PLAIN: &str = "web.test";
 
 /// Answers every path with the request headers as JSON.
-const APP_PY: &str = python_app!(r#"import http.server, json, os, socketserver
+const APP_PY: &str = python_app!(
+    r#"import http.server, json, os, socketserver
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -32,7 +33,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-"#);
+"#
+);
 
 /// Both 127.0.0.1 listeners expect the PROXY protocol; the 127.0.0.2 ones do not. Only
 /// 127.0.0.1 is a trusted proxy, so a connection from 127.0.0.2 may not send a header.

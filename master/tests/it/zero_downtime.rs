@@ -28,11 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::python_app;
 use crate::common::{
     exit_code, fixture, http, kill, procfs, users, wait_for, Mgmt, Request, Server,
 };
 use crate::common::{Response, ServerOpts};
+use crate::python_app;
 use serde_json::{json, Value};
 
 const APP: &str = "zd";
@@ -40,7 +40,8 @@ const HOST: &str = "zd.example.com";
 
 /// The app under load: `/slow?ms=N` answers after N ms, `/ws` with `Upgrade: websocket`
 /// switches protocols and echoes lines, everything else answers `ok <pid>` at once.
-const APP_PY: &str = python_app!(r#"import http.server, os, socketserver, sys, time, urllib.parse
+const APP_PY: &str = python_app!(
+    r#"import http.server, os, socketserver, sys, time, urllib.parse
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -69,7 +70,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-"#);
+"#
+);
 
 // ---------------------------------------------------------------------------------------
 // The app

@@ -43,7 +43,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub const APP_PY: &str = python_app!(r#"import http.server, json, os, socketserver, sys, time
+pub const APP_PY: &str = python_app!(
+    r#"import http.server, json, os, socketserver, sys, time
 
 code = os.environ.get("EXIT_CODE")
 if code:
@@ -110,12 +111,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_POST = answer
     do_HEAD = answer
 
-"#);
+"#
+);
 
 /// An app that echoes the request headers as JSON with a count of hits per target (HEAD
 /// without a body); `cc=<value>` in the
 /// query becomes `Cache-Control`, and `/garbage` answers bytes that are not HTTP.
-pub const ECHO_APP_PY: &str = python_app!(r#"import http.server, json, os, socketserver, threading, urllib.parse
+pub const ECHO_APP_PY: &str = python_app!(
+    r#"import http.server, json, os, socketserver, threading, urllib.parse
 
 lock = threading.Lock()
 counts = {}
@@ -153,7 +156,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-"#);
+"#
+);
 
 /// The manifest that runs the fixture with `python3`.
 pub const APP_JSON: &str = r#"{"runtime":"node","main":"server.py","start":["python3","{main}"]}"#;
