@@ -12,7 +12,6 @@
 //! Figures: `cargo nextest run -p tako-server -E 'test(/^drain_keepalive::/)' --no-capture`.
 
 use std::io::{self, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -75,9 +74,11 @@ impl Load {
                 .name(name.clone())
                 .spawn(move || {
                     if tls {
-                        client(&name, &stop, &stats, false, || tls_conn(tls_port));
+                        client(&name, &stop, &stats, false, || {
+                            http::connect_tls(tls_port, Some(HOST))
+                        });
                     } else {
-                        client(&name, &stop, &stats, true, || plain(http_port));
+                        client(&name, &stop, &stats, true, || http::connect(http_port));
                     }
                 })
                 .expect("spawn a client thread");
@@ -192,23 +193,6 @@ fn client<S: Read + Write>(
         }
         std::thread::sleep(PACE);
     }
-}
-
-fn plain(port: u16) -> io::Result<TcpStream> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(http::IO_TIMEOUT))?;
-    s.set_write_timeout(Some(http::IO_TIMEOUT))?;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
-fn tls_conn(port: u16) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let tcp = plain(port)?;
-    let name = rustls_pki_types::ServerName::try_from(HOST.to_string())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let conn = rustls::ClientConnection::new(http::tls_config(), name).map_err(io::Error::other)?;
-    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 /// The master that an in-place upgrade started: SIGTERM at drop, its tree SIGKILLed after.

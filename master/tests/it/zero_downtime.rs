@@ -179,7 +179,9 @@ impl Load {
             let (stop, stats) = (stop.clone(), stats.clone());
             threads.push(spawn(
                 name,
-                Box::new(move || keep_alive_client(name, &stop, &stats, true, || plain(http_port))),
+                Box::new(move || {
+                    keep_alive_client(name, &stop, &stats, true, || http::connect(http_port))
+                }),
             ));
         }
         {
@@ -187,7 +189,9 @@ impl Load {
             threads.push(spawn(
                 "https-keepalive",
                 Box::new(move || {
-                    keep_alive_client("https-keepalive", &stop, &stats, false, || tls(tls_port))
+                    keep_alive_client("https-keepalive", &stop, &stats, false, || {
+                        http::connect_tls(tls_port, Some(HOST))
+                    })
                 }),
             ));
         }
@@ -385,24 +389,6 @@ fn keep_alive_client<S: Read + Write>(
     }
 }
 
-fn plain(port: u16) -> io::Result<TcpStream> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(http::IO_TIMEOUT))?;
-    s.set_write_timeout(Some(http::IO_TIMEOUT))?;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
-fn tls(port: u16) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let tcp = plain(port)?;
-    let name = rustls_pki_types::ServerName::try_from(HOST.to_string())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let conn = rustls::ClientConnection::new(crate::common::http::tls_config(), name)
-        .map_err(io::Error::other)?;
-    Ok(rustls::StreamOwned::new(conn, tcp))
-}
-
 /// One slow request in flight on its own connection.
 struct Slow {
     handle: JoinHandle<(Duration, io::Result<Response>)>,
@@ -454,7 +440,7 @@ struct Ws {
 
 impl Ws {
     fn open(http_port: u16) -> Ws {
-        let mut s = plain(http_port).expect("connect for the WebSocket");
+        let mut s = http::connect(http_port).expect("connect for the WebSocket");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set a read timeout");
         s.write_all(

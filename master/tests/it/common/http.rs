@@ -85,7 +85,8 @@ impl Request {
     }
 }
 
-fn connect(port: u16) -> io::Result<TcpStream> {
+/// A TCP connection to 127.0.0.1:`port` with the test I/O timeouts and no Nagle delay.
+pub fn connect(port: u16) -> io::Result<TcpStream> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -105,6 +106,18 @@ pub fn http(port: u16, req: &Request) -> io::Result<Response> {
 /// HTTPS to 127.0.0.1:`port` with any server certificate accepted. With `sni` None no
 /// server name is sent (rustls sends none for an IP address).
 pub fn https(port: u16, sni: Option<&str>, req: &Request) -> io::Result<Response> {
+    let mut tls = connect_tls(port, sni)?;
+    tls.write_all(&req.bytes())?;
+    tls.flush()?;
+    read_response(BufReader::new(tls), req.method == "HEAD")
+}
+
+/// A TLS client connection to 127.0.0.1:`port` (the handshake happens on first use) with any
+/// server certificate accepted; `sni` as in [`https`].
+pub fn connect_tls(
+    port: u16,
+    sni: Option<&str>,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let tcp = connect(port)?;
     let name = match sni {
         Some(host) => rustls_pki_types::ServerName::try_from(host.to_string())
@@ -114,10 +127,7 @@ pub fn https(port: u16, sni: Option<&str>, req: &Request) -> io::Result<Response
         }
     };
     let conn = rustls::ClientConnection::new(tls_config(), name).map_err(io::Error::other)?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(&req.bytes())?;
-    tls.flush()?;
-    read_response(BufReader::new(tls), req.method == "HEAD")
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
