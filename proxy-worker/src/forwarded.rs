@@ -3,13 +3,22 @@
 
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
 
-use crate::pipeline::ConnInfo;
+use crate::conn_info::ConnInfo;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The names `http` does not know that proxied requests carry all the time: the HTTP/1 loop
+/// shares them instead of copying each to the heap per request.
+pub static FREQUENT_NAMES: [&HeaderName; 4] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REAL_IP,
+];
 
 /// Values of one header joined by `, `, as a list header reads; `None` when absent or not
 /// visible ASCII.

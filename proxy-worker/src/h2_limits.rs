@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -26,9 +25,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::body::{Body, BoxError, RequestBody};
-use crate::lazy_timer::LazyTimer;
-use crate::pipeline::{self, ConnInfo};
+use crate::body::Body;
+use crate::conn_info::ConnInfo;
+use crate::h2_body::{BodyIdle, StreamBody};
+use crate::pipeline;
+use crate::request_body::RequestBody;
 use crate::shared::Shared;
 
 /// Client preface and first SETTINGS after the TLS handshake; also how long a connection
@@ -175,52 +176,6 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("HTTP/2 request body idle for {0:?}")]
-pub struct BodyIdle(Duration);
-
-/// An HTTP/2 request body whose reads must each bring a frame within the body-idle limit.
-pub struct StreamBody {
-    inner: Incoming,
-    idle: Duration,
-    last_frame: Instant,
-    /// Made on the first read that has to wait; a body that is already there costs none.
-    timer: Option<LazyTimer>,
-    /// Set when the limit passed, so the stream is reset rather than answered.
-    timed_out: Arc<AtomicBool>,
-}
-
-impl StreamBody {
-    pub fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                self.last_frame = Instant::now();
-                Poll::Ready(frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
-            }
-            Poll::Pending => {
-                let deadline = self.last_frame + self.idle;
-                let timer = self.timer.get_or_insert_with(LazyTimer::new);
-                if timer.poll_expired(cx, deadline).is_pending() {
-                    return Poll::Pending;
-                }
-                self.timed_out.store(true, Ordering::Relaxed);
-                Poll::Ready(Some(Err(Box::new(BodyIdle(self.idle)))))
-            }
-        }
-    }
-}
-
 /// Counts the bytes of the client preface and its first SETTINGS frame as they are read.
 #[derive(Default)]
 struct PrefaceCount {
@@ -357,13 +312,7 @@ where
             let conn = conn.clone();
             let timed_out = Arc::new(AtomicBool::new(false));
             let req = req.map(|inner| {
-                RequestBody::Hyper(StreamBody {
-                    inner,
-                    idle: body_idle,
-                    last_frame: Instant::now(),
-                    timer: None,
-                    timed_out: Arc::clone(&timed_out),
-                })
+                RequestBody::Hyper(StreamBody::new(inner, body_idle, Arc::clone(&timed_out)))
             });
             // Boxed: hyper keeps a service future per stream; unboxed it would be as large
             // as the whole pipeline.

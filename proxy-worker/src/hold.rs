@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tako_ipc::{WakeOutcome, WorkerToMaster};
+use arc_swap::ArcSwap;
+use tako_ipc::WakeOutcome;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::shared::Shared;
-use crate::table::AppEntry;
+use crate::table::{AppEntry, Table};
 
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Held requests per app in this worker beyond which new ones are refused.
@@ -119,10 +119,15 @@ impl Drop for HoldGuard<'_> {
     }
 }
 
-/// Waits until the app has a backend. Dropping the future (the client went away) leaves the
+/// Waits until the app has a backend in `table`, calling `wake` when the app sleeps on
+/// demand and no wake is pending. Dropping the future (the client went away) leaves the
 /// queue.
-pub async fn hold(shared: &Shared, app: &str) -> HoldOutcome {
-    let holds = &shared.holds;
+pub async fn hold(
+    holds: &Holds,
+    table: &ArcSwap<Table>,
+    app: &str,
+    wake: impl Fn(),
+) -> HoldOutcome {
     let Some(_guard) = holds.enter(app) else {
         return HoldOutcome::Full;
     };
@@ -131,8 +136,8 @@ pub async fn hold(shared: &Shared, app: &str) -> HoldOutcome {
     let deadline = Instant::now() + HOLD_TIMEOUT;
     loop {
         rx.borrow_and_update();
-        let table = shared.table.load_full();
-        let Some(entry) = table.app(app).cloned() else {
+        let current = table.load_full();
+        let Some(entry) = current.app(app).cloned() else {
             return HoldOutcome::Gone;
         };
         if entry.stopped {
@@ -152,9 +157,7 @@ pub async fn hold(shared: &Shared, app: &str) -> HoldOutcome {
             }
             if holds.claim_wake(app) {
                 tracing::info!(app, "Waking on-demand app");
-                shared.send(WorkerToMaster::Wake {
-                    app: app.to_string(),
-                });
+                wake();
             }
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {

@@ -6,22 +6,28 @@
 mod access;
 mod body;
 mod cache;
+mod conn_info;
+mod conns;
 mod control;
 mod counters;
 mod fast_hash;
 mod forwarded;
 mod h1;
+mod h1_service;
+mod h2_body;
 mod h2_limits;
 mod hold;
 mod host;
 mod httpdate;
 mod internal_host;
 mod lazy_timer;
+mod limits;
 mod listeners;
 mod pipeline;
 #[doc(hidden)]
 pub mod proxy_protocol;
 mod redirect;
+mod request_body;
 mod request_id;
 mod responses;
 mod rewind;
@@ -70,7 +76,7 @@ pub fn run(ipc: std::os::unix::net::UnixStream) -> i32 {
 /// was accepted.
 #[doc(hidden)]
 pub fn fuzz_check_head(head: &[u8]) -> bool {
-    h1::check_head(head).is_ok()
+    h1::check_head(head, &h1_service::CONFIG.head).is_ok()
 }
 
 /// An instance's answer as the upstream client reads it: response head, body framing and,
@@ -85,5 +91,5 @@ pub fn fuzz_upstream_response(data: &[u8]) -> bool {
 /// returns whether a complete head was accepted.
 #[doc(hidden)]
 pub fn fuzz_h1_request(data: &[u8]) -> bool {
-    h1::fuzz_request(data)
+    h1::fuzz_request(data, &h1_service::CONFIG)
 }

@@ -1,7 +1,6 @@
 //! Accept loops for the inherited listeners, TLS handshakes, and the HTTP connections with
 //! graceful shutdown (stop accepting, finish in-flight, close idle keep-alive).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,69 +8,23 @@ use hyper_util::rt::TokioExecutor;
 use tako_ipc::ListenerKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn_info::ConnInfo;
+use crate::conns::ConnTracker;
 use crate::h1;
+use crate::h1_service;
 use crate::h2_limits;
-use crate::pipeline::ConnInfo;
+use crate::lazy_timer::LazyTimer;
+use crate::limits::{MAX_CONNECTIONS, MAX_HEADER_BYTES, TLS_HANDSHAKE_TIMEOUT};
 use crate::proxy_protocol::{self, Header};
 use crate::shared::Shared;
 
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-pub const MAX_HEADER_FIELDS: usize = 128;
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Open connections one worker serves at most (client connections and WebSocket tunnels).
-/// At 16384 a worker stays well inside a 64k descriptor limit even with an upstream socket
-/// per connection, while an ordinary site never gets near it.
-pub const MAX_CONNECTIONS: usize = 16 * 1024;
 /// How often a worker at the cap looks again whether a connection closed.
 const CAP_RECHECK: Duration = Duration::from_millis(20);
 /// At most one "connection cap reached" line per this period.
 const CAP_LOG_PERIOD: Duration = Duration::from_secs(1);
-
-/// Counts open connections so shutdown knows when the last one is gone.
-#[derive(Default)]
-pub struct ConnTracker {
-    active: AtomicUsize,
-    idle: Notify,
-}
-
-pub struct ConnGuard(Arc<ConnTracker>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl ConnTracker {
-    pub fn enter(self: &Arc<Self>) -> ConnGuard {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ConnGuard(Arc::clone(self))
-    }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Acquire)
-    }
-
-    /// Returns once no connection is open.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.active() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
 
 /// The per-worker connection cap. Over the cap the accept loop stops accepting instead of
 /// accepting and closing: all workers accept from the same inherited socket, so a connection
@@ -294,12 +247,18 @@ fn serve_h1<I>(io: I, conn: ConnInfo, server: &Server) -> impl std::future::Futu
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = conn.peer;
+    let service = h1_service::Pipeline {
+        conn,
+        shared: Arc::clone(&server.shared),
+        head_timer: LazyTimer::new(),
+    };
     h1::serve(
         io,
-        conn,
-        Arc::clone(&server.shared),
+        peer,
+        service,
+        &h1_service::CONFIG,
         server.shutdown.clone(),
-        DRAIN_IDLE_GRACE,
     )
 }
 
@@ -320,13 +279,6 @@ where
     )
 }
 
-/// How long an HTTP/1 connection must have been idle before a draining worker closes it
-/// (docs/limits.md, "Draining"). A client that sends on it before then gets its answer, with
-/// `Connection: close`. Counted from the last answer (or from the accept for a connection
-/// that has sent nothing yet), so a connection idle for longer closes at once and a restart
-/// is not held up by it.
-pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(5);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,17 +297,5 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(cap.check(3, t1), Admission::Pause { log: true });
         assert_eq!(cap.check(3, t1), Admission::Pause { log: false });
-    }
-
-    #[test]
-    fn tracker_counts_open_connections() {
-        let t = Arc::new(ConnTracker::default());
-        let a = t.enter();
-        let b = t.enter();
-        assert_eq!(t.active(), 2);
-        drop(a);
-        assert_eq!(t.active(), 1);
-        drop(b);
-        assert_eq!(t.active(), 0);
     }
 }

@@ -1,24 +1,27 @@
 //! One request through the pipeline (docs/http.md, "Pipeline"): limits, ACME, internal host,
 //! redirect, route match, backend selection (with holds), proxy.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::UPGRADE;
-use http::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
 use tako_ipc::cidr::{any_contains, canonical_ip};
+use tako_ipc::WorkerToMaster;
 
 use crate::access::AccessLog;
-use crate::body::{Body, Guarded, ReplayBody, ReplayState, RequestBody};
+use crate::body::{Body, Guarded};
 use crate::cache;
+use crate::conn_info::ConnInfo;
 use crate::counters::UpstreamErrorKind;
 use crate::forwarded;
 use crate::hold::{self, HoldOutcome};
 use crate::host::{self, RequestHost};
 use crate::internal_host::{self, INTERNAL_HOST};
 use crate::lazy_timer::LazyTimer;
+use crate::limits::{MAX_BODY_BYTES, MAX_TARGET_LEN};
 use crate::redirect::{self, ACME_PREFIX};
+use crate::request_body::{ReplayBody, ReplayState, RequestBody};
 use crate::request_id;
 use crate::responses::Canned;
 use crate::shared::Shared;
@@ -27,36 +30,10 @@ use crate::table::{AppEntry, Pick};
 use crate::tunnel;
 use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
 
-/// Longest request-target (docs/http.md, "Limits and timeouts").
-pub const MAX_TARGET_LEN: usize = 8 * 1024;
-/// Largest request body.
-pub const MAX_BODY_BYTES: u64 = 128 * 1024 * 1024;
 /// How many times one request may find its pick removed by a newer table. Each time it
 /// picks from the table installed just before the removal, so a second time needs another
 /// table swap in between; a bound keeps a storm of them from looping a request forever.
 const MAX_REPICKS: u8 = 4;
-
-/// What the pipeline knows about the connection a request came on.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-    /// The peer's address as `X-Forwarded-For` names it: formatted once per connection.
-    pub peer_value: HeaderValue,
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        // An IP address always makes a valid header value.
-        let peer_value = HeaderValue::from_str(&canonical_ip(peer.ip()).to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self {
-            peer,
-            tls,
-            peer_value,
-        }
-    }
-}
 
 /// Serves one request. Never fails: every problem is a response. The access log record stays
 /// alive with the body, so its line is written when the last byte went out.
@@ -229,7 +206,7 @@ async fn route(
 
     let app = match admit(&app) {
         Admit::Serve => app,
-        Admit::Hold => match held(Box::pin(hold::hold(shared, &app.name)).await) {
+        Admit::Hold => match held(Box::pin(hold(shared, &app.name)).await) {
             Ok(entry) => entry,
             Err(canned) => return canned.response(head),
         },
@@ -280,6 +257,17 @@ fn held(outcome: HoldOutcome) -> Result<Arc<AppEntry>, Canned> {
     }
 }
 
+/// Holds the request until `app` has an instance; asks the master to wake an app that sleeps
+/// on demand.
+async fn hold(shared: &Shared, app: &str) -> HoldOutcome {
+    let wake = || {
+        shared.send(WorkerToMaster::Wake {
+            app: app.to_string(),
+        })
+    };
+    hold::hold(&shared.holds, &shared.table, app, wake).await
+}
+
 /// The app's entry in the current table, for a request whose pick a newer table removed:
 /// the same admission as a request that arrives now (an app stopped or deleted meanwhile
 /// refuses it, an on-demand app that just went to sleep holds it).
@@ -290,7 +278,7 @@ async fn current_entry(shared: &Shared, name: &str) -> Result<Arc<AppEntry>, Can
     };
     match admit(&entry) {
         Admit::Serve => Ok(entry),
-        Admit::Hold => held(hold::hold(shared, name).await),
+        Admit::Hold => held(hold(shared, name).await),
         Admit::Refuse(canned) => Err(canned),
     }
 }

@@ -32,7 +32,7 @@ use seccompiler::{
 };
 use tako_ipc::{SandboxConfig, SandboxMode};
 
-use crate::listeners::MAX_CONNECTIONS;
+use crate::limits::MAX_CONNECTIONS;
 
 /// The Landlock ABI this ruleset was written and tested against (the kernel of the CI
 /// machines offers 7). Newer kernels are asked for no more than this; older ones give what

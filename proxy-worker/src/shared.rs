@@ -11,10 +11,11 @@ use tako_ipc::cidr::Cidr;
 use tako_ipc::{Sender, WorkerConfig, WorkerToMaster};
 
 use crate::cache::Cache;
+use crate::conns::ConnTracker;
 use crate::counters::Counters;
 use crate::hold::Holds;
 use crate::internal_host::StatusSnapshot;
-use crate::listeners::ConnTracker;
+use crate::limits::MAX_CONNECTIONS;
 use crate::table::Table;
 use crate::tls::CertStore;
 use crate::upstream::Upstream;
@@ -68,7 +69,12 @@ impl Shared {
             holds: Holds::default(),
             counters: Arc::new(Counters::default()),
             certs: Arc::new(CertStore::default()),
-            upstream: Upstream::new(),
+            // As many idle connections per instance as the worker has client connections:
+            // below the client concurrency every request past the cap opens and closes a
+            // connection (measured: 66 vs 40 µs of worker CPU per request at 64 client
+            // connections with a cap of 32, and 88.7 vs 47.5 µs at 5000 connections with a
+            // cap of 1024).
+            upstream: Upstream::new(MAX_CONNECTIONS),
             cache,
             conns: Arc::new(ConnTracker::default()),
             outbox,

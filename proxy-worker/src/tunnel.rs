@@ -6,13 +6,13 @@
 //! backend and certificate changes do not touch it.
 
 use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
-use http::{Request, Version};
+use http::Request;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::conns::ConnGuard;
 use crate::counters::InFlight;
-use crate::h1::UpgradeSlot;
-use crate::listeners::ConnGuard;
+use crate::h1::{wants_upgrade, UpgradeSlot};
 use crate::upstream::Upgraded;
 
 /// The `Upgrade` value when this is an HTTP/1.1 upgrade request.
@@ -21,18 +21,6 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     req.headers().get(UPGRADE).cloned()
-}
-
-/// An HTTP/1.1 request with `Connection: upgrade` and a non-empty `Upgrade`.
-pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
-    version == Version::HTTP_11
-        && headers.get(UPGRADE).is_some_and(|v| !v.is_empty())
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Where the client's side of an upgrade comes from.

@@ -6,15 +6,46 @@
 //! - `Content-Length` with `Transfer-Encoding`, differing lengths, chunked under HTTP/1.0 and a
 //!   last coding that is not chunked are smuggling patterns: 400.
 //! - HTTP/0.9 request lines, whitespace before a colon, obs-fold and control bytes in values
-//!   are 400; more than `MAX_HEADER_FIELDS` fields or a head over `MAX_HEADER_BYTES` is 431, a
-//!   target over `MAX_TARGET_LEN` 414.
+//!   are 400; more fields than [`HeadLimits::max_fields`] or a head over
+//!   [`HeadLimits::max_bytes`] is 431, a target over [`HeadLimits::max_target`] 414.
 //!
 //! The same pass reads the few fields the loop acts on (framing, `Connection`, `Expect`), so the
 //! parsed request is not searched for them again.
 
-use crate::listeners::{MAX_HEADER_BYTES, MAX_HEADER_FIELDS};
-use crate::pipeline::MAX_TARGET_LEN;
-use crate::responses::Canned;
+/// The size limits of a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Header fields (lines) at most.
+    pub max_fields: usize,
+    /// Bytes of the whole head, request line and blank line included.
+    pub max_bytes: usize,
+    /// Bytes of the request-target.
+    pub max_target: usize,
+}
+
+/// Why a request is refused before it reaches the service; each has its status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// 400: malformed, or a smuggling pattern.
+    BadRequest,
+    /// 414.
+    UriTooLong,
+    /// 431.
+    HeaderFieldsTooLarge,
+    /// 408: a head begun and not finished in time.
+    RequestTimeout,
+}
+
+impl Refused {
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            Refused::BadRequest => http::StatusCode::BAD_REQUEST,
+            Refused::UriTooLong => http::StatusCode::URI_TOO_LONG,
+            Refused::HeaderFieldsTooLarge => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refused::RequestTimeout => http::StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +57,7 @@ pub enum BodyFraming {
 
 /// A refusal: what to answer, and whether the request was a HEAD (no body then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal(pub Canned, pub bool);
+pub struct Refusal(pub Refused, pub bool);
 
 /// What a head that passed says about its connection and body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,12 +181,12 @@ pub fn bad_request_line(buf: &[u8]) -> Option<Refusal> {
     let mut parts = line.split(|c| *c == b' ');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(_), Some(_), Some(version), None) if version.starts_with(b"HTTP/1.") => None,
-        _ => Some(Refusal(Canned::BadRequest, line.starts_with(b"HEAD "))),
+        _ => Some(Refusal(Refused::BadRequest, line.starts_with(b"HEAD "))),
     }
 }
 
 /// The answer for a head that exceeds the size limit without ending.
-pub fn oversized(buf: &[u8]) -> Refusal {
+pub fn oversized(buf: &[u8], limits: &HeadLimits) -> Refusal {
     let b = skip_empty_lines(buf);
     let line_end = b.iter().position(|c| *c == b'\n').unwrap_or(b.len());
     let line = &b[..line_end];
@@ -164,10 +195,10 @@ pub fn oversized(buf: &[u8]) -> Refusal {
         .split(|c| *c == b' ')
         .nth(1)
         .map_or(line.len(), <[u8]>::len);
-    if target_len > MAX_TARGET_LEN {
-        Refusal(Canned::UriTooLong, head)
+    if target_len > limits.max_target {
+        Refusal(Refused::UriTooLong, head)
     } else {
-        Refusal(Canned::HeaderFieldsTooLarge, head)
+        Refusal(Refused::HeaderFieldsTooLarge, head)
     }
 }
 
@@ -217,8 +248,8 @@ pub struct Parts<'a> {
 }
 
 /// Checks one complete header section (up to and including its blank line).
-pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
-    check_head_with(head, |_, _| true).map(|p| p.checked)
+pub fn check_head(head: &[u8], limits: &HeadLimits) -> Result<Checked, Refusal> {
+    check_head_with(head, limits, |_, _| true).map(|p| p.checked)
 }
 
 /// [`check_head`], handing each field line's name and value (without surrounding whitespace)
@@ -226,6 +257,7 @@ pub fn check_head(head: &[u8]) -> Result<Checked, Refusal> {
 /// a field it cannot take, which refuses the head.
 pub fn check_head_with<'a>(
     head: &'a [u8],
+    limits: &HeadLimits,
     mut field: impl FnMut(&'a [u8], &'a [u8]) -> bool,
 ) -> Result<Parts<'a>, Refusal> {
     let head = skip_empty_lines(head);
@@ -233,7 +265,7 @@ pub fn check_head_with<'a>(
     let mut parts = request_line.split(|c| *c == b' ');
     let first = parts.next();
     let is_head = first == Some(&b"HEAD"[..]);
-    let bad = Refusal(Canned::BadRequest, is_head);
+    let bad = Refusal(Refused::BadRequest, is_head);
     // HTTP/0.9 (`GET /`) and anything that is not `method SP target SP version`.
     let (Some(method), Some(target), Some(version), None) =
         (first, parts.next(), parts.next(), parts.next())
@@ -243,8 +275,8 @@ pub fn check_head_with<'a>(
     if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) {
         return Err(bad);
     }
-    if target.len() > MAX_TARGET_LEN {
-        return Err(Refusal(Canned::UriTooLong, is_head));
+    if target.len() > limits.max_target {
+        return Err(Refusal(Refused::UriTooLong, is_head));
     }
     if target.is_empty() || target.iter().any(|b| *b < 0x21 || *b == 0x7f) {
         return Err(bad);
@@ -266,8 +298,8 @@ pub fn check_head_with<'a>(
     // a tchar.
     while !(rest.is_empty() || rest.starts_with(b"\n") || rest.starts_with(b"\r\n")) {
         fields += 1;
-        if fields > MAX_HEADER_FIELDS {
-            return Err(Refusal(Canned::HeaderFieldsTooLarge, is_head));
+        if fields > limits.max_fields {
+            return Err(Refusal(Refused::HeaderFieldsTooLarge, is_head));
         }
         let colon = rest.iter().position(|b| !is_tchar(*b)).ok_or(bad)?;
         if colon == 0 || rest[colon] != b':' {
@@ -366,31 +398,41 @@ pub enum Scan {
 
 /// Looks for a whole head at the front of `buf`. `searched` is what an earlier call on the
 /// same head reported.
-pub fn scan(buf: &[u8], searched: usize) -> Result<Scan, Refusal> {
+pub fn scan(buf: &[u8], searched: usize, limits: &HeadLimits) -> Result<Scan, Refusal> {
     let Some(end) = head_end(buf, searched) else {
         if let Some(r) = bad_request_line(buf) {
             // HTTP/0.9 sends one line and waits: answer now, not at the 408.
             return Err(r);
         }
-        if buf.len() > MAX_HEADER_BYTES {
-            return Err(oversized(buf));
+        if buf.len() > limits.max_bytes {
+            return Err(oversized(buf, limits));
         }
         return Ok(Scan::Partial {
             searched: buf.len(),
         });
     };
-    if end > MAX_HEADER_BYTES {
-        return Err(oversized(buf));
+    if end > limits.max_bytes {
+        return Err(oversized(buf, limits));
     }
     Ok(Scan::Head(end))
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn check(s: &str) -> Result<BodyFraming, Canned> {
-        check_head(s.as_bytes()).map(|c| c.framing).map_err(|r| r.0)
+    pub(crate) const LIMITS: HeadLimits = HeadLimits {
+        max_fields: 128,
+        max_bytes: 64 * 1024,
+        max_target: 8 * 1024,
+    };
+    const MAX_TARGET_LEN: usize = LIMITS.max_target;
+    const MAX_HEADER_BYTES: usize = LIMITS.max_bytes;
+
+    fn check(s: &str) -> Result<BodyFraming, Refused> {
+        check_head(s.as_bytes(), &LIMITS)
+            .map(|c| c.framing)
+            .map_err(|r| r.0)
     }
 
     #[test]
@@ -423,7 +465,7 @@ mod tests {
             check("PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
             Ok(BodyFraming::Chunked)
         );
-        let bad = Err(Canned::BadRequest);
+        let bad = Err(Refused::BadRequest);
         for s in [
             "GET /\r\n\r\n",
             "GET / HTTP/1.1 x\r\n\r\n",
@@ -450,22 +492,22 @@ mod tests {
         let many: String = (0..129).map(|i| format!("X-{i}: v\r\n")).collect();
         assert_eq!(
             check(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
-            Err(Canned::HeaderFieldsTooLarge)
+            Err(Refused::HeaderFieldsTooLarge)
         );
         let long = "a".repeat(MAX_TARGET_LEN + 1);
         assert_eq!(
             check(&format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n")),
-            Err(Canned::UriTooLong)
+            Err(Refused::UriTooLong)
         );
         assert_eq!(
-            check_head(b"HEAD / HTTP/1.1\r\nX: \x7f\r\n\r\n"),
-            Err(Refusal(Canned::BadRequest, true))
+            check_head(b"HEAD / HTTP/1.1\r\nX: \x7f\r\n\r\n", &LIMITS),
+            Err(Refusal(Refused::BadRequest, true))
         );
     }
 
     #[test]
     fn connection_and_expect_are_read_in_the_same_pass() {
-        let c = |s: &str| check_head(s.as_bytes()).unwrap();
+        let c = |s: &str| check_head(s.as_bytes(), &LIMITS).unwrap();
         assert!(c("GET / HTTP/1.1\r\n\r\n").persistent());
         assert!(!c("GET / HTTP/1.0\r\n\r\n").persistent());
         assert!(c("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").persistent());
@@ -521,7 +563,7 @@ mod tests {
         // exactly when its last byte arrives.
         let mut searched = 0;
         for len in 1..=whole.len() {
-            match scan(&whole[..len], searched).unwrap() {
+            match scan(&whole[..len], searched, &LIMITS).unwrap() {
                 Scan::Head(at) => {
                     assert_eq!((at, len), (end, end));
                     return;
@@ -536,21 +578,21 @@ mod tests {
     fn oversized_heads_name_the_limit_they_broke() {
         let long_target = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEADER_BYTES));
         assert_eq!(
-            scan(long_target.as_bytes(), 0).err(),
-            Some(Refusal(Canned::UriTooLong, false))
+            scan(long_target.as_bytes(), 0, &LIMITS).err(),
+            Some(Refusal(Refused::UriTooLong, false))
         );
         let big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEADER_BYTES));
         assert_eq!(
-            scan(big.as_bytes(), 0).err(),
-            Some(Refusal(Canned::HeaderFieldsTooLarge, false))
+            scan(big.as_bytes(), 0, &LIMITS).err(),
+            Some(Refusal(Refused::HeaderFieldsTooLarge, false))
         );
         let ended = format!(
             "HEAD / HTTP/1.1\r\nX: {}\r\n\r\n",
             "a".repeat(MAX_HEADER_BYTES)
         );
         assert_eq!(
-            scan(ended.as_bytes(), 0).err(),
-            Some(Refusal(Canned::HeaderFieldsTooLarge, true))
+            scan(ended.as_bytes(), 0, &LIMITS).err(),
+            Some(Refusal(Refused::HeaderFieldsTooLarge, true))
         );
     }
 }

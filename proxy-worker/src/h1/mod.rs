@@ -25,8 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
+use std::future::Future;
+use std::net::SocketAddr;
+
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{HeaderMap, HeaderName, CONNECTION, UPGRADE};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -34,18 +38,53 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 pub use body::OwnBody;
-pub use head_check::check_head;
-use head_check::{BodyFraming, Refusal};
+use head_check::BodyFraming;
+pub use head_check::{check_head, HeadLimits, Refusal, Refused};
 use response::Framing;
 
-use crate::body::{Body, BoxError, RequestBody};
+use crate::body::BoxError;
 use crate::lazy_timer::LazyTimer;
-use crate::listeners::HEADER_READ_TIMEOUT;
-use crate::pipeline::{self, ConnInfo};
-use crate::responses::Canned;
 use crate::rewind::{poll_read_append, read_append, Rewind};
-use crate::shared::Shared;
 use crate::upstream::chunked::{chunk_size_line, ChunkedDecoder, Step};
+
+/// How a server reads its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub head: HeadLimits,
+    /// For the first head of a connection, and for a head whose first byte arrived (a partial
+    /// head then gets a 408).
+    pub header_read_timeout: Duration,
+    /// Between two requests.
+    pub keep_alive_idle: Duration,
+    /// A request body that brings no byte for this long ends the connection.
+    pub body_idle: Duration,
+    /// A draining server closes a connection once it has been idle this long.
+    pub drain_grace: Duration,
+    /// Header names `http` does not know (all starting with `x-`) that requests carry all the
+    /// time: taken from here, each is shared instead of copied to the heap per request.
+    pub frequent_names: &'static [&'static HeaderName],
+}
+
+/// What the connection loop calls back into: the answer to each request.
+pub trait Service: Send + 'static {
+    /// The request as the service takes it: built from the body the loop reads, `None` for a
+    /// request without one.
+    type RequestBody: From<Option<OwnBody>> + Send;
+    type ResponseBody: HttpBody<Data = Bytes, Error: Into<BoxError> + Send> + Unpin + Send;
+    /// Kept until the response was written or the client went away (an access log record).
+    type Guard: Send;
+
+    /// Answers one request. The future lives in the connection's own, so a request costs no
+    /// allocation for it.
+    fn call(
+        &mut self,
+        req: Request<Self::RequestBody>,
+    ) -> impl Future<Output = (Response<Self::ResponseBody>, Self::Guard)> + Send + '_;
+
+    /// The whole response, `Connection: close` included, to a request refused before it was
+    /// parsed.
+    fn refusal(&mut self, refusal: Refusal) -> Vec<u8>;
+}
 
 /// Body frames up to this size are copied next to the head (or chunk line) to go out in one
 /// write; larger ones are written on their own.
@@ -64,10 +103,6 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// up to this much, within this long, to keep the connection; past that it closes.
 const DRAIN_BYTES: usize = 64 * 1024;
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
-/// Idle keep-alive between two requests.
-const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
-/// A request body that sends nothing for this long ends the connection.
-const BODY_IDLE: Duration = Duration::from_secs(60);
 
 /// Any connection the loop can serve.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -90,11 +125,28 @@ impl UpgradeSlot {
 }
 
 /// See [`crate::fuzz_h1_request`].
-pub fn fuzz_request(data: &[u8]) -> bool {
+pub fn fuzz_request(data: &[u8], config: &Config) -> bool {
     matches!(
-        request::parse(&mut BytesMut::from(data), &mut 0),
+        request::parse(
+            &mut BytesMut::from(data),
+            &mut 0,
+            &config.head,
+            config.frequent_names
+        ),
         Ok(Some(_))
     )
+}
+
+/// An HTTP/1.1 request with `Connection: upgrade` and a non-empty `Upgrade`.
+pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.get(UPGRADE).is_some_and(|v| !v.is_empty())
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// How a read of the connection ended.
@@ -109,27 +161,29 @@ enum Wait {
 ///
 /// A drain never closes a connection under a client that may be sending: the next request on
 /// it is answered with `Connection: close`, and a connection that stays idle is closed once it
-/// has been idle for `drain_grace` (docs/limits.md, "Draining").
+/// has been idle for `config.drain_grace` (docs/limits.md, "Draining"). `peer` names the
+/// client in log lines.
 ///
 /// Not an `async fn`: those keep every argument twice in their future, and `io` (a TLS
 /// stream is 1.4 KB) is in every connection's.
 #[allow(clippy::manual_async_fn)]
-pub fn serve<I: Io>(
+pub fn serve<I: Io, S: Service>(
     mut io: I,
-    conn: ConnInfo,
-    shared: Arc<Shared>,
+    peer: SocketAddr,
+    mut service: S,
+    config: &'static Config,
     shutdown: watch::Receiver<bool>,
-    drain_grace: Duration,
-) -> impl std::future::Future<Output = ()> {
+) -> impl Future<Output = ()> + Send {
     async move {
+        let header_read_timeout = config.header_read_timeout;
+        let drain_grace = config.drain_grace;
         let opened = Instant::now();
         let mut rbuf = BytesMut::new();
         // Whether `rbuf` stayed small enough to keep while the connection is idle.
         let mut small_reads = true;
         let mut wbuf = Vec::new();
-        // The upstream's response-head limit, and the limits on reading the client.
-        let mut head_timer = LazyTimer::new();
-        let mut read_timer = LazyTimer::at(opened + HEADER_READ_TIMEOUT);
+        // The limits on reading the client.
+        let mut read_timer = LazyTimer::at(opened + header_read_timeout);
         let mut idle_since = opened;
         let mut served = false;
         // One wait for the drain per connection, not one registration per idle wait.
@@ -142,11 +196,16 @@ pub fn serve<I: Io>(
             // When the first byte of a head that is not complete yet was seen.
             let mut head_started = None;
             let head = loop {
-                match request::parse(&mut rbuf, &mut searched) {
+                match request::parse(
+                    &mut rbuf,
+                    &mut searched,
+                    &config.head,
+                    config.frequent_names,
+                ) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
                     Err(refusal) => {
-                        refuse(&mut io, refusal, &conn, shared.config.index).await;
+                        refuse(&mut io, service.refusal(refusal)).await;
                         return;
                     }
                 }
@@ -161,9 +220,9 @@ pub fn serve<I: Io>(
                     head_started = Some(Instant::now());
                 }
                 let deadline = match head_started {
-                    Some(at) => at + HEADER_READ_TIMEOUT,
-                    None if served => idle_since + KEEP_ALIVE_IDLE,
-                    None => opened + HEADER_READ_TIMEOUT,
+                    Some(at) => at + header_read_timeout,
+                    None if served => idle_since + config.keep_alive_idle,
+                    None => opened + header_read_timeout,
                 };
                 let wait = if idle {
                     wait_for_request(
@@ -188,8 +247,8 @@ pub fn serve<I: Io>(
                     Wait::TimedOut if idle => return,
                     Wait::TimedOut => {
                         let head = rbuf.trim_ascii_start().starts_with(b"HEAD ");
-                        let timeout = Refusal(Canned::RequestTimeout, head);
-                        refuse(&mut io, timeout, &conn, shared.config.index).await;
+                        let timeout = Refusal(Refused::RequestTimeout, head);
+                        refuse(&mut io, service.refusal(timeout)).await;
                         return;
                     }
                 }
@@ -205,7 +264,7 @@ pub fn serve<I: Io>(
             let (mut parts, ()) = request.into_parts();
             let version = parts.version;
             let head_request = parts.method == Method::HEAD;
-            let upgrade_tx = if crate::tunnel::wants_upgrade(version, &parts.headers) {
+            let upgrade_tx = if wants_upgrade(version, &parts.headers) {
                 let (tx, rx) = oneshot::channel();
                 parts
                     .extensions
@@ -217,18 +276,19 @@ pub fn serve<I: Io>(
             // A body is read through the buffer, in reads of any size.
             small_reads &= framing == BodyFraming::None;
             let (body, mut pump) = match framing {
-                BodyFraming::None => (RequestBody::Empty, None),
+                BodyFraming::None => (None, None),
                 BodyFraming::Length(n) => {
                     let (tx, body) = OwnBody::channel(Some(n));
-                    (RequestBody::Own(body), Some(Pump::new(tx, framing)))
+                    (Some(body), Some(Pump::new(tx, framing)))
                 }
                 BodyFraming::Chunked => {
                     let (tx, body) = OwnBody::channel(None);
-                    (RequestBody::Own(body), Some(Pump::new(tx, framing)))
+                    (Some(body), Some(Pump::new(tx, framing)))
                 }
             };
             let mut body_reads = BodyReads {
                 timer: &mut read_timer,
+                idle: config.body_idle,
                 // No clock read for a request without a body.
                 last_byte: if pump.is_some() {
                     Instant::now()
@@ -246,14 +306,9 @@ pub fn serve<I: Io>(
                 return;
             }
 
-            // Pinned here, not boxed: the pipeline's future lives in the connection's, so a
+            // Pinned here, not boxed: the service's future lives in the connection's, so a
             // request costs no allocation for it.
-            let answer = pipeline::answer(
-                Request::from_parts(parts, body),
-                &conn,
-                &shared,
-                &mut head_timer,
-            );
+            let answer = service.call(Request::from_parts(parts, body.into()));
             tokio::pin!(answer);
             let mut body = if pump.is_some() {
                 BodyRead::Reading
@@ -312,7 +367,7 @@ pub fn serve<I: Io>(
                     return;
                 }
                 Err(error) => {
-                    tracing::debug!(peer = %conn.peer, %error, "Response not completed");
+                    tracing::debug!(%peer, %error, "Response not completed");
                     return;
                 }
             }
@@ -370,19 +425,8 @@ async fn read_by<I: Io>(
     .await
 }
 
-/// Answers a head that cannot be served and closes the connection.
-/// Such a request has no headers to take an id from: it gets a made one (docs/http.md,
-/// "Request IDs").
-async fn refuse<I: Io>(io: &mut I, refusal: Refusal, conn: &ConnInfo, worker: u32) {
-    let Refusal(canned, head_request) = refusal;
-    let request_id = crate::request_id::generate(worker, std::time::Instant::now());
-    tracing::debug!(
-        peer = %conn.peer,
-        status = canned.status().as_u16(),
-        request_id = %request_id.to_str().unwrap_or(""),
-        "Request refused before parsing"
-    );
-    let raw = canned.raw_close(head_request, &request_id);
+/// Writes the answer to a head that cannot be served and closes the connection.
+async fn refuse<I: Io>(io: &mut I, raw: Vec<u8>) {
     if io.write_all(&raw).await.is_ok() && io.flush().await.is_ok() {
         linger_close(io).await;
     }
@@ -399,21 +443,22 @@ enum BodyRead {
     Broken,
 }
 
-/// Reads of a request body: each must bring a byte within `BODY_IDLE` of the last one.
+/// Reads of a request body: each must bring a byte within `idle` of the last one.
 struct BodyReads<'a> {
     timer: &'a mut LazyTimer,
+    idle: Duration,
     last_byte: Instant,
 }
 
 impl BodyReads<'_> {
     async fn read<I: Io>(&mut self, io: &mut I, rbuf: &mut BytesMut) -> Result<(), BoxError> {
-        match read_by(io, rbuf, self.timer, self.last_byte + BODY_IDLE).await {
+        match read_by(io, rbuf, self.timer, self.last_byte + self.idle).await {
             Wait::Data => {
                 self.last_byte = Instant::now();
                 Ok(())
             }
             Wait::Closed => Err("client closed the connection in the middle of the body".into()),
-            Wait::TimedOut => Err("request body idle for 60 s".into()),
+            Wait::TimedOut => Err(format!("request body idle for {:?}", self.idle).into()),
         }
     }
 }
@@ -536,14 +581,17 @@ impl Pump {
 }
 
 /// Writes the response; `Ok(true)` when the connection may carry another request.
-async fn write_response<I: Io>(
+async fn write_response<I: Io, B>(
     io: &mut I,
     out: &mut Vec<u8>,
-    resp: Response<Body>,
+    resp: Response<B>,
     version: http::Version,
     head_request: bool,
     keep_alive: bool,
-) -> io::Result<bool> {
+) -> io::Result<bool>
+where
+    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Unpin,
+{
     let (mut parts, mut body) = resp.into_parts();
     let known_len = if body.is_end_stream() {
         Some(0)
@@ -587,7 +635,7 @@ async fn write_response<I: Io>(
         }
     };
     while let Some(frame) = pending.take() {
-        let frame = frame.map_err(io::Error::other)?;
+        let frame = frame.map_err(|e| io::Error::other(e.into()))?;
         if let Ok(data) = frame.into_data() {
             if !data.is_empty() {
                 if let Some(left) = left.as_mut() {

@@ -5,9 +5,7 @@ use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use super::head_check::{self, BodyFraming, Refusal, Scan};
-use crate::forwarded;
-use crate::responses::Canned;
+use super::head_check::{self, BodyFraming, HeadLimits, Refusal, Refused, Scan};
 
 /// A parsed head and what the connection needs to know about it.
 pub struct Head {
@@ -18,19 +16,15 @@ pub struct Head {
     pub expects_continue: bool,
 }
 
-/// Names that `http` does not know but proxied requests carry all the time: looked up here,
-/// each would otherwise be a heap copy per request.
-static FREQUENT_NAMES: [&HeaderName; 4] = [
-    &forwarded::X_FORWARDED_FOR,
-    &forwarded::X_FORWARDED_PROTO,
-    &forwarded::X_FORWARDED_HOST,
-    &forwarded::X_REAL_IP,
-];
-
-/// A header name as `HeaderName::from_bytes` reads it, shared when it is a frequent one.
-fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+/// A header name as `HeaderName::from_bytes` reads it, shared when it is one of `frequent`
+/// (names `http` does not know, all starting with `x-`; each would otherwise be a heap copy
+/// per request).
+fn header_name(
+    raw: &[u8],
+    frequent: &[&'static HeaderName],
+) -> Result<HeaderName, http::header::InvalidHeaderName> {
     if raw.len() > 8 && raw[..2].eq_ignore_ascii_case(b"x-") {
-        if let Some(known) = FREQUENT_NAMES
+        if let Some(known) = frequent
             .iter()
             .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(raw))
         {
@@ -43,8 +37,13 @@ fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName
 /// Checks, parses and takes a complete head from the front of `buf`; `None` while incomplete.
 /// `searched` carries how much of an incomplete head was already searched for its end, from
 /// one call to the next on the same connection.
-pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, Refusal> {
-    let len = match head_check::scan(buf, *searched)? {
+pub fn parse(
+    buf: &mut BytesMut,
+    searched: &mut usize,
+    limits: &HeadLimits,
+    frequent: &[&'static HeaderName],
+) -> Result<Option<Head>, Refusal> {
+    let len = match head_check::scan(buf, *searched, limits)? {
         Scan::Partial { searched: s } => {
             *searched = s;
             return Ok(None);
@@ -59,9 +58,9 @@ pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, R
     let lines = head.iter().filter(|b| **b == b'\n').count();
     let mut headers = HeaderMap::with_capacity(lines.saturating_sub(2) + 4);
     // One pass checks the head and builds the map; the values' bytes were checked in it.
-    let parts = head_check::check_head_with(&head, |name, value| {
+    let parts = head_check::check_head_with(&head, limits, |name, value| {
         match (
-            header_name(name),
+            header_name(name, frequent),
             HeaderValue::from_maybe_shared(head.slice_ref(value)),
         ) {
             (Ok(name), Ok(value)) => {
@@ -72,7 +71,7 @@ pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, R
         }
     })?;
     let checked = parts.checked;
-    let refused = Refusal(Canned::BadRequest, checked.head_method);
+    let refused = Refusal(Refused::BadRequest, checked.head_method);
     let method = Method::from_bytes(parts.method).map_err(|_| refused)?;
     let uri = Uri::from_maybe_shared(head.slice_ref(parts.target)).map_err(|_| refused)?;
     let mut request = Request::new(());
@@ -95,24 +94,28 @@ pub fn parse(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use head_check::tests::LIMITS;
+
+    static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    static FREQUENT: [&HeaderName; 2] = [&X_FORWARDED_PROTO, &X_REAL_IP];
 
     #[test]
     fn frequent_names_are_shared_and_others_parsed() {
-        assert_eq!(
-            header_name(b"X-Forwarded-Proto").unwrap(),
-            forwarded::X_FORWARDED_PROTO
-        );
-        assert_eq!(header_name(b"x-real-ip").unwrap(), forwarded::X_REAL_IP);
-        assert_eq!(
-            header_name(b"X-Custom-Thing").unwrap().as_str(),
-            "x-custom-thing"
-        );
-        assert_eq!(header_name(b"Host").unwrap(), http::header::HOST);
-        assert!(header_name(b"x-bad name").is_err());
+        let name = |raw: &[u8]| header_name(raw, &FREQUENT);
+        assert_eq!(name(b"X-Forwarded-Proto").unwrap(), X_FORWARDED_PROTO);
+        assert_eq!(name(b"x-real-ip").unwrap(), X_REAL_IP);
+        assert_eq!(name(b"X-Custom-Thing").unwrap().as_str(), "x-custom-thing");
+        assert_eq!(name(b"Host").unwrap(), http::header::HOST);
+        assert!(name(b"x-bad name").is_err());
+    }
+
+    fn parse_with(buf: &mut BytesMut, searched: &mut usize) -> Result<Option<Head>, Refusal> {
+        parse(buf, searched, &LIMITS, &FREQUENT)
     }
 
     fn parse_str(s: &str) -> Result<Option<Head>, Refusal> {
-        parse(&mut BytesMut::from(s.as_bytes()), &mut 0)
+        parse_with(&mut BytesMut::from(s.as_bytes()), &mut 0)
     }
 
     #[test]
@@ -120,7 +123,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabcGET"[..],
         );
-        let h = parse(&mut buf, &mut 0).unwrap().unwrap();
+        let h = parse_with(&mut buf, &mut 0).unwrap().unwrap();
         assert_eq!(h.request.method(), Method::POST);
         assert_eq!(h.request.uri().path_and_query().unwrap().as_str(), "/a?b=1");
         assert_eq!(h.request.headers()["host"], "x");
@@ -170,7 +173,7 @@ mod tests {
         let mut searched = 0;
         for (i, b) in whole.iter().enumerate() {
             buf.extend_from_slice(&[*b]);
-            match parse(&mut buf, &mut searched).unwrap() {
+            match parse_with(&mut buf, &mut searched).unwrap() {
                 None => assert!(i + 1 < whole.len()),
                 Some(h) => {
                     assert_eq!(i + 1, whole.len());

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,8 +14,8 @@ use super::body::UpstreamBody;
 use super::chunked;
 use super::head::{self, RequestFraming, ResponseHead};
 use super::pool::Pool;
-use super::{Outgoing, UpstreamError, CONNECT_TIMEOUT};
-use crate::body::{BoxError, ReplayBody};
+use super::{Outgoing, OutgoingBody, UpstreamError, CONNECT_TIMEOUT};
+use crate::body::BoxError;
 use crate::rewind::read_append;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +90,10 @@ impl Drop for HeadBytes {
     }
 }
 
-pub async fn send(
+pub async fn send<B: OutgoingBody>(
     pool: &Arc<Pool>,
     port: u16,
-    req: Outgoing<'_>,
+    req: Outgoing<'_, B>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let has_body = !req.body.is_end_stream();
     let framing = RequestFraming::choose(req.method, req.headers, has_body);
@@ -212,10 +211,10 @@ async fn connect(port: u16) -> Result<TcpStream, UpstreamError> {
 
 /// Writes the request and reads the response head. The second value says whether the whole
 /// request body was sent.
-async fn exchange(
+async fn exchange<B: OutgoingBody>(
     stream: &mut TcpStream,
     head_bytes: &[u8],
-    body: Option<ReplayBody>,
+    body: Option<B>,
     chunked: bool,
     buf: &mut BytesMut,
 ) -> Result<(ResponseHead, bool), ExchangeError> {
@@ -230,10 +229,10 @@ async fn exchange(
 }
 
 /// Writes the body while watching for an early answer.
-async fn exchange_with_body(
+async fn exchange_with_body<B: OutgoingBody>(
     stream: &mut TcpStream,
     head_bytes: &[u8],
-    body: ReplayBody,
+    body: B,
     chunked: bool,
     buf: &mut BytesMut,
 ) -> Result<(ResponseHead, bool), ExchangeError> {
@@ -265,14 +264,14 @@ async fn exchange_with_body(
 }
 
 /// Copies the request body, chunk-encoded when its length is unknown.
-async fn pump<W: AsyncWrite + Unpin>(
-    mut body: ReplayBody,
+async fn pump<B: OutgoingBody, W: AsyncWrite + Unpin>(
+    mut body: B,
     wr: &mut W,
     chunked: bool,
 ) -> Result<(), Failure> {
     let mut framed = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Failure::ClientBody)?;
+        let frame = frame.map_err(|e| Failure::ClientBody(e.into()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };

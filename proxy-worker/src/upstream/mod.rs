@@ -19,12 +19,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Response};
+use hyper::body::Body as HttpBody;
 
 pub use body::{Upgraded, UpstreamBody};
 
-use crate::body::ReplayBody;
+use crate::body::BoxError;
 use crate::lazy_timer::LazyTimer;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,32 +79,38 @@ pub enum UpstreamError {
 }
 
 /// What goes to an instance: the request line's parts and the headers to send as they are.
-pub struct Outgoing<'a> {
+pub struct Outgoing<'a, B> {
     pub method: &'a Method,
     /// Origin-form target: path and query.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
-    pub body: ReplayBody,
+    pub body: B,
 }
 
+/// A request body the client can send: its errors are the client's (a 400, not a 502).
+pub trait OutgoingBody: HttpBody<Data = Bytes, Error: Into<BoxError>> + Unpin + Send {}
+impl<B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Unpin + Send> OutgoingBody for B {}
+
 /// The per-worker keep-alive pool to every instance.
-#[derive(Default)]
 pub struct Upstream {
     pool: Arc<pool::Pool>,
 }
 
 impl Upstream {
-    pub fn new() -> Self {
-        Self::default()
+    /// Keeps at most `max_idle_per_port` idle connections to one instance.
+    pub fn new(max_idle_per_port: usize) -> Self {
+        Self {
+            pool: Arc::new(pool::Pool::new(max_idle_per_port)),
+        }
     }
 
     /// Sends the request to `127.0.0.1:port` and waits for the response head, for
     /// [`RESPONSE_HEADER_TIMEOUT`] from `sent_at` (the caller's clock reading, reused),
     /// timed by the connection's `timer`.
-    pub async fn send(
+    pub async fn send<B: OutgoingBody>(
         &self,
         port: u16,
-        req: Outgoing<'_>,
+        req: Outgoing<'_, B>,
         sent_at: std::time::Instant,
         timer: &mut LazyTimer,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {

@@ -18,12 +18,6 @@ use tokio::sync::oneshot;
 /// An idle connection is closed after this long. Below the 5 s default keep-alive of Node's
 /// HTTP server, so we close first and never send on a connection the app is closing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Idle connections kept per instance: as many as the worker's client connections, since
-/// below the client concurrency every request past the cap opens and closes a connection
-/// (measured: 66 vs 40 µs of worker CPU per request at 64 client connections with a cap of
-/// 32, and 88.7 vs 47.5 µs at 5000 connections with a cap of 1024). Idle ones still close
-/// after `IDLE_TIMEOUT`.
-pub const MAX_IDLE_PER_PORT: usize = crate::listeners::MAX_CONNECTIONS;
 /// How often expired idle connections are closed.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
@@ -39,16 +33,25 @@ struct PortIdle {
     waiters: VecDeque<oneshot::Sender<TcpStream>>,
 }
 
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<FastMap<u16, PortIdle>>,
     reaper_running: AtomicBool,
+    /// Idle connections kept per instance; idle ones still close after `IDLE_TIMEOUT`.
+    max_idle_per_port: usize,
 }
 
 /// Resolves when another request hands back a connection to the port.
 pub type Handoff = oneshot::Receiver<TcpStream>;
 
 impl Pool {
+    pub fn new(max_idle_per_port: usize) -> Self {
+        Self {
+            idle: Mutex::default(),
+            reaper_running: AtomicBool::new(false),
+            max_idle_per_port,
+        }
+    }
+
     /// The most recently used live connection to `port`, if any.
     pub fn take(&self, port: u16) -> Option<TcpStream> {
         let now = Instant::now();
@@ -88,7 +91,7 @@ impl Pool {
             }
         }
         let list = &mut entry.idle;
-        if list.len() >= MAX_IDLE_PER_PORT {
+        if list.len() >= self.max_idle_per_port {
             return;
         }
         list.push(Idle {

@@ -10,7 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{Outgoing, Upstream, UpstreamError};
-use crate::body::ReplayBody;
 
 /// One scripted answer: the bytes, and whether the instance closes afterwards.
 type Answer = (&'static [u8], bool);
@@ -56,8 +55,8 @@ async fn instance(answers: Vec<Answer>) -> Instance {
     Instance { port, accepts }
 }
 
-fn empty_body() -> ReplayBody {
-    ReplayBody::new(None, 1024)
+fn empty_body() -> http_body_util::Empty<bytes::Bytes> {
+    http_body_util::Empty::new()
 }
 
 async fn get(up: &Upstream, port: u16, method: Method) -> Result<(StatusCode, Vec<u8>), String> {
@@ -89,7 +88,7 @@ async fn get(up: &Upstream, port: u16, method: Method) -> Result<(StatusCode, Ve
 async fn keep_alive_connections_are_reused() {
     let ok: Answer = (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false);
     let inst = instance(vec![ok; 5]).await;
-    let up = Upstream::new();
+    let up = Upstream::new(16);
     for _ in 0..5 {
         assert_eq!(
             get(&up, inst.port, Method::GET).await.unwrap(),
@@ -105,7 +104,7 @@ async fn a_connection_the_instance_closed_while_idle_is_not_used() {
     // Closes after each answer, without saying so.
     let ok: Answer = (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true);
     let inst = instance(vec![ok; 3]).await;
-    let up = Upstream::new();
+    let up = Upstream::new(16);
     for _ in 0..3 {
         assert_eq!(get(&up, inst.port, Method::GET).await.unwrap().1, b"ok");
     }
@@ -122,7 +121,7 @@ async fn chunked_and_close_delimited_bodies() {
         (b"HTTP/1.1 200 OK\r\n\r\nuntil close", true),
     ])
     .await;
-    let up = Upstream::new();
+    let up = Upstream::new(16);
     assert_eq!(get(&up, inst.port, Method::GET).await.unwrap().1, b"abcde");
     assert_eq!(
         up.pool.idle_count(inst.port),
@@ -151,7 +150,7 @@ async fn interim_responses_are_skipped_and_head_has_no_body() {
         (b"HTTP/1.1 204 No Content\r\n\r\n", false),
     ])
     .await;
-    let up = Upstream::new();
+    let up = Upstream::new(16);
     assert_eq!(
         get(&up, inst.port, Method::GET).await.unwrap(),
         (StatusCode::OK, b"x".to_vec())
@@ -182,7 +181,7 @@ async fn broken_answers_are_errors_and_close_the_connection() {
         ),
     ])
     .await;
-    let up = Upstream::new();
+    let up = Upstream::new(16);
     let truncated = get(&up, inst.port, Method::GET).await.unwrap_err();
     assert!(
         truncated.contains("before the end of the body"),
@@ -204,7 +203,7 @@ async fn refused_connections_are_connect_errors() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
     };
-    let up = Upstream::new();
+    let up = Upstream::new(16);
     let headers = HeaderMap::new();
     let err = up
         .send(
@@ -233,7 +232,7 @@ async fn switching_protocols_hands_over_the_connection_with_early_bytes() {
         false,
     )])
     .await;
-    let up = Upstream::new();
+    let up = Upstream::new(16);
     let headers = HeaderMap::new();
     let resp = up
         .send(
