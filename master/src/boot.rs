@@ -8,11 +8,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::cli::{ConfigError, ServerFlags};
-use crate::core::{lock, unix_now, Master};
+use crate::clock::unix_now;
 use crate::datadir::{prepare_socket_dir, DataDir};
+use crate::master::Master;
 use crate::server_role::ServerRole;
 use crate::state::{DataDirLock, ServerMode, StateHandle, Store};
 use crate::supervisor::{launcher, workers};
+use crate::sync::lock;
 use crate::upgrade;
 
 const WORKER_DRAIN: Duration = Duration::from_secs(30);
@@ -61,9 +63,9 @@ fn notify_ready() {
 pub fn run(flags: ServerFlags) -> i32 {
     // Before any thread exists: the environment is cleaned of LISTEN_* and the re-exec
     // descriptors here.
-    let self_exec = crate::reexec::SelfExec::capture();
+    let self_exec = crate::handover::SelfExec::capture();
     let inherited = crate::listeners::inherited_sockets();
-    let (inherited_lock, ready_fd) = crate::reexec::inherited();
+    let (inherited_lock, ready_fd) = crate::handover::inherited();
     // What was adopted above is close-on-exec now; anything else inherited is closed.
     let stray_fds = crate::child_env::close_stray_descriptors();
     crate::logging::init("role=master".into());
@@ -232,7 +234,7 @@ struct Boot {
     role: ServerRole,
     daemon: Option<upgrade::Daemon>,
     lock_fd: Option<std::os::fd::RawFd>,
-    self_exec: crate::reexec::SelfExec,
+    self_exec: crate::handover::SelfExec,
     /// Set when a predecessor re-executed us: it waits for our ready byte.
     ready_fd: Option<std::os::fd::OwnedFd>,
 }
@@ -284,7 +286,7 @@ async fn serve(boot: Boot) -> i32 {
             return 5;
         }
     };
-    let (registry, fixes) = crate::apps::restore::register(stored);
+    let (registry, fixes) = crate::lifecycle::restore::register(stored);
     // A candidate never writes app rows: its fixed bases live in memory only.
     for (app, base) in fixes.into_iter().filter(|_| role == ServerRole::Primary) {
         if let Err(e) = store.set_base_port(app.clone(), base).await {
@@ -365,18 +367,18 @@ async fn serve(boot: Boot) -> i32 {
     spawn_status_pusher(master.clone());
     spawn_certificate_check(master.clone());
     crate::acme::start(&master);
-    crate::apps::idle::spawn(master.clone());
+    crate::lifecycle::idle::spawn(master.clone());
     {
         let m = master.clone();
         tokio::spawn(async move {
             if m.launcher.wait_ready(Duration::from_secs(30)).await {
-                crate::apps::restore::start(m).await;
+                crate::lifecycle::restore::start(m).await;
             } else {
                 tracing::error!("the app launcher did not start; apps are not restored");
             }
             // A predecessor hands over once our apps are back.
             if let Some(fd) = ready_fd {
-                crate::reexec::report_ready(fd);
+                crate::handover::report_ready(fd);
             }
         });
     }

@@ -1,40 +1,18 @@
-//! The command line (docs/cli.md, "Flags", "Config file"): server flags, the optional config
-//! file, and `ctl`.
+//! The server's flags and settings (docs/cli.md, "Flags", "Config file"): the flags, the
+//! optional config file, and the [`Settings`] they resolve to. A leaf: every other module
+//! reads the settings, this one reads none of them. The subcommands (`ctl`, the sandbox
+//! self-test) hang off the command line in `main.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use serde::Deserialize;
 use tako_ipc::cidr::Cidr;
 
 pub const DEFAULT_SOCKET: &str = "/var/run/tako/tako.sock";
 pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "tako-server",
-    version,
-    about = "Tako Server - Application runtime and proxy",
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub server: ServerFlags,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Talk to a running server over its management socket
-    Ctl(crate::ctl::CtlArgs),
-    /// Apply the proxy worker's sandbox to this process, try what it must refuse and print
-    /// the outcomes as JSON (tests and diagnosis)
-    #[command(name = "sandbox-selftest", hide = true)]
-    SandboxSelftest(crate::sandbox_selftest::SelftestArgs),
-}
 
 fn parse_workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -242,6 +220,22 @@ pub struct ServerFlags {
 }
 
 /// The server's response-cache budget: 256 MiB (docs/http.md, "Response cache").
+/// Which server flags were given on the command line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExplicitFlags {
+    pub listen: bool,
+    pub workers: bool,
+    pub proxy_user: bool,
+    pub app_user: bool,
+    pub deploy_user: bool,
+    pub trusted_proxy: bool,
+    pub acme_directory: bool,
+    pub acme_ca_root: bool,
+    pub app_uid_range: bool,
+    pub sandbox: bool,
+    pub proxy_protocol: bool,
+}
+
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The optional TOML config file (docs/cli.md, "Config file"). Unknown keys are errors.
@@ -332,7 +326,7 @@ impl Settings {
     /// What each proxy worker's sandbox lets through: `<data-dir>/apps` to read, and the
     /// instance ports (docs/apps.md, "Ports", moved by `--instance-port-offset`) to connect to.
     pub fn worker_sandbox(&self) -> tako_ipc::SandboxConfig {
-        use crate::apps::ports::{BLOCK, BLOCKS, FIRST_BASE};
+        use crate::ports::{BLOCK, BLOCKS, FIRST_BASE};
         let first = FIRST_BASE.saturating_add(self.instance_port_offset);
         let last = (FIRST_BASE + BLOCK * BLOCKS - 1).saturating_add(self.instance_port_offset);
         tako_ipc::SandboxConfig {
@@ -352,8 +346,8 @@ fn usable_cpus() -> usize {
 
 impl ServerFlags {
     /// Which flags a candidate must not take from the primary's settings.
-    pub fn explicit(&self) -> crate::upgrade::ExplicitFlags {
-        crate::upgrade::ExplicitFlags {
+    pub fn explicit(&self) -> ExplicitFlags {
+        ExplicitFlags {
             listen: !self.listen.is_empty(),
             workers: self.workers.is_some(),
             proxy_user: self.proxy_user.is_some(),
@@ -513,49 +507,19 @@ fn read_config(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// The server's flags alone, as the command line parses them.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerFlags,
+    }
 
     fn flags(args: &[&str]) -> ServerFlags {
         let mut v = vec!["tako-server"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v).unwrap().server
-    }
-
-    #[test]
-    fn a_candidate_keeps_the_primarys_sandbox_unless_told_otherwise() {
-        let dir = std::env::temp_dir().join("tako-cli-test-sandbox");
-        let d = dir.to_str().unwrap();
-        let primary = flags(&["--data-dir", d, "--sandbox", "off"])
-            .resolve()
-            .unwrap();
-        let stored = crate::upgrade::settings_json(&primary);
-        let plain = flags(&["--data-dir", d]);
-        let explicit = plain.explicit();
-        let mut candidate = plain.resolve().unwrap();
-        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
-        crate::upgrade::inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::Off);
-        let own = flags(&["--data-dir", d, "--sandbox", "best-effort"]);
-        let explicit = own.explicit();
-        let mut candidate = own.resolve().unwrap();
-        crate::upgrade::inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
-    }
-
-    #[test]
-    fn a_candidate_keeps_the_primarys_proxy_protocol_listeners() {
-        let dir = std::env::temp_dir().join("tako-cli-test-proxy-inherit");
-        let d = dir.to_str().unwrap();
-        let base = ["--data-dir", d, "--listen", "127.0.0.1", "--port", "8080"];
-        let mut with = base.to_vec();
-        with.extend(["--proxy-protocol", "127.0.0.1:8080"]);
-        let primary = flags(&with).resolve().unwrap();
-        let stored = crate::upgrade::settings_json(&primary);
-        let plain = flags(&base);
-        let explicit = plain.explicit();
-        let mut candidate = plain.resolve().unwrap();
-        assert!(candidate.proxy_protocol.is_empty());
-        crate::upgrade::inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert_eq!(candidate.proxy_protocol, primary.proxy_protocol);
     }
 
     #[test]

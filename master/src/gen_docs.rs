@@ -35,9 +35,9 @@ pub fn generate(dir: &Path) -> Result<(), GenerateError> {
     for d in [&man, &completions] {
         std::fs::create_dir_all(d).map_err(write_err(d))?;
     }
-    clap_mangen::generate_to(crate::cli::Cli::command(), &man).map_err(write_err(&man))?;
+    clap_mangen::generate_to(crate::Cli::command(), &man).map_err(write_err(&man))?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        let mut cmd = crate::cli::Cli::command();
+        let mut cmd = crate::Cli::command();
         clap_complete::generate_to(shell, &mut cmd, "tako-server", &completions)
             .map_err(write_err(&completions))?;
     }

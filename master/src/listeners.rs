@@ -88,7 +88,7 @@ pub fn inherited_sockets() -> Vec<(String, OwnedFd)> {
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
         .is_some_and(|p| p == std::process::id())
-        || std::env::var_os(crate::reexec::LOCK_FD_ENV).is_some();
+        || std::env::var_os(crate::handover::LOCK_FD_ENV).is_some();
     let count = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|n| n.parse::<i32>().ok())

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::cli::Settings;
-use crate::core::Master;
+use crate::cli::{ExplicitFlags, Settings};
+use crate::master::Master;
 use crate::server_role::ServerRole;
 use crate::state::ServerMode;
 
@@ -181,22 +181,6 @@ pub fn inherit_settings(
             }
         }
     }
-}
-
-/// Which server flags were given on the command line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ExplicitFlags {
-    pub listen: bool,
-    pub workers: bool,
-    pub proxy_user: bool,
-    pub app_user: bool,
-    pub deploy_user: bool,
-    pub trusted_proxy: bool,
-    pub acme_directory: bool,
-    pub acme_ca_root: bool,
-    pub app_uid_range: bool,
-    pub sandbox: bool,
-    pub proxy_protocol: bool,
 }
 
 /// The primary's effective settings, as stored for candidates: the `server_info` keys and
@@ -408,6 +392,8 @@ async fn primary_is_normal(primary: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::ServerFlags;
+    use clap::Parser;
 
     #[test]
     fn owners_from_socket_names() {
@@ -432,5 +418,56 @@ mod tests {
             ServerMode::Upgrading,
             Some("o")
         ));
+    }
+
+    #[test]
+    fn a_candidate_keeps_the_primarys_sandbox_unless_told_otherwise() {
+        let dir = std::env::temp_dir().join("tako-cli-test-sandbox");
+        let d = dir.to_str().unwrap();
+        let primary = flags(&["--data-dir", d, "--sandbox", "off"])
+            .resolve()
+            .unwrap();
+        let stored = settings_json(&primary);
+        let plain = flags(&["--data-dir", d]);
+        let explicit = plain.explicit();
+        let mut candidate = plain.resolve().unwrap();
+        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
+        inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::Off);
+        let own = flags(&["--data-dir", d, "--sandbox", "best-effort"]);
+        let explicit = own.explicit();
+        let mut candidate = own.resolve().unwrap();
+        inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
+    }
+
+    #[test]
+    fn a_candidate_keeps_the_primarys_proxy_protocol_listeners() {
+        let dir = std::env::temp_dir().join("tako-cli-test-proxy-inherit");
+        let d = dir.to_str().unwrap();
+        let base = ["--data-dir", d, "--listen", "127.0.0.1", "--port", "8080"];
+        let mut with = base.to_vec();
+        with.extend(["--proxy-protocol", "127.0.0.1:8080"]);
+        let primary = flags(&with).resolve().unwrap();
+        let stored = settings_json(&primary);
+        let plain = flags(&base);
+        let explicit = plain.explicit();
+        let mut candidate = plain.resolve().unwrap();
+        assert!(candidate.proxy_protocol.is_empty());
+        inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert_eq!(candidate.proxy_protocol, primary.proxy_protocol);
+    }
+
+    fn flags(args: &[&str]) -> ServerFlags {
+        let mut v = vec!["tako-server"];
+        v.extend_from_slice(args);
+        Flags::try_parse_from(v).unwrap().server
+    }
+
+    /// The server's flags alone, as the command line parses them.
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        server: ServerFlags,
     }
 }

@@ -184,7 +184,7 @@ pub async fn load_or_create(cfg: &AccountConfig) -> Result<Account, AccountError
                 )
                 .await?;
         let file = AccountFile {
-            created_timestamp: crate::core::unix_now(),
+            created_timestamp: crate::clock::unix_now(),
             directory: Some(cfg.directory.clone()),
             email: cfg.email.clone(),
             id: account.id().to_string(),

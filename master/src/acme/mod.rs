@@ -8,83 +8,24 @@ mod order;
 mod pinned;
 pub mod plan;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tako_ipc::{CertEntry, MasterToWorker};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::core::{lock, unix_now, Master};
+use crate::certs::acme_progress::Failure;
+use crate::clock::unix_now;
+use crate::master::Master;
 use crate::state::ServerMode;
+use crate::sync::lock;
 use plan::Need;
 
 /// Bound on waiting for every worker to apply a new set of challenge answers.
 const TOKENS_APPLIED_WAIT: Duration = Duration::from_secs(5);
 /// An idle order runner looks at its retries at least this often.
 const IDLE_TICK: Duration = Duration::from_secs(60);
-
-/// The master's ACME state. Failure texts live in memory only (docs/tls.md, "Status").
-#[derive(Default)]
-pub struct Acme {
-    state: Mutex<State>,
-    /// Wakes the order runner: something was queued.
-    wake: Notify,
-}
-
-#[derive(Default)]
-struct State {
-    account_ready: bool,
-    account_error: Option<String>,
-    /// Names waiting for an order, in request order.
-    queue: VecDeque<String>,
-    running: Option<String>,
-    failures: HashMap<String, Failure>,
-    /// token -> key authorization, of every running order.
-    tokens: BTreeMap<String, String>,
-}
-
-struct Failure {
-    error: String,
-    /// Failed orders in a row.
-    attempts: usize,
-    /// The next scheduled retry; `None` once they are used up (the check retries then).
-    retry_at: Option<Instant>,
-}
-
-impl Acme {
-    /// The complete set of challenge answers, for a worker that starts.
-    pub fn tokens(&self) -> Vec<(String, String)> {
-        lock(&self.state)
-            .tokens
-            .iter()
-            .map(|(t, k)| (t.clone(), k.clone()))
-            .collect()
-    }
-
-    /// The status of a name ACME is working on: `("pending", error)` while an order is
-    /// queued or running, `("failed", error)` after a failure; `None` when ACME has nothing
-    /// to say about it.
-    pub fn view(&self, host: &str) -> Option<(&'static str, Option<String>)> {
-        let st = lock(&self.state);
-        let failure = st.failures.get(host).map(|f| f.error.clone());
-        if st.queue.iter().any(|h| h == host) || st.running.as_deref() == Some(host) {
-            return Some(("pending", failure.or_else(|| st.account_error.clone())));
-        }
-        failure.map(|e| ("failed", Some(e)))
-    }
-
-    /// Why the account is not ready, while it is not.
-    pub fn account_error(&self) -> Option<String> {
-        let st = lock(&self.state);
-        if st.account_ready {
-            None
-        } else {
-            st.account_error.clone()
-        }
-    }
-}
 
 /// Sends the current answers to every worker. The worker table is locked first, as when a
 /// worker starts, so a new worker never misses a change.
@@ -104,7 +45,9 @@ impl Tokens<'_> {
     /// Adds an answer and returns once every worker has it (bounded): a route-table push
     /// sent after it is acknowledged only after the answers were applied.
     pub async fn add(&mut self, token: String, key_authorization: String) {
-        lock(&self.master.acme.state)
+        self.master
+            .acme
+            .state()
             .tokens
             .insert(token.clone(), key_authorization);
         self.added.push(token);
@@ -126,7 +69,7 @@ impl Tokens<'_> {
             return;
         }
         {
-            let mut st = lock(&self.master.acme.state);
+            let mut st = self.master.acme.state();
             for t in &self.added {
                 st.tokens.remove(t);
             }
@@ -162,7 +105,7 @@ pub fn queue_routes(master: &Master, routes: &[String]) {
     }
     let mut queued = false;
     {
-        let mut st = lock(&master.acme.state);
+        let mut st = master.acme.state();
         for (host, need) in decisions {
             match need {
                 Need::Order => {
@@ -196,7 +139,7 @@ pub fn queue_routes(master: &Master, routes: &[String]) {
         }
     }
     if queued {
-        master.acme.wake.notify_one();
+        master.acme.wake();
     }
     master.status_dirty.notify_one();
 }
@@ -235,10 +178,10 @@ async fn account_when_needed(
             return None;
         }
         if !needed {
-            let wake = master.acme.wake.notified();
+            let wake = master.acme.woken();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            if lock(&master.acme.state).queue.is_empty() {
+            if master.acme.state().queue.is_empty() {
                 // Shutdown is checked at least once a tick.
                 tokio::select! {
                     _ = wake => {}
@@ -251,7 +194,7 @@ async fn account_when_needed(
         match account::load_or_create(cfg).await {
             Ok(a) => {
                 {
-                    let mut st = lock(&master.acme.state);
+                    let mut st = master.acme.state();
                     st.account_ready = true;
                     st.account_error = None;
                 }
@@ -267,7 +210,7 @@ async fn account_when_needed(
                     directory = %cfg.directory,
                     "Failed to initialize ACME client: {why}"
                 );
-                lock(&master.acme.state).account_error =
+                master.acme.state().account_error =
                     Some(format!("Failed to initialize ACME client: {why}"));
                 master.status_dirty.notify_one();
                 tokio::time::sleep(wait).await;
@@ -294,7 +237,7 @@ async fn run(master: Arc<Master>) {
             return;
         }
         let (next, earliest_retry) = {
-            let mut st = lock(&master.acme.state);
+            let mut st = master.acme.state();
             let now = Instant::now();
             let due: Vec<String> = st
                 .failures
@@ -319,13 +262,13 @@ async fn run(master: Arc<Master>) {
             let tick = Instant::now() + IDLE_TICK;
             let until = earliest_retry.map_or(tick, |t| t.min(tick));
             tokio::select! {
-                _ = master.acme.wake.notified() => {}
+                _ = master.acme.woken() => {}
                 _ = tokio::time::sleep_until(until) => {}
             }
             continue;
         };
         run_one(&master, &acct, &host).await;
-        lock(&master.acme.state).running = None;
+        master.acme.state().running = None;
         master.status_dirty.notify_one();
     }
 }
@@ -372,14 +315,35 @@ fn install(master: &Master, entry: CertEntry) {
     certs.retain(|c| c.name != host);
     certs.push(entry);
     master.push_certs(certs);
-    lock(&master.acme.state).failures.remove(&host);
+    master.acme.state().failures.remove(&host);
     tracing::info!(host = %host, not_after, "Certificate for {host} issued");
 }
 
-fn write_files(master: &Master, entry: &CertEntry, not_after: u64) -> Result<(), String> {
+/// Why an issued certificate could not be written; it serves from memory meanwhile.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("cannot create {}: {source}", dir.display())]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// Names the file itself.
+    #[error("{0}")]
+    Meta(#[source] account::AccountError),
+    #[error("cannot write the certificate files under {}: {source}", dir.display())]
+    Pem {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn write_files(master: &Master, entry: &CertEntry, not_after: u64) -> Result<(), WriteError> {
     let certs_dir = master.data.certs();
     let dir = certs_dir.join(&entry.name);
-    crate::datadir::ensure_dir(&dir, 0o700, None).map_err(|e| e.to_string())?;
+    crate::datadir::ensure_dir(&dir, 0o700, None).map_err(|source| WriteError::Dir {
+        dir: dir.clone(),
+        source,
+    })?;
     let meta = serde_json::json!({
         "directory": master.settings.acme_directory,
         "issued_at_unix_secs": unix_now(),
@@ -388,13 +352,13 @@ fn write_files(master: &Master, entry: &CertEntry, not_after: u64) -> Result<(),
     // acme.json first: a crash before the PEM files leaves an ACME-marked directory that the
     // next check renews, never an issued certificate taken for a manual one.
     account::write_private(&dir.join("acme.json"), meta.to_string().as_bytes())
-        .map_err(|e| e.to_string())?;
-    crate::certs::write_cert(&certs_dir, entry).map_err(|e| e.to_string())
+        .map_err(WriteError::Meta)?;
+    crate::certs::write_cert(&certs_dir, entry).map_err(|source| WriteError::Pem { dir, source })
 }
 
 fn record_failure(master: &Master, host: &str, error: String) {
     tracing::warn!(host, "Certificate for {host} failed: {error}");
-    let mut st = lock(&master.acme.state);
+    let mut st = master.acme.state();
     let f = st.failures.entry(host.to_string()).or_insert(Failure {
         error: String::new(),
         attempts: 0,

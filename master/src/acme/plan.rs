@@ -136,7 +136,7 @@ mod tests {
             signed("fresh.example.com", 60),
             signed("*.wild.example.com", 60),
         ];
-        let now = crate::core::unix_now();
+        let now = crate::clock::unix_now();
         let n = |h: &str| need(h, &certs, &dir, now);
         assert_eq!(n("new.example.com"), Need::Order);
         assert_eq!(

@@ -1,14 +1,10 @@
-//! Apps and their instances: the desired state, the live instances, and the algorithms that
-//! move one towards the other (docs/architecture.md, "The path of a deploy").
+//! Apps and their instances as the master holds them: the registry (desired state and live
+//! instances), the release a deploy reads, the environment and identity an instance gets,
+//! and why a start fails. Moving one towards the other is `crate::lifecycle`'s job
+//! (docs/architecture.md, "The path of a deploy").
 
-pub mod deploy;
 pub mod env;
 pub mod error;
-pub mod events;
 pub mod identity;
-pub mod idle;
-pub mod ops;
-pub mod ports;
 pub mod registry;
 pub mod release;
-pub mod restore;

@@ -214,29 +214,3 @@ impl Registry {
         self.apps.values().map(|a| a.config.base_port).collect()
     }
 }
-
-/// Releases the per-app lock when dropped.
-pub struct AppLock<'a> {
-    pub(crate) master: &'a crate::core::Master,
-    pub(crate) name: String,
-}
-
-impl Drop for AppLock<'_> {
-    fn drop(&mut self) {
-        crate::core::lock(&self.master.apps).busy.remove(&self.name);
-    }
-}
-
-impl crate::core::Master {
-    /// The per-app try-lock (docs/management-protocol.md, "One operation per app").
-    pub fn try_lock_app(&self, name: &str) -> Option<AppLock<'_>> {
-        let mut reg = crate::core::lock(&self.apps);
-        if !reg.busy.insert(name.to_string()) {
-            return None;
-        }
-        Some(AppLock {
-            master: self,
-            name: name.to_string(),
-        })
-    }
-}

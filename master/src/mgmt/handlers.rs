@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::deploy::DeployRequest;
+use super::error::CommandError;
 use super::validate;
-use crate::apps::deploy::DeployRequest;
-use crate::apps::error::CommandError;
-use crate::core::{lock, Master};
+use crate::master::Master;
 use crate::state::{EnterOutcome, ExitOutcome, ReleaseKind, ServerMode};
+use crate::sync::lock;
 use tako_protocol::request::{Request, CAPABILITIES, PROTOCOL_VERSION};
 use tako_protocol::validate as fields;
 

@@ -12,8 +12,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::apps::error::CommandError;
-use crate::core::Master;
+use super::error::CommandError;
+use crate::master::Master;
 use crate::users::Users;
 use tako_protocol::line::{LineEvent, LineReader};
 use tako_protocol::request::{self as protocol, parse_request, LINE_TOO_LONG};

@@ -1,119 +1,13 @@
 //! The app launcher: one process, supervised, spoken to by request and event.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances};
-use tako_ipc::{
-    Channel, InstallResult, InstallSpec, LauncherConfig, LauncherToMaster, Limits,
-    MasterToLauncher, Sender, IPC_VERSION,
-};
-use tokio::sync::oneshot;
+use tako_ipc::{Channel, LauncherConfig, LauncherToMaster, Limits, MasterToLauncher, IPC_VERSION};
 
-use crate::core::Master;
+use crate::master::Master;
 use crate::role::ChildRole;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
-
-#[derive(Debug, thiserror::Error)]
-#[error("the app launcher is not running")]
-pub struct LauncherGone;
-
-#[derive(Default)]
-struct LinkState {
-    tx: Option<Sender<MasterToLauncher>>,
-    pid: u32,
-    generation: u32,
-    started: Option<Instant>,
-    ready: bool,
-    pending: HashMap<u64, oneshot::Sender<InstallResult>>,
-    /// Instances this launcher was told to start and has not reported ended: the only ones
-    /// it may report on.
-    live: HashSet<(String, u32)>,
-}
-
-impl KnownInstances for LinkState {
-    fn instance_live(&self, app: &str, instance_id: u32) -> bool {
-        self.live.contains(&(app.to_string(), instance_id))
-    }
-
-    fn install_pending(&self, request_id: u64) -> bool {
-        self.pending.contains_key(&request_id)
-    }
-}
-
-#[derive(Default)]
-pub struct LauncherLink {
-    state: Mutex<LinkState>,
-    next_request: AtomicU64,
-    ready_notify: tokio::sync::Notify,
-}
-
-pub struct LauncherInfo {
-    pub pid: u32,
-    pub generation: u32,
-    pub uptime: Duration,
-    pub ready: bool,
-}
-
-impl LauncherLink {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn send(&self, msg: MasterToLauncher) -> Result<(), LauncherGone> {
-        let mut st = self.lock();
-        let sent = match (&st.tx, st.ready) {
-            // A failed queue ends the launcher's channel too; it is restarted.
-            (Some(tx), true) => tx.send(&msg).map_err(|_| LauncherGone),
-            _ => Err(LauncherGone),
-        };
-        if sent.is_ok() {
-            if let MasterToLauncher::Spawn(spec) = &msg {
-                st.live.insert((spec.app.clone(), spec.instance_id));
-            }
-        }
-        sent
-    }
-
-    pub fn info(&self) -> Option<LauncherInfo> {
-        let st = self.lock();
-        st.started.map(|s| LauncherInfo {
-            pid: st.pid,
-            generation: st.generation,
-            uptime: s.elapsed(),
-            ready: st.ready,
-        })
-    }
-
-    /// Runs an install step in the launcher and waits for its outcome.
-    pub async fn install(&self, mut spec: InstallSpec) -> Result<InstallResult, LauncherGone> {
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
-        spec.request_id = id;
-        let (tx, rx) = oneshot::channel();
-        self.lock().pending.insert(id, tx);
-        if self.send(MasterToLauncher::Install(spec)).is_err() {
-            self.lock().pending.remove(&id);
-            return Err(LauncherGone);
-        }
-        rx.await.map_err(|_| LauncherGone)
-    }
-
-    /// Waits until a launcher is connected, up to `limit`.
-    pub async fn wait_ready(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.ready_notify.notified();
-            if self.lock().ready {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.lock().ready;
-            }
-        }
-    }
-}
 
 /// Keeps one launcher running until shutdown.
 pub fn supervise(master: Arc<Master>) {
@@ -185,31 +79,14 @@ async fn run_one(master: &Arc<Master>, generation: u32) -> String {
             .sender()
             .send(&MasterToLauncher::AppIdRange { first, last });
     }
-    {
-        let link = &master.launcher;
-        let mut st = link.lock();
-        st.tx = Some(channel.sender());
-        st.pid = pid;
-        st.generation = generation;
-        st.started = Some(Instant::now());
-        st.ready = true;
-        st.live.clear();
-    }
-    master.launcher.ready_notify.notify_waiters();
+    master.launcher.connected(channel.sender(), pid, generation);
     tracing::info!("app launcher ready");
 
     let reason = read_loop(master, &mut channel).await;
     if let Some(r) = &reason {
         tracing::warn!(pid, reason = %r, "ending the app launcher");
     }
-    {
-        let mut st = master.launcher.lock();
-        st.tx = None;
-        st.ready = false;
-        // Pending installs fail: their waiters see LauncherGone.
-        st.pending.clear();
-        st.live.clear();
-    }
+    master.launcher.disconnected();
     drop(channel);
     let _ = child.start_kill();
     let status = child.wait().await;
@@ -231,21 +108,8 @@ async fn read_loop(
             Ok(None) => return None,
             Err(e) => return Some(e.to_string()),
         };
-        {
-            let mut st = master.launcher.lock();
-            if let Err(v) = check_launcher_frame(&msg, &*st) {
-                return Some(format!("invalid frame: {v}"));
-            }
-            if let LauncherToMaster::Instance {
-                app,
-                instance_id,
-                event,
-            } = &msg
-            {
-                if ends_instance(event) {
-                    st.live.remove(&(app.clone(), *instance_id));
-                }
-            }
+        if let Err(reason) = master.launcher.check_frame(&msg) {
+            return Some(reason);
         }
         match msg {
             LauncherToMaster::Hello { .. } => {}
@@ -255,9 +119,7 @@ async fn read_loop(
                 event,
             } => master.on_instance_event(&app, instance_id, event),
             LauncherToMaster::InstallDone { request_id, result } => {
-                if let Some(tx) = master.launcher.lock().pending.remove(&request_id) {
-                    let _ = tx.send(result);
-                }
+                master.launcher.install_done(request_id, result)
             }
         }
     }

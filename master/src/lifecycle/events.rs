@@ -10,20 +10,17 @@ use tako_ipc::{
 };
 use tokio::sync::oneshot;
 
-use super::env::build_env;
-use super::error::StartError;
-use super::ports::free_slot;
-use super::registry::{Build, InstState, Instance};
-use crate::core::{lock, Master};
+use crate::apps::env::build_env;
+use crate::apps::error::StartError;
+use crate::apps::registry::{Build, InstState, Instance};
+use crate::master::Master;
+use crate::ports::free_slot;
+use crate::sync::lock;
 
 /// Drain wait for in-flight requests before SIGTERM.
 pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
 /// SIGTERM to SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How often a bounded wait re-checks its condition without a change notification. Every
-/// input of the drain condition notifies (acknowledgements, counter reports, workers that
-/// come and go), so this is a guard against a missed one, not a pace anything waits on.
-const RECHECK: Duration = Duration::from_millis(250);
 
 pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
@@ -426,32 +423,17 @@ impl Master {
         }
     }
 
-    /// Whether no worker can send another request to instance `id` of `app`, which the
-    /// table of `epoch` took out of rotation.
-    pub fn released(&self, app: &str, id: u32, epoch: u64) -> bool {
-        lock(&self.workers).released(app, id, epoch)
+    /// A worker came, went, became ready or acknowledged a table.
+    pub fn on_workers_changed(&self) {
+        self.promote_ready_instances();
+        self.changed.notify_waiters();
+        self.status_dirty.notify_one();
     }
 
-    /// Waits (bounded) until `cond` holds, re-checking on every change notification.
-    pub async fn wait_until(
-        &self,
-        deadline: tokio::time::Instant,
-        mut cond: impl FnMut(&Master) -> bool,
-    ) -> bool {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cond(self) {
-                return true;
-            }
-            let tick = tokio::time::Instant::now() + RECHECK;
-            let until = deadline.min(tick);
-            let _ = tokio::time::timeout_at(until, notified).await;
-            if tokio::time::Instant::now() >= deadline {
-                return cond(self);
-            }
-        }
+    /// A worker reported its counters.
+    pub fn on_counters(&self) {
+        self.record_activity();
+        self.changed.notify_waiters();
     }
 
     /// Graceful stop (docs/apps.md, "Stopping an instance"). With `drain`, waits for in-flight

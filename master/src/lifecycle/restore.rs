@@ -4,11 +4,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::ports::{free_base, is_valid_base};
-use super::registry::{App, AppConfig, Registry};
-use crate::core::{lock, unix_now, Master};
+use crate::apps::registry::{App, AppConfig, Registry};
+use crate::clock::unix_now;
 use crate::datadir::ReleasePathError;
+use crate::master::Master;
+use crate::ports::{free_base, is_valid_base};
 use crate::state::StoredApp;
+use crate::sync::lock;
 
 /// Phase 1: builds the registry. Returns it with the port bases that must be persisted.
 pub fn register(stored: Vec<StoredApp>) -> (Registry, Vec<(String, u16)>) {

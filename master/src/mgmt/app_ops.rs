@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 use super::deploy::DeployRequest;
 use super::error::CommandError;
 use crate::beneath::{Kind, WalkError};
-use crate::core::{lock, Master};
 use crate::datadir::ReleasePathError;
+use crate::master::Master;
 use crate::state::{ReleaseKind, ReleaseResult};
+use crate::sync::lock;
 use tako_protocol::manifest;
 use tako_protocol::validate::ValidRoutes;
 

@@ -8,14 +8,17 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tako_ipc::InstallResult;
 
-use super::error::{CommandError, ReleaseError, StartError};
-use super::events::describe_exit;
-use super::ports::free_base;
-use super::registry::{App, AppConfig, Build, InstState};
-use super::release::Lease;
-use crate::core::{lock, unix_now, Master};
+use super::error::CommandError;
+use crate::apps::error::{ReleaseError, StartError};
+use crate::apps::registry::{App, AppConfig, Build, InstState};
+use crate::apps::release::Lease;
+use crate::clock::unix_now;
 use crate::datadir::Release;
+use crate::lifecycle::events::describe_exit;
+use crate::master::Master;
+use crate::ports::free_base;
 use crate::state::{ReleaseKind, StoredApp};
+use crate::sync::lock;
 use tako_protocol::manifest;
 use tako_protocol::validate::{check_route_conflicts, ValidRoutes, ValidationError};
 
@@ -145,7 +148,7 @@ impl Master {
             .map_err(ReleaseError::LogDir)?;
         let custom = argv.first().map(String::as_str) == Some("sh");
         let identity = self.app_identity(&req.app).map_err(ReleaseError::from)?;
-        let env = super::env::build_env(
+        let env = crate::apps::env::build_env(
             &req.env,
             &req.version,
             &identity.home,

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::registry::InstState;
-use crate::core::{lock, Master};
+use crate::apps::registry::InstState;
+use crate::master::Master;
+use crate::sync::lock;
 
 pub fn spawn(master: Arc<Master>) {
     tokio::spawn(async move {

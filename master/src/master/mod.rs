@@ -1,30 +1,37 @@
-//! The master's shared state: settings, listeners, children, apps, and the snapshots pushed
-//! to workers. Everything that changes what workers route goes through [`Master::publish`].
+//! The master: the services it is made of (apps registry, worker set, launcher link,
+//! certificates, state store) and what ties them together. Everything that changes what
+//! workers route goes through [`Master::publish`].
+
+mod certificates;
+mod status;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tako_ipc::{CertEntry, MasterToWorker, RouteTable};
 use tokio::sync::Notify;
 
 use crate::apps::registry::Registry;
+use crate::certs::acme_progress::AcmeProgress;
+use crate::certs::Certificates;
 use crate::cli::Settings;
 use crate::datadir::DataDir;
+use crate::launcher_link::LauncherLink;
 use crate::listeners::Listener;
 use crate::server_role::ServerRole;
 use crate::state::StateHandle;
-use crate::supervisor::launcher::LauncherLink;
-use crate::supervisor::workers::WorkerTable;
+use crate::status::RenderedStatus;
 use crate::users::Users;
+use crate::workers::WorkerTable;
 
-pub use crate::clock::unix_now;
+use crate::clock::unix_now;
+use crate::sync::lock;
 
-/// Locks a std mutex, recovering from poisoning: a panicked holder must not take the whole
-/// master down with it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// How often a bounded wait re-checks its condition without a change notification. Every
+/// input of the drain condition notifies (acknowledgements, counter reports, workers that
+/// come and go), so this is a guard against a missed one, not a pace anything waits on.
+const RECHECK: Duration = Duration::from_millis(250);
 
 pub struct Master {
     pub settings: Settings,
@@ -35,17 +42,17 @@ pub struct Master {
     pub role: ServerRole,
     pub listeners: Vec<Listener>,
     pub store: StateHandle,
-    pub certs: Mutex<Vec<CertEntry>>,
+    pub certs: Certificates,
     pub workers: Mutex<WorkerTable>,
     pub launcher: LauncherLink,
     pub apps: Mutex<Registry>,
     /// ACME account, orders, challenge answers and failures (docs/tls.md, "ACME").
-    pub acme: crate::acme::Acme,
+    pub acme: AcmeProgress,
     /// Serialises building and broadcasting route tables so epochs arrive in order.
     publish_lock: Mutex<()>,
     epoch: AtomicU64,
     latest_routes: Mutex<RouteTable>,
-    status_page: Mutex<Option<crate::status::RenderedStatus>>,
+    status_page: Mutex<Option<RenderedStatus>>,
     shutting_down: AtomicBool,
     /// Wakes waiters on worker acks, counters and instance changes.
     pub changed: Notify,
@@ -57,7 +64,7 @@ pub struct Master {
     pub handed_over: Notify,
     /// The data-dir lock's descriptor (primary only), for a re-executed successor.
     pub lock_fd: Option<std::os::fd::RawFd>,
-    pub self_exec: crate::reexec::SelfExec,
+    pub self_exec: crate::handover::SelfExec,
 }
 
 impl Master {
@@ -81,11 +88,11 @@ impl Master {
             role,
             listeners,
             store,
-            certs: Mutex::new(certs),
+            certs: Certificates::new(certs),
             workers: Mutex::new(WorkerTable::default()),
             launcher: LauncherLink::default(),
             apps: Mutex::new(registry),
-            acme: crate::acme::Acme::default(),
+            acme: AcmeProgress::default(),
             publish_lock: Mutex::new(()),
             epoch: AtomicU64::new(0),
             latest_routes: Mutex::new(RouteTable {
@@ -99,7 +106,7 @@ impl Master {
             reexec_in_progress: AtomicBool::new(false),
             handed_over: Notify::new(),
             lock_fd: None,
-            self_exec: crate::reexec::SelfExec {
+            self_exec: crate::handover::SelfExec {
                 exe: std::path::PathBuf::new(),
                 args: Vec::new(),
             },
@@ -119,7 +126,7 @@ impl Master {
     }
 
     pub fn certs_snapshot(&self) -> Vec<CertEntry> {
-        lock(&self.certs).clone()
+        self.certs.snapshot()
     }
 
     pub fn route_table_snapshot(&self) -> RouteTable {
@@ -176,7 +183,7 @@ impl Master {
 
     pub fn push_certs(&self, certs: Vec<CertEntry>) {
         let workers = lock(&self.workers);
-        *lock(&self.certs) = certs.clone();
+        self.certs.replace(certs.clone());
         workers.broadcast(&MasterToWorker::Certs(certs));
     }
 
@@ -197,20 +204,63 @@ impl Master {
         workers.broadcast(&MasterToWorker::MetricsPage { body: metrics });
     }
 
-    pub fn on_workers_changed(&self) {
-        self.promote_ready_instances();
-        self.changed.notify_waiters();
-        self.status_dirty.notify_one();
+    /// Whether no worker can send another request to instance `id` of `app`, which the
+    /// table of `epoch` took out of rotation.
+    pub fn released(&self, app: &str, id: u32, epoch: u64) -> bool {
+        lock(&self.workers).released(app, id, epoch)
     }
 
-    pub fn on_counters(&self) {
-        self.record_activity();
-        self.changed.notify_waiters();
+    /// Waits (bounded) until `cond` holds, re-checking on every change notification.
+    pub async fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        mut cond: impl FnMut(&Master) -> bool,
+    ) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond(self) {
+                return true;
+            }
+            let tick = tokio::time::Instant::now() + RECHECK;
+            let until = deadline.min(tick);
+            let _ = tokio::time::timeout_at(until, notified).await;
+            if tokio::time::Instant::now() >= deadline {
+                return cond(self);
+            }
+        }
     }
 
     /// The lowest epoch every serving worker has applied (`u64::MAX` with no worker: there
     /// is nobody to wait for).
     pub fn applied_epoch(&self) -> u64 {
         lock(&self.workers).min_applied_epoch().unwrap_or(u64::MAX)
+    }
+}
+
+/// Releases the per-app lock when dropped.
+pub struct AppLock<'a> {
+    master: &'a Master,
+    name: String,
+}
+
+impl Drop for AppLock<'_> {
+    fn drop(&mut self) {
+        lock(&self.master.apps).busy.remove(&self.name);
+    }
+}
+
+impl Master {
+    /// The per-app try-lock (docs/management-protocol.md, "One operation per app").
+    pub fn try_lock_app(&self, name: &str) -> Option<AppLock<'_>> {
+        let mut reg = lock(&self.apps);
+        if !reg.busy.insert(name.to_string()) {
+            return None;
+        }
+        Some(AppLock {
+            master: self,
+            name: name.to_string(),
+        })
     }
 }

@@ -1,0 +1,161 @@
+//! The link to the app launcher: the queue to it, the installs waiting for an answer, and
+//! the instances it may report on. Behind its own lock; `crate::supervisor::launcher` runs
+//! the process and feeds this link.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances};
+use tako_ipc::{InstallResult, InstallSpec, LauncherToMaster, MasterToLauncher, Sender};
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the app launcher is not running")]
+pub struct LauncherGone;
+
+#[derive(Default)]
+struct LinkState {
+    tx: Option<Sender<MasterToLauncher>>,
+    pid: u32,
+    generation: u32,
+    started: Option<Instant>,
+    ready: bool,
+    pending: HashMap<u64, oneshot::Sender<InstallResult>>,
+    /// Instances this launcher was told to start and has not reported ended: the only ones
+    /// it may report on.
+    live: HashSet<(String, u32)>,
+}
+
+impl KnownInstances for LinkState {
+    fn instance_live(&self, app: &str, instance_id: u32) -> bool {
+        self.live.contains(&(app.to_string(), instance_id))
+    }
+
+    fn install_pending(&self, request_id: u64) -> bool {
+        self.pending.contains_key(&request_id)
+    }
+}
+
+#[derive(Default)]
+pub struct LauncherLink {
+    state: Mutex<LinkState>,
+    next_request: AtomicU64,
+    ready_notify: tokio::sync::Notify,
+}
+
+pub struct LauncherInfo {
+    pub pid: u32,
+    pub generation: u32,
+    pub uptime: Duration,
+    pub ready: bool,
+}
+
+impl LauncherLink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn send(&self, msg: MasterToLauncher) -> Result<(), LauncherGone> {
+        let mut st = self.lock();
+        let sent = match (&st.tx, st.ready) {
+            // A failed queue ends the launcher's channel too; it is restarted.
+            (Some(tx), true) => tx.send(&msg).map_err(|_| LauncherGone),
+            _ => Err(LauncherGone),
+        };
+        if sent.is_ok() {
+            if let MasterToLauncher::Spawn(spec) = &msg {
+                st.live.insert((spec.app.clone(), spec.instance_id));
+            }
+        }
+        sent
+    }
+
+    pub fn info(&self) -> Option<LauncherInfo> {
+        let st = self.lock();
+        st.started.map(|s| LauncherInfo {
+            pid: st.pid,
+            generation: st.generation,
+            uptime: s.elapsed(),
+            ready: st.ready,
+        })
+    }
+
+    /// Runs an install step in the launcher and waits for its outcome.
+    pub async fn install(&self, mut spec: InstallSpec) -> Result<InstallResult, LauncherGone> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        spec.request_id = id;
+        let (tx, rx) = oneshot::channel();
+        self.lock().pending.insert(id, tx);
+        if self.send(MasterToLauncher::Install(spec)).is_err() {
+            self.lock().pending.remove(&id);
+            return Err(LauncherGone);
+        }
+        rx.await.map_err(|_| LauncherGone)
+    }
+
+    /// A new launcher process said hello: commands go to it from now on.
+    pub fn connected(&self, tx: Sender<MasterToLauncher>, pid: u32, generation: u32) {
+        {
+            let mut st = self.lock();
+            st.tx = Some(tx);
+            st.pid = pid;
+            st.generation = generation;
+            st.started = Some(Instant::now());
+            st.ready = true;
+            st.live.clear();
+        }
+        self.ready_notify.notify_waiters();
+    }
+
+    /// The launcher is gone: pending installs fail (their waiters see [`LauncherGone`]).
+    pub fn disconnected(&self) {
+        let mut st = self.lock();
+        st.tx = None;
+        st.ready = false;
+        st.pending.clear();
+        st.live.clear();
+    }
+
+    /// Checks a frame of the launcher against what it was told, before anything of it is
+    /// kept or acted on, and forgets an instance it reports ended.
+    pub fn check_frame(&self, msg: &LauncherToMaster) -> Result<(), String> {
+        let mut st = self.lock();
+        if let Err(v) = check_launcher_frame(msg, &*st) {
+            return Err(format!("invalid frame: {v}"));
+        }
+        if let LauncherToMaster::Instance {
+            app,
+            instance_id,
+            event,
+        } = msg
+        {
+            if ends_instance(event) {
+                st.live.remove(&(app.clone(), *instance_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands an install's outcome to the command waiting for it.
+    pub fn install_done(&self, request_id: u64, result: InstallResult) {
+        if let Some(tx) = self.lock().pending.remove(&request_id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Waits until a launcher is connected, up to `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.ready_notify.notified();
+            if self.lock().ready {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.lock().ready;
+            }
+        }
+    }
+}
