@@ -14,7 +14,6 @@ use crate::master::Master;
 use crate::server_role::ServerRole;
 use crate::state::{DataDirLock, ServerMode, StateHandle, Store};
 use crate::supervisor::{launcher, workers};
-use crate::sync::lock;
 use crate::upgrade;
 
 const WORKER_DRAIN: Duration = Duration::from_secs(30);
@@ -422,7 +421,7 @@ fn spawn_certificate_check(master: Arc<Master>) {
                 return;
             }
             let routes: Vec<String> = {
-                let reg = lock(&master.apps);
+                let reg = master.apps.lock();
                 reg.apps
                     .values()
                     .filter(|a| a.visible)
@@ -577,7 +576,7 @@ async fn shutdown(
 
 fn force(master: &Master) -> i32 {
     tracing::warn!("second signal: forcing shutdown");
-    let reg = lock(&master.apps);
+    let reg = master.apps.lock();
     for a in reg.apps.values() {
         for i in a.instances.values() {
             if let Some(pid) = i.pid {
@@ -588,7 +587,7 @@ fn force(master: &Master) -> i32 {
             }
         }
     }
-    for w in lock(&master.workers).entries.iter() {
+    for w in master.workers.lock().entries.iter() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(w.pid as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -19,7 +19,6 @@ use crate::certs::acme_progress::Failure;
 use crate::clock::unix_now;
 use crate::master::Master;
 use crate::state::ServerMode;
-use crate::sync::lock;
 use plan::Need;
 
 /// Bound on waiting for every worker to apply a new set of challenge answers.
@@ -30,7 +29,7 @@ const IDLE_TICK: Duration = Duration::from_secs(60);
 /// Sends the current answers to every worker. The worker table is locked first, as when a
 /// worker starts, so a new worker never misses a change.
 fn push_tokens(master: &Master) {
-    let workers = lock(&master.workers);
+    let workers = master.workers.lock();
     let set = master.acme.tokens();
     workers.broadcast(&MasterToWorker::AcmeTokens(set));
 }
@@ -56,7 +55,7 @@ impl Tokens<'_> {
         let deadline = Instant::now() + TOKENS_APPLIED_WAIT;
         if !self
             .master
-            .wait_until(deadline, |m| m.applied_epoch() >= epoch)
+            .wait_until(deadline, |m| m.workers.applied_epoch() >= epoch)
             .await
         {
             tracing::warn!("not every worker confirmed the ACME challenge answer within 5 s");
@@ -149,7 +148,7 @@ pub fn queue_routes(master: &Master, routes: &[String]) {
 /// not wait for it.
 fn routes_need_a_ca(master: &Master) -> bool {
     let routes: Vec<String> = {
-        let reg = lock(&master.apps);
+        let reg = master.apps.lock();
         reg.apps
             .values()
             .filter(|a| a.visible)

@@ -1,13 +1,14 @@
 //! In-memory apps and instances.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tako_ipc::{AppRoutes, Backend};
 use tokio::sync::oneshot;
 
 use super::error::StartError;
+use crate::sync::lock;
 
 /// What it takes to start an instance of one build.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,5 +213,50 @@ impl Registry {
     /// Port block bases in use (unshifted).
     pub fn used_bases(&self) -> HashSet<u16> {
         self.apps.values().map(|a| a.config.base_port).collect()
+    }
+}
+
+/// The apps registry as a service: the registry behind its own lock, and the per-app
+/// operation locks (docs/management-protocol.md, "One operation per app").
+#[derive(Default)]
+pub struct AppsRegistry {
+    inner: Mutex<Registry>,
+}
+
+impl AppsRegistry {
+    pub fn new(registry: Registry) -> AppsRegistry {
+        AppsRegistry {
+            inner: Mutex::new(registry),
+        }
+    }
+
+    /// The registry under its lock. Never held across an `.await`, nor while a message goes
+    /// to the launcher or a table is published (docs/architecture.md, "Lock order in the
+    /// master").
+    pub fn lock(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.inner)
+    }
+
+    /// The per-app try-lock: `None` while another operation runs on `name`.
+    pub fn try_lock_app(&self, name: &str) -> Option<AppLock<'_>> {
+        if !self.lock().busy.insert(name.to_string()) {
+            return None;
+        }
+        Some(AppLock {
+            apps: self,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Releases the per-app lock when dropped.
+pub struct AppLock<'a> {
+    apps: &'a AppsRegistry,
+    name: String,
+}
+
+impl Drop for AppLock<'_> {
+    fn drop(&mut self) {
+        self.apps.lock().busy.remove(&self.name);
     }
 }

@@ -15,7 +15,6 @@ use crate::apps::error::StartError;
 use crate::apps::registry::{Build, InstState, Instance};
 use crate::master::Master;
 use crate::ports::free_slot;
-use crate::sync::lock;
 
 /// Drain wait for in-flight requests before SIGTERM.
 pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
@@ -67,7 +66,7 @@ impl Master {
         let identity = self.app_identity(app).map_err(StartError::Identity)?;
         let (tx, rx) = oneshot::channel();
         let spec = {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             let a = reg
                 .apps
                 .get_mut(app)
@@ -127,7 +126,7 @@ impl Master {
         };
         let id = spec.instance_id;
         if self.launcher.send(MasterToLauncher::Spawn(spec)).is_err() {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             if let Some(a) = reg.apps.get_mut(app) {
                 a.instances.remove(&id);
             }
@@ -141,14 +140,14 @@ impl Master {
         tracing::debug!(app, instance = id, ?event, "instance event");
         match event {
             InstanceEvent::Spawned { pid } => {
-                let mut reg = lock(&self.apps);
+                let mut reg = self.apps.lock();
                 if let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) {
                     i.pid = Some(pid);
                 }
             }
             InstanceEvent::Ready => {
                 {
-                    let mut reg = lock(&self.apps);
+                    let mut reg = self.apps.lock();
                     match reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) {
                         Some(i) if i.state == InstState::Starting => i.state = InstState::Ready,
                         _ => return,
@@ -156,7 +155,7 @@ impl Master {
                 }
                 let epoch = self.publish();
                 {
-                    let mut reg = lock(&self.apps);
+                    let mut reg = self.apps.lock();
                     if let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) {
                         i.ready_epoch = Some(epoch);
                     }
@@ -165,7 +164,7 @@ impl Master {
             }
             InstanceEvent::Unhealthy { reason } => {
                 {
-                    let mut reg = lock(&self.apps);
+                    let mut reg = self.apps.lock();
                     let Some(a) = reg.apps.get_mut(app) else {
                         return;
                     };
@@ -184,7 +183,7 @@ impl Master {
             }
             InstanceEvent::Recovered => {
                 {
-                    let mut reg = lock(&self.apps);
+                    let mut reg = self.apps.lock();
                     let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id))
                     else {
                         return;
@@ -200,7 +199,7 @@ impl Master {
             }
             InstanceEvent::Dead => {
                 {
-                    let mut reg = lock(&self.apps);
+                    let mut reg = self.apps.lock();
                     let Some(a) = reg.apps.get_mut(app) else {
                         return;
                     };
@@ -252,7 +251,7 @@ impl Master {
         status: Option<ExitStatus>,
     ) {
         let replace = {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             let Some(a) = reg.apps.get_mut(app) else {
                 return;
             };
@@ -311,7 +310,7 @@ impl Master {
     /// instance during that sleep, which then got replaced without any delay.
     fn schedule_replacement_after(self: &Arc<Self>, app: &str, delay: Option<Duration>) {
         let delay = {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             let Some(a) = reg.apps.get_mut(app) else {
                 return;
             };
@@ -328,7 +327,7 @@ impl Master {
                 tokio::time::sleep(delay).await;
             }
             let build = {
-                let mut reg = lock(&me.apps);
+                let mut reg = me.apps.lock();
                 let Some(a) = reg.apps.get_mut(&app) else {
                     return;
                 };
@@ -361,7 +360,7 @@ impl Master {
                 }
                 Err(e) => {
                     {
-                        let mut reg = lock(&me.apps);
+                        let mut reg = me.apps.lock();
                         if let Some(a) = reg.apps.get_mut(&app) {
                             a.last_error = Some(e.to_string());
                             a.consecutive_failures += 1;
@@ -375,10 +374,10 @@ impl Master {
 
     /// Ready instances whose table epoch every worker applied become healthy.
     pub fn promote_ready_instances(&self) {
-        let applied = self.applied_epoch();
+        let applied = self.workers.applied_epoch();
         let mut promoted = false;
         {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             for a in reg.apps.values_mut() {
                 let mut any = false;
                 for i in a.instances.values_mut() {
@@ -408,9 +407,9 @@ impl Master {
 
     /// Marks instances with new or in-flight requests as active (idle scale-down input).
     pub fn record_activity(&self) {
-        let totals = lock(&self.workers).instance_totals();
+        let totals = self.workers.lock().instance_totals();
         let now = Instant::now();
-        let mut reg = lock(&self.apps);
+        let mut reg = self.apps.lock();
         for a in reg.apps.values_mut() {
             for i in a.instances.values_mut() {
                 if let Some((total, in_flight)) = totals.get(&(a.name.clone(), i.id)) {
@@ -440,7 +439,7 @@ impl Master {
     /// requests first.
     pub async fn stop_instance(self: &Arc<Self>, app: &str, id: u32, drain: bool) {
         let (exit_rx, was) = {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) else {
                 return;
             };
@@ -461,7 +460,7 @@ impl Master {
             let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
             let started = Instant::now();
             let released = self
-                .wait_until(deadline, |m| m.released(app, id, epoch))
+                .wait_until(deadline, |m| m.workers.released(app, id, epoch))
                 .await;
             if released {
                 tracing::debug!(
@@ -481,7 +480,7 @@ impl Master {
             }
         }
         {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             if let Some(i) = reg.apps.get_mut(app).and_then(|a| a.instances.get_mut(&id)) {
                 i.state = InstState::Stopped;
             }
@@ -522,7 +521,7 @@ impl Master {
         let build = {
             // Check and claim under one lock: every worker may ask at once, and workers'
             // messages are handled concurrently; only one cold start may win.
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             let Some(a) = reg.apps.get_mut(&app).filter(|a| a.visible) else {
                 return;
             };
@@ -547,18 +546,18 @@ impl Master {
                 },
                 Err(e) => Some(e.to_string()),
             };
-            if let Some(a) = lock(&me.apps).apps.get_mut(&app) {
+            if let Some(a) = me.apps.lock().apps.get_mut(&app) {
                 a.waking = false;
             }
             if let Some(e) = failure {
                 {
-                    let mut reg = lock(&me.apps);
+                    let mut reg = me.apps.lock();
                     if let Some(a) = reg.apps.get_mut(&app) {
                         a.last_error = Some(format!("Cold start failed: {e}"));
                         a.cold_start_failed = true;
                     }
                 }
-                let table = lock(&me.workers);
+                let table = me.workers.lock();
                 table.broadcast(&MasterToWorker::WakeResult {
                     app: app.clone(),
                     outcome: WakeOutcome::Failed,
@@ -571,7 +570,7 @@ impl Master {
     /// them, and bring always-on apps back once a launcher is running again.
     pub fn on_launcher_lost(self: &Arc<Self>) {
         let lost: Vec<(String, u32, Option<u32>)> = {
-            let reg = lock(&self.apps);
+            let reg = self.apps.lock();
             reg.apps
                 .values()
                 .flat_map(|a| {
@@ -593,7 +592,7 @@ impl Master {
             }
         }
         {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             for (app, id, _) in &lost {
                 if let Some(a) = reg.apps.get_mut(app) {
                     a.last_error =
@@ -617,7 +616,7 @@ impl Master {
         let me = self.clone();
         tokio::spawn(async move {
             if me.launcher.wait_ready(Duration::from_secs(120)).await {
-                let names: Vec<String> = lock(&me.apps).apps.keys().cloned().collect();
+                let names: Vec<String> = me.apps.lock().apps.keys().cloned().collect();
                 for app in names {
                     me.schedule_replacement(&app);
                 }

@@ -11,7 +11,6 @@ use tako_ipc::{AppIds, MasterToLauncher};
 use crate::apps::identity::{allocate, Identity, IdentityError};
 use crate::master::Master;
 use crate::state::ServerMode;
-use crate::sync::lock;
 
 /// How long shutdown waits for the state to say whether an upgrade is under way.
 const MODE_QUERY_BOUND: Duration = Duration::from_secs(2);
@@ -25,7 +24,7 @@ impl Master {
         }
         let (first, last) = self.settings.app_uid_range;
         let (uid, persist) = {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             match reg.ids.get(app) {
                 Some(&uid) if uid != 0 && (first..=last).contains(&uid) => (uid, false),
                 held => {
@@ -91,7 +90,7 @@ impl Master {
 
     /// The app's uid, when it has one.
     pub fn app_uid_of(&self, app: &str) -> Option<u32> {
-        lock(&self.apps).ids.get(app).copied()
+        self.apps.lock().ids.get(app).copied()
     }
 
     /// Ends every process of the app's uid, detached helpers included, unless an instance
@@ -103,7 +102,7 @@ impl Master {
         if self.users.is_none() {
             return false;
         }
-        let reg = lock(&self.apps);
+        let reg = self.apps.lock();
         let Some(&uid) = reg.ids.get(app) else {
             return false;
         };
@@ -131,7 +130,7 @@ impl Master {
     /// Forgets the uid of an app that is neither registered nor stored (a first deploy
     /// that failed): the id is free again.
     pub fn forget_unused_uid(&self, app: &str) {
-        let mut reg = lock(&self.apps);
+        let mut reg = self.apps.lock();
         if !reg.apps.contains_key(app) {
             reg.ids.remove(app);
         }
@@ -143,7 +142,7 @@ impl Master {
         if self.users.is_none() {
             return;
         }
-        lock(&self.apps).ids.remove(app);
+        self.apps.lock().ids.remove(app);
         if let Err(e) = self.data.remove_app_home(app) {
             tracing::warn!(app, error = %e, "cannot remove the app's home");
         }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::apps::registry::InstState;
 use crate::master::Master;
-use crate::sync::lock;
 
 pub fn spawn(master: Arc<Master>) {
     tokio::spawn(async move {
@@ -29,10 +28,10 @@ pub fn spawn(master: Arc<Master>) {
 }
 
 fn idle_victims(master: &Master) -> Vec<(String, u32)> {
-    let totals = lock(&master.workers).instance_totals();
+    let totals = master.workers.lock().instance_totals();
     let now = Instant::now();
     let mut out = Vec::new();
-    let mut reg = lock(&master.apps);
+    let mut reg = master.apps.lock();
     for a in reg.apps.values_mut() {
         if a.instances.values().any(|i| {
             i.healthy_since

@@ -10,7 +10,6 @@ use crate::datadir::ReleasePathError;
 use crate::master::Master;
 use crate::ports::{free_base, is_valid_base};
 use crate::state::StoredApp;
-use crate::sync::lock;
 
 /// Phase 1: builds the registry. Returns it with the port bases that must be persisted.
 pub fn register(stored: Vec<StoredApp>) -> (Registry, Vec<(String, u16)>) {
@@ -81,7 +80,7 @@ pub fn register(stored: Vec<StoredApp>) -> (Registry, Vec<(String, u16)>) {
 /// Phase 2: start always-on apps, at most 4 at a time, each app's instances in turn.
 pub async fn start(master: Arc<Master>) {
     let apps: Vec<String> = {
-        let reg = lock(&master.apps);
+        let reg = master.apps.lock();
         reg.apps
             .values()
             .filter(|a| a.restoring)
@@ -112,7 +111,7 @@ pub async fn start(master: Arc<Master>) {
 
 async fn restore_app(master: &Arc<Master>, app: &str) {
     let (build, count) = {
-        let reg = lock(&master.apps);
+        let reg = master.apps.lock();
         let Some(a) = reg.apps.get(app) else { return };
         (a.config.build(), a.config.min_instances)
     };
@@ -148,7 +147,7 @@ async fn restore_app(master: &Arc<Master>, app: &str) {
         }
     }
     {
-        let mut reg = lock(&master.apps);
+        let mut reg = master.apps.lock();
         if let Some(a) = reg.apps.get_mut(app) {
             a.restoring = false;
             if let Some(e) = &failed {

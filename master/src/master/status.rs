@@ -8,13 +8,12 @@ use std::time::Instant;
 use super::Master;
 use crate::apps::registry::InstState;
 use crate::status::{app_status, render_pages, AppStatus, RenderedStatus};
-use crate::sync::lock;
 
 impl Master {
     pub fn app_statuses(&self) -> Vec<AppStatus> {
-        let totals = lock(&self.workers).instance_totals();
+        let totals = self.workers.lock().instance_totals();
         let now = Instant::now();
-        let reg = lock(&self.apps);
+        let reg = self.apps.lock();
         reg.apps
             .values()
             .filter(|a| a.visible)
@@ -23,8 +22,8 @@ impl Master {
     }
 
     pub fn app_status(&self, name: &str) -> Option<AppStatus> {
-        let totals = lock(&self.workers).instance_totals();
-        let reg = lock(&self.apps);
+        let totals = self.workers.lock().instance_totals();
+        let reg = self.apps.lock();
         reg.visible(name).map(|a| {
             app_status(
                 a,
@@ -38,7 +37,7 @@ impl Master {
     pub fn render_status_page(&self) -> RenderedStatus {
         let apps = self.app_statuses();
         let healthy = {
-            let reg = lock(&self.apps);
+            let reg = self.apps.lock();
             !reg.apps.values().any(|a| {
                 a.visible
                     && !a.config.stopped
@@ -62,7 +61,7 @@ impl Master {
             self.started.elapsed().as_secs()
         );
         let (crash, rolling) = {
-            let t = lock(&self.workers);
+            let t = self.workers.lock();
             (t.crash_restarts, t.rolling_restarts)
         };
         let _ = writeln!(
@@ -78,7 +77,7 @@ impl Master {
             out,
             "tako_worker_restarts_total{{reason=\"rolling\"}} {rolling}"
         );
-        let http = lock(&self.workers).http_totals();
+        let http = self.workers.lock().http_totals();
         let _ = writeln!(
             out,
             "# HELP tako_http_requests_total Finished requests by app and status class."
@@ -120,7 +119,7 @@ impl Master {
                 a.app
             );
         }
-        let edge = lock(&self.workers).edge_totals();
+        let edge = self.workers.lock().edge_totals();
         let _ = writeln!(
             out,
             "# HELP tako_tls_handshakes_total TLS handshakes by result (failed includes timeouts)."
@@ -150,7 +149,7 @@ impl Master {
                 );
             }
         }
-        let c = lock(&self.workers).cache_totals();
+        let c = self.workers.lock().cache_totals();
         let _ = writeln!(
             out,
             "# HELP tako_cache_lookups_total Response cache lookups by result."
@@ -196,7 +195,7 @@ impl Master {
         }
         let _ = writeln!(out, "# HELP tako_instances App instances by state.");
         let _ = writeln!(out, "# TYPE tako_instances gauge");
-        let reg = lock(&self.apps);
+        let reg = self.apps.lock();
         for a in reg.apps.values().filter(|a| a.visible) {
             let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
             for i in a.instances.values() {

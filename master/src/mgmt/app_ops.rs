@@ -14,7 +14,6 @@ use crate::beneath::{Kind, WalkError};
 use crate::datadir::ReleasePathError;
 use crate::master::Master;
 use crate::state::{ReleaseKind, ReleaseResult};
-use crate::sync::lock;
 use tako_protocol::manifest;
 use tako_protocol::validate::ValidRoutes;
 
@@ -23,7 +22,7 @@ const MAX_LISTED_RELEASES: usize = 10_000;
 
 impl Master {
     pub fn app_exists(&self, app: &str) -> bool {
-        lock(&self.apps).visible(app).is_some()
+        self.apps.lock().visible(app).is_some()
     }
 
     fn not_found(app: &str) -> CommandError {
@@ -35,7 +34,7 @@ impl Master {
     /// `reload`: rolling restart of the current build, or a fresh start.
     pub async fn reload(self: &Arc<Self>, app: &str) -> Result<Value, CommandError> {
         let (config, live) = {
-            let reg = lock(&self.apps);
+            let reg = self.apps.lock();
             let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             (a.config.clone(), a.live_count())
         };
@@ -49,7 +48,7 @@ impl Master {
                 .await
                 .map_err(CommandError::StartSave)?;
             {
-                let mut reg = lock(&self.apps);
+                let mut reg = self.apps.lock();
                 if let Some(a) = reg.apps.get_mut(app) {
                     a.config.stopped = false;
                     a.cold_start_failed = false;
@@ -96,7 +95,7 @@ impl Master {
             .await
             .map_err(CommandError::StopSave)?;
         let ids = {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             let Some(a) = reg.apps.get_mut(app) else {
                 return Err(not_found());
             };
@@ -128,7 +127,7 @@ impl Master {
     /// `delete`: idempotent.
     pub async fn delete_app(self: &Arc<Self>, app: &str) -> Result<Value, CommandError> {
         let ids = {
-            let reg = lock(&self.apps);
+            let reg = self.apps.lock();
             reg.visible(app)
                 .map(|a| a.instances.keys().copied().collect::<Vec<_>>())
         };
@@ -149,7 +148,7 @@ impl Master {
             .delete_app(app.to_string())
             .await
             .map_err(CommandError::Delete)?;
-        lock(&self.apps).apps.remove(app);
+        self.apps.lock().apps.remove(app);
         self.release_app_identity(app);
         self.publish();
         self.purge_cache(app);
@@ -163,7 +162,7 @@ impl Master {
         secrets: BTreeMap<String, String>,
     ) -> Result<Value, CommandError> {
         let merged = {
-            let reg = lock(&self.apps);
+            let reg = self.apps.lock();
             let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             let mut env = a.config.env.clone();
             env.extend(secrets);
@@ -173,7 +172,7 @@ impl Master {
             .update_env(app.to_string(), merged.clone())
             .await
             .map_err(CommandError::SecretsSave)?;
-        if let Some(a) = lock(&self.apps).apps.get_mut(app) {
+        if let Some(a) = self.apps.lock().apps.get_mut(app) {
             a.config.env = merged;
         }
         Ok(
@@ -190,7 +189,7 @@ impl Master {
         version: &str,
     ) -> Result<DeployRequest, CommandError> {
         let (config_path, routes, env, instances, idle_timeout) = {
-            let reg = lock(&self.apps);
+            let reg = self.apps.lock();
             let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             if a.config.routes.is_empty() {
                 return Err(CommandError::RollbackNoRoutes {
@@ -255,7 +254,7 @@ impl Master {
     /// through descriptors.
     pub async fn list_releases(&self, app: &str) -> Result<Value, CommandError> {
         let (current, stored) = {
-            let reg = lock(&self.apps);
+            let reg = self.apps.lock();
             let a = reg.visible(app).ok_or_else(|| Self::not_found(app))?;
             (a.config.version.clone(), a.config.path.clone())
         };

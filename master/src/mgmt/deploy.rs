@@ -18,7 +18,6 @@ use crate::lifecycle::events::describe_exit;
 use crate::master::Master;
 use crate::ports::free_base;
 use crate::state::{ReleaseKind, StoredApp};
-use crate::sync::lock;
 use tako_protocol::manifest;
 use tako_protocol::validate::{check_route_conflicts, ValidRoutes, ValidationError};
 
@@ -43,7 +42,7 @@ impl Master {
     /// The route conflict ("Validation", Routes, in docs/management-protocol.md): one of
     /// `routes` is a pattern another registered app already has.
     pub fn route_conflict(&self, app: &str, routes: &ValidRoutes) -> Result<(), ValidationError> {
-        let reg = lock(&self.apps);
+        let reg = self.apps.lock();
         let taken: Vec<(&str, tako_ipc::route::RoutePattern)> = reg
             .apps
             .values()
@@ -209,7 +208,7 @@ impl Master {
     ) -> Result<Value, CommandError> {
         // Register a first deploy invisibly; find what runs now.
         let (new_app, old_ids, base_port) = {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             let used = reg.used_bases();
             match reg.apps.get_mut(app) {
                 Some(a) if a.visible => {
@@ -331,7 +330,7 @@ impl Master {
             return Err(CommandError::RolloutSave(e));
         }
         {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             if let Some(a) = reg.apps.get_mut(app) {
                 if let (Some(req), Some(routes)) = (req, &routes) {
                     a.config = AppConfig {
@@ -373,7 +372,7 @@ impl Master {
         self.schedule_replacement(app);
         // Answer once the old instances are out of every worker's rotation.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
+        self.wait_until(deadline, |m| m.workers.applied_epoch() >= epoch)
             .await;
         for id in &old_ids {
             let me = self.clone();
@@ -387,7 +386,7 @@ impl Master {
                 // in order, so acknowledging a later route table means the certificates are in.
                 let epoch = self.publish();
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                self.wait_until(deadline, |m| m.applied_epoch() >= epoch)
+                self.wait_until(deadline, |m| m.workers.applied_epoch() >= epoch)
                     .await;
             }
             crate::acme::queue_routes(self, routes);
@@ -427,7 +426,7 @@ impl Master {
             self.sweep_app(app);
         }
         {
-            let mut reg = lock(&self.apps);
+            let mut reg = self.apps.lock();
             if new_app {
                 reg.apps.remove(app);
             } else if let Some(a) = reg.apps.get_mut(app) {

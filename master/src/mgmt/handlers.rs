@@ -12,7 +12,6 @@ use super::error::CommandError;
 use super::validate;
 use crate::master::Master;
 use crate::state::{EnterOutcome, ExitOutcome, ReleaseKind, ServerMode};
-use crate::sync::lock;
 use tako_protocol::request::{Request, CAPABILITIES, PROTOCOL_VERSION};
 use tako_protocol::validate as fields;
 
@@ -53,7 +52,7 @@ async fn settle(master: &Arc<Master>) {
     let epoch = master.publish();
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
     if !master
-        .wait_until(deadline, |m| m.applied_epoch() >= epoch)
+        .wait_until(deadline, |m| m.workers.applied_epoch() >= epoch)
         .await
     {
         tracing::warn!(
@@ -113,6 +112,7 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, CommandErr
                     .await
                     .map_err(CommandError::ValidationTask)??;
             let _guard = master
+                .apps
                 .try_lock_app(&d.app)
                 .ok_or_else(|| busy(&req, &d.app))?;
             if master.is_shutting_down() {
@@ -134,27 +134,42 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, CommandErr
             ref app,
             ref version,
         } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
+            let _guard = master
+                .apps
+                .try_lock_app(app)
+                .ok_or_else(|| busy(&req, app))?;
             let dr = master.rollback_request(app, version)?;
             master.deploy(dr).await
         }
         Request::Reload { ref app } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
+            let _guard = master
+                .apps
+                .try_lock_app(app)
+                .ok_or_else(|| busy(&req, app))?;
             master.reload(app).await
         }
         Request::Stop { ref app } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
+            let _guard = master
+                .apps
+                .try_lock_app(app)
+                .ok_or_else(|| busy(&req, app))?;
             master.stop_app(app).await
         }
         Request::Delete { ref app } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
+            let _guard = master
+                .apps
+                .try_lock_app(app)
+                .ok_or_else(|| busy(&req, app))?;
             master.delete_app(app).await
         }
         Request::UpdateSecrets {
             ref app,
             ref secrets,
         } => {
-            let _guard = master.try_lock_app(app).ok_or_else(|| busy(&req, app))?;
+            let _guard = master
+                .apps
+                .try_lock_app(app)
+                .ok_or_else(|| busy(&req, app))?;
             master.update_secrets(app, secrets.clone()).await
         }
         Request::Status { app } => master
@@ -162,7 +177,7 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, CommandErr
             .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
             .ok_or(CommandError::AppNotFound { app }),
         Request::List => {
-            let reg = lock(&master.apps);
+            let reg = master.apps.lock();
             let apps: Vec<Value> = reg
                 .apps
                 .values()
@@ -172,7 +187,7 @@ async fn execute(master: &Arc<Master>, req: Request) -> Result<Value, CommandErr
             Ok(json!({ "apps": apps }))
         }
         Request::Routes => {
-            let reg = lock(&master.apps);
+            let reg = master.apps.lock();
             let routes: Vec<Value> = reg
                 .apps
                 .values()
@@ -223,7 +238,7 @@ fn processes(master: &Master) -> Value {
             "state": if l.ready { "active" } else { "starting" }, "uid": nix::unistd::getuid().as_raw(),
             "uptime_secs": l.uptime.as_secs()}));
     }
-    let table = lock(&master.workers);
+    let table = master.workers.lock();
     let mut workers: Vec<_> = table.entries.iter().collect();
     workers.sort_by(|a, b| a.index.cmp(&b.index).then(b.generation.cmp(&a.generation)));
     for w in workers {
@@ -243,7 +258,7 @@ fn app_instances(master: &Master) -> Vec<Value> {
     let own_uid = nix::unistd::getuid().as_raw();
     let now = std::time::Instant::now();
     let apps: Vec<(String, Vec<Value>)> = {
-        let reg = lock(&master.apps);
+        let reg = master.apps.lock();
         reg.apps
             .values()
             .filter(|a| a.visible)

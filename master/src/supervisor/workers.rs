@@ -82,21 +82,13 @@ pub fn supervise(
                     };
                     let delay = restart_delay(failures);
                     tracing::warn!(worker = index, reason = %reason, delay_ms = delay.as_millis() as u64, "proxy worker died; replacing it");
-                    master
-                        .workers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .crash_restarts += 1;
+                    master.workers.lock().crash_restarts += 1;
                     tokio::time::sleep(delay).await;
                     if master.is_shutting_down() || slot_retired.load(Ordering::SeqCst) {
                         break;
                     }
                     // A crash replacement takes the current round.
-                    gen = master
-                        .workers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .generation;
+                    gen = master.workers.lock().generation;
                 }
             }
         }
@@ -164,7 +156,7 @@ async fn run_one(
         let status_page = master.status_page_snapshot();
         // Registration and the initial state push happen under the table lock so that no
         // route update can slip between the snapshot and the registration.
-        let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = master.workers.lock();
         let routes = master.route_table_snapshot();
         table.learn(&routes);
         let first_epoch = routes.epoch;
@@ -204,7 +196,7 @@ async fn run_one(
     let status = child.wait().await;
     drop(channel);
     {
-        let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = master.workers.lock();
         if let Some(pos) = table.entries.iter().position(|w| w.pid == pid) {
             let entry = table.entries.remove(pos);
             table.retire(entry);
@@ -238,7 +230,7 @@ async fn read_loop(
         {
             // Checked against what the master knows and what this worker said before,
             // before anything of the frame is kept or acted on.
-            let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut table = master.workers.lock();
             let table = &mut *table;
             let known = table.known.lock().unwrap_or_else(|e| e.into_inner());
             let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) else {
@@ -254,7 +246,7 @@ async fn read_loop(
             WorkerToMaster::Hello { .. } => {}
             WorkerToMaster::Ready => {
                 let ready_tx = {
-                    let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut table = master.workers.lock();
                     match table.entries.iter_mut().find(|w| w.pid == pid) {
                         Some(w) => {
                             if w.state == ProcState::Starting {
@@ -287,7 +279,7 @@ async fn read_loop(
                     Ok(f) => f,
                     Err(e) => return Some(format!("invalid frame: {e}")),
                 };
-                let table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+                let table = master.workers.lock();
                 for w in table
                     .entries
                     .iter()
@@ -303,11 +295,7 @@ async fn read_loop(
 /// Starts the boot workers and waits (bounded) until each reported ready.
 pub async fn start_all(master: &Arc<Master>) -> usize {
     let n = master.settings.workers as u32;
-    master
-        .workers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .generation = 1;
+    master.workers.lock().generation = 1;
     let mut waits = Vec::new();
     for index in 0..n {
         let (tx, rx) = oneshot::channel();
@@ -339,7 +327,7 @@ pub enum RestartError {
 /// first, then the old one drains.
 pub async fn restart_all(master: &Arc<Master>) -> Result<(u32, usize), RestartError> {
     let generation = {
-        let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = master.workers.lock();
         if table.restart_in_progress {
             return Err(RestartError::InProgress);
         }
@@ -348,11 +336,7 @@ pub async fn restart_all(master: &Arc<Master>) -> Result<(u32, usize), RestartEr
         table.generation
     };
     let result = restart_rounds(master, generation).await;
-    master
-        .workers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .restart_in_progress = false;
+    master.workers.lock().restart_in_progress = false;
     result.map(|n| (generation, n))
 }
 
@@ -367,7 +351,7 @@ async fn restart_rounds(master: &Arc<Master>, generation: u32) -> Result<usize, 
             .unwrap_or(false);
         if !ok {
             new_retired.store(true, Ordering::SeqCst);
-            let table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+            let table = master.workers.lock();
             for w in table
                 .entries
                 .iter()
@@ -380,7 +364,7 @@ async fn restart_rounds(master: &Arc<Master>, generation: u32) -> Result<usize, 
             }
             return Err(RestartError::NotReady { index, generation });
         }
-        let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = master.workers.lock();
         table.rolling_restarts += 1;
         for w in table
             .entries
@@ -399,7 +383,7 @@ async fn restart_rounds(master: &Arc<Master>, generation: u32) -> Result<usize, 
 
 /// Tells every worker to drain (shutdown).
 pub fn drain_all(master: &Master, deadline: Duration) {
-    let mut table = master.workers.lock().unwrap_or_else(|e| e.into_inner());
+    let mut table = master.workers.lock();
     for w in table.entries.iter_mut() {
         w.retired.store(true, Ordering::SeqCst);
         w.state = ProcState::Draining;
@@ -413,13 +397,7 @@ pub fn drain_all(master: &Master, deadline: Duration) {
 pub async fn wait_all_gone(master: &Master, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if master
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries
-            .is_empty()
-        {
+        if master.workers.lock().entries.is_empty() {
             return true;
         }
         if Instant::now() >= deadline {
