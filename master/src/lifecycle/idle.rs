@@ -1,4 +1,5 @@
-//! The once-a-second housekeeping: idle scale-down of on-demand apps (docs/apps.md,
+//! Activity and the once-a-second housekeeping: which instances saw requests (from the
+//! workers' counters), idle scale-down of on-demand apps (docs/apps.md,
 //! "On-demand apps") and resetting the crash counter after 60 s of health ("Crashes and
 //! replacement").
 
@@ -7,6 +8,31 @@ use std::time::{Duration, Instant};
 
 use crate::apps::registry::InstState;
 use crate::master::Master;
+
+impl Master {
+    /// A worker reported its counters.
+    pub fn on_counters(&self) {
+        self.record_activity();
+        self.changed.notify_waiters();
+    }
+
+    /// Marks instances with new or in-flight requests as active (idle scale-down input).
+    pub fn record_activity(&self) {
+        let totals = self.workers.lock().instance_totals();
+        let now = Instant::now();
+        let mut reg = self.apps.lock();
+        for a in reg.apps.values_mut() {
+            for i in a.instances.values_mut() {
+                if let Some((total, in_flight)) = totals.get(&(a.name.clone(), i.id)) {
+                    if *total != i.seen_requests || *in_flight > 0 {
+                        i.seen_requests = *total;
+                        i.last_activity = now;
+                    }
+                }
+            }
+        }
+    }
+}
 
 pub fn spawn(master: Arc<Master>) {
     tokio::spawn(async move {
