@@ -35,6 +35,9 @@ pub struct WorkerConfig {
     /// Listener addresses (`ip:port`, as `SocketAddr` prints them) whose connections start
     /// with a PROXY protocol header (docs/http.md, "PROXY protocol"); empty = none.
     pub proxy_protocol: Vec<String>,
+    /// Compress eligible responses on the fly and serve precompressed static files
+    /// (docs/http.md, "Compression"); false with `--no-compression`.
+    pub compression: bool,
 }
 
 /// How strictly a worker confines itself (`--sandbox`).

@@ -208,6 +208,9 @@ pub struct ServerFlags {
     /// Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off
     #[arg(long = "cache-size", value_name = "BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_size: u64,
+    /// Send every response as the app made it: no brotli or gzip on the fly and no precompressed static files [default: compression on]
+    #[arg(long = "no-compression")]
+    pub no_compression: bool,
     /// Proxy worker sandbox (Landlock, seccomp, rlimits): strict refuses to start on a kernel
     /// without it, best-effort (the default) warns once and goes on, off applies none
     #[arg(long, value_name = "MODE", value_parser = parse_sandbox)]
@@ -267,6 +270,8 @@ struct ServerSection {
     https_port: Option<u16>,
     /// Listeners that expect a PROXY protocol header, as `--proxy-protocol` takes them.
     proxy_protocol: Option<Vec<String>>,
+    /// `false` turns response compression off, like `--no-compression`.
+    compression: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,6 +321,9 @@ pub struct Settings {
     pub instance_port_offset: u16,
     /// Response cache budget for the whole server; 0 = off.
     pub cache_bytes: u64,
+    /// Response compression (docs/http.md, "Compression"): on unless `--no-compression` or
+    /// `[server] compression = false`.
+    pub compression: bool,
     /// HTTP/2 timers from the hidden test flag; `None` = the documented limits.
     pub h2_timeouts: Option<tako_ipc::H2Timeouts>,
     /// `--sandbox`: how the proxy workers confine themselves.
@@ -475,6 +483,7 @@ impl ServerFlags {
             renewal_interval_hours: self.renewal_interval_hours,
             instance_port_offset: self.instance_port_offset,
             cache_bytes: self.cache_size,
+            compression: !self.no_compression && file.server.compression.unwrap_or(true),
             h2_timeouts: self.test_h2_timeouts_ms,
             sandbox,
         })
@@ -631,6 +640,25 @@ mod tests {
             "the flag replaces the key"
         );
         std::fs::write(&cfg, "[server]\nproxy_protocol = [\"x\"]\n").unwrap();
+        assert!(flags(&["--config", config]).resolve().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn compression_is_on_unless_the_flag_or_the_config_says_off() {
+        assert!(flags(&[]).resolve().unwrap().compression);
+        assert!(!flags(&["--no-compression"]).resolve().unwrap().compression);
+        let dir = std::env::temp_dir().join(format!("tako-cli-gz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("c.toml");
+        let config = cfg.to_str().unwrap();
+        std::fs::write(&cfg, "[server]\ncompression = false\n").unwrap();
+        assert!(!flags(&["--config", config]).resolve().unwrap().compression);
+        std::fs::write(&cfg, "[server]\ncompression = true\n").unwrap();
+        assert!(flags(&["--config", config]).resolve().unwrap().compression);
+        let off = flags(&["--config", config, "--no-compression"]);
+        assert!(!off.resolve().unwrap().compression, "the flag wins");
+        std::fs::write(&cfg, "[server]\ncompression = \"off\"\n").unwrap();
         assert!(flags(&["--config", config]).resolve().is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -141,6 +141,7 @@ fn main() {
             h2_timeouts: None,
             sandbox: tako_ipc::SandboxConfig::off(),
             proxy_protocol: Vec::new(),
+            compression: true,
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,

@@ -6,6 +6,7 @@
 mod access;
 mod body;
 mod cache;
+mod compress;
 mod conn_info;
 mod conns;
 mod control;

@@ -12,6 +12,7 @@ use tako_ipc::WorkerToMaster;
 use crate::access::AccessLog;
 use crate::body::{Body, Guarded};
 use crate::cache;
+use crate::compress;
 use crate::conn_info::ConnInfo;
 use crate::counters::UpstreamErrorKind;
 use crate::forwarded;
@@ -164,11 +165,14 @@ async fn route(
     // `public/`: such a path goes to the app like any path without a file, so a probe for
     // `.env` or `.git/` gets the app's answer whether or not the release has one, and an
     // app that routes a dot path itself keeps working.
+    // docs/http.md, "Compression": what the answer may be encoded with, for both stages.
+    let accept = compress::request_accepts(shared.config.compression, req.method(), req.headers());
     if let Some(pattern) = static_pattern.filter(|_| !static_files::is_hidden(req.method(), path)) {
         let file = static_files::serve(
             req.method(),
             path,
             req.headers(),
+            &accept,
             &pattern,
             &app.release_path,
         );
@@ -220,7 +224,8 @@ async fn route(
         host: &host,
     };
     match proxy(req, &app, &ctx, shared, log, timer).await {
-        Proxied::Answer(resp, sent_at) => ticket.complete(resp, sent_at),
+        // Encoded before the cache sees it: the cache stores what it served.
+        Proxied::Answer(resp, sent_at) => ticket.complete(compress::apply(resp, &accept), sent_at),
         Proxied::Own(resp) => resp,
     }
 }

@@ -19,8 +19,9 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    HeaderMap, HeaderValue, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
+    HeaderMap, HeaderValue, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED,
+    RANGE,
 };
 use http::{Method, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -28,6 +29,7 @@ use tako_ipc::route::RoutePattern;
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
 use crate::body::{Body, BoxError};
+use crate::compress::{self, Accept, Coding};
 use crate::httpdate;
 use crate::responses::{empty, fixed, Canned};
 
@@ -191,9 +193,13 @@ pub fn decode(path: &str) -> Decoded {
 /// A file resolved below `public/`, opened, with what the headers need.
 struct Found {
     file: std::fs::File,
+    /// The requested file's path: its extension gives the type, also of a precompressed
+    /// sibling.
     name: PathBuf,
     size: u64,
     mtime: u64,
+    /// `file` is the precompressed sibling in this coding (docs/http.md, "Compression").
+    coding: Option<Coding>,
 }
 
 enum Lookup {
@@ -237,20 +243,52 @@ fn resolve(root: &Path, rel: &[u8]) -> std::io::Result<Option<Found>> {
     if !meta.is_file() {
         return Ok(None);
     }
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
     Ok(Some(Found {
         file,
         name: canon,
         size: meta.len(),
-        mtime,
+        mtime: mtime_of(&meta),
+        coding: None,
     }))
 }
 
-fn lookup(release: &str, decoded: Vec<Vec<u8>>) -> Lookup {
+fn mtime_of(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The precompressed sibling of `found` in the first of `codings` that has one (`x.js.br`,
+/// `x.js.gz`). The deploy user made it: it is opened without following a symbolic link, and
+/// only a regular file counts (a FIFO would not even block the open). Anything else, or any
+/// error, means no sibling: the file itself is served.
+fn sibling(found: &Found, codings: &[Coding]) -> Option<Found> {
+    use std::os::unix::fs::OpenOptionsExt;
+    for coding in codings {
+        let mut name = found.name.clone().into_os_string();
+        name.push(coding.suffix());
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&name);
+        let Ok(file) = opened else { continue };
+        let Ok(meta) = file.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        return Some(Found {
+            file,
+            name: found.name.clone(),
+            size: meta.len(),
+            mtime: mtime_of(&meta),
+            coding: Some(*coding),
+        });
+    }
+    None
+}
+
+fn lookup(release: &str, decoded: Vec<Vec<u8>>, codings: &[Coding]) -> Lookup {
     let Ok(root) = std::fs::canonicalize(Path::new(release).join("public")) else {
         return Lookup::Missing;
     };
@@ -259,7 +297,9 @@ fn lookup(release: &str, decoded: Vec<Vec<u8>>) -> Lookup {
     }
     for rel in decoded {
         match resolve(&root, &rel) {
-            Ok(Some(found)) => return Lookup::Found(found),
+            Ok(Some(found)) => {
+                return Lookup::Found(sibling(&found, codings).unwrap_or(found));
+            }
             Ok(None) => continue,
             Err(e) => return Lookup::ReadFailed(e),
         }
@@ -273,6 +313,7 @@ pub async fn serve(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    accept: &Accept,
     pattern: &RoutePattern,
     release: &str,
 ) -> Option<Response<Body>> {
@@ -292,7 +333,10 @@ pub async fn serve(
         return None;
     }
     let release = release.to_string();
-    let found = match tokio::task::spawn_blocking(move || lookup(&release, decoded)).await {
+    // The codings a sibling may have, best first; none for a HEAD or a range (identity).
+    let codings = accept.ranked(&PRECOMPRESSED);
+    let found = match tokio::task::spawn_blocking(move || lookup(&release, decoded, &codings)).await
+    {
         Ok(Lookup::Found(f)) => f,
         Ok(Lookup::Missing) => return None,
         Ok(Lookup::ReadFailed(error)) => {
@@ -304,11 +348,25 @@ pub async fn serve(
             return Some(Canned::StaticReadFailed.response(head));
         }
     };
-    Some(respond(found, headers, head).await)
+    let precompressed = found.coding.is_some();
+    let resp = respond(found, headers, head).await;
+    // Without a sibling, the rules of proxied answers (docs/http.md, "Compression").
+    Some(if precompressed {
+        resp
+    } else {
+        compress::apply(resp, accept)
+    })
 }
 
+/// The codings of precompressed siblings, in our order at equal weight.
+const PRECOMPRESSED: [Coding; 2] = [Coding::Brotli, Coding::Gzip];
+
+/// A sibling's tag names its coding: the bytes differ from the file's.
 fn etag_of(f: &Found) -> String {
-    format!("\"{}-{}\"", f.size, f.mtime)
+    match f.coding {
+        Some(c) => format!("\"{}-{}-{}\"", f.size, f.mtime, c.token()),
+        None => format!("\"{}-{}\"", f.size, f.mtime),
+    }
 }
 
 /// Weak comparison (RFC 9110 §8.8.3.2) against a list or `*`.
@@ -419,6 +477,9 @@ async fn respond(found: Found, req: &HeaderMap, head: bool) -> Response<Body> {
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         validators(resp.headers_mut());
+        if found.coding.is_some() {
+            compress::add_vary(resp.headers_mut());
+        }
         return resp;
     }
 
@@ -476,6 +537,10 @@ async fn respond(found: Found, req: &HeaderMap, head: bool) -> Response<Body> {
     let h = resp.headers_mut();
     set(h, CONTENT_TYPE, mime(&found.name.to_string_lossy()));
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(coding) = found.coding {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
+        compress::add_vary(h);
+    }
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     validators(h);
     if status == StatusCode::PARTIAL_CONTENT {

@@ -165,6 +165,7 @@ impl Master {
             h2_timeouts: None,
             sandbox: tako_ipc::SandboxConfig::off(),
             proxy_protocol: Vec::new(),
+            compression: true,
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,
@@ -671,6 +672,7 @@ fn version_mismatch_exits_one() {
                 h2_timeouts: None,
                 sandbox: tako_ipc::SandboxConfig::off(),
                 proxy_protocol: Vec::new(),
+                compression: true,
             },
         })
         .await

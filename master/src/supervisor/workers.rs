@@ -33,6 +33,7 @@ fn worker_config(master: &Master, index: u32, generation: u32) -> WorkerConfig {
         h2_timeouts: s.h2_timeouts,
         sandbox: s.worker_sandbox(),
         proxy_protocol: s.proxy_protocol.iter().map(|a| a.to_string()).collect(),
+        compression: s.compression,
     }
 }
 

@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 
-use http::header::{HeaderMap, HeaderName, VARY};
+use http::header::{HeaderMap, HeaderName, ACCEPT_ENCODING, VARY};
+
+use crate::compress::{self, Coding};
 
 /// The host as received, lower-cased, trailing dot of the name removed, port kept; borrowed
 /// when it is already that (the usual case: no copy per request).
@@ -68,22 +70,27 @@ pub fn vary_spec(resp: &HeaderMap) -> VarySpec {
     VarySpec::Names(names)
 }
 
-/// The request header values a stored variant was made for.
+/// The request header values a stored variant was made for. When the worker compressed the
+/// response (its `Vary: Accept-Encoding` is ours, docs/http.md "Compression"), the variant is
+/// keyed on the coding a request would get instead of its `Accept-Encoding` bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VaryRecord(Vec<(HeaderName, Option<Vec<u8>>)>);
+pub struct VaryRecord(Vec<(HeaderName, Option<Vec<u8>>)>, Option<Coding>);
 
 impl VaryRecord {
-    pub fn record(names: &[HeaderName], req: &HeaderMap) -> Self {
+    pub fn record(names: &[HeaderName], req: &HeaderMap, ours: Option<Coding>) -> Self {
         VaryRecord(
             names
                 .iter()
+                .filter(|n| ours.is_none() || **n != ACCEPT_ENCODING)
                 .map(|n| (n.clone(), normalized(req, n)))
                 .collect(),
+            ours,
         )
     }
 
     pub fn matches(&self, req: &HeaderMap) -> bool {
         self.0.iter().all(|(n, v)| normalized(req, n) == *v)
+            && self.1.is_none_or(|c| compress::coding_for(req) == c)
     }
 
     pub fn size(&self) -> usize {
@@ -163,7 +170,7 @@ mod tests {
     #[test]
     fn variants_compare_normalized_values() {
         let names = [HeaderName::from_static("accept-language")];
-        let rec = VaryRecord::record(&names, &headers(&[("accept-language", " en,   fr ")]));
+        let rec = VaryRecord::record(&names, &headers(&[("accept-language", " en,   fr ")]), None);
         assert!(rec.matches(&headers(&[("accept-language", "en, fr")])));
         assert!(rec.matches(&headers(&[
             ("accept-language", "en"),
@@ -171,12 +178,57 @@ mod tests {
         ])));
         assert!(!rec.matches(&headers(&[("accept-language", "en,fr")])));
         assert!(!rec.matches(&HeaderMap::new()));
-        let empty = VaryRecord::record(&names, &headers(&[("accept-language", "")]));
+        let empty = VaryRecord::record(&names, &headers(&[("accept-language", "")]), None);
         assert!(
             !empty.matches(&HeaderMap::new()),
             "missing differs from empty"
         );
-        let missing = VaryRecord::record(&names, &HeaderMap::new());
+        let missing = VaryRecord::record(&names, &HeaderMap::new(), None);
         assert!(missing.matches(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn our_accept_encoding_variants_compare_codings() {
+        let names = [
+            HeaderName::from_static("accept-language"),
+            HeaderName::from_static("accept-encoding"),
+        ];
+        let req = headers(&[("accept-language", "en"), ("accept-encoding", "gzip, br")]);
+        let br = VaryRecord::record(&names, &req, Some(Coding::Brotli));
+        // Another spelling that gets br shares the variant; one that does not never gets it.
+        assert!(br.matches(&headers(&[
+            ("accept-language", "en"),
+            ("accept-encoding", "br")
+        ])));
+        assert!(!br.matches(&headers(&[
+            ("accept-language", "en"),
+            ("accept-encoding", "gzip")
+        ])));
+        assert!(!br.matches(&headers(&[("accept-language", "en")])));
+        assert!(!br.matches(&headers(&[
+            ("accept-language", "fr"),
+            ("accept-encoding", "br")
+        ])));
+        let plain = VaryRecord::record(
+            &names,
+            &headers(&[("accept-language", "en")]),
+            Some(Coding::Identity),
+        );
+        assert!(plain.matches(&headers(&[
+            ("accept-language", "en"),
+            ("accept-encoding", "deflate")
+        ])));
+        assert!(plain.matches(&headers(&[
+            ("accept-language", "en"),
+            ("accept-encoding", "br"),
+            ("range", "bytes=0-1")
+        ])));
+        // The app's own Vary: the header's bytes.
+        let theirs = VaryRecord::record(&names, &req, None);
+        assert!(!theirs.matches(&headers(&[
+            ("accept-language", "en"),
+            ("accept-encoding", "br")
+        ])));
+        assert!(theirs.matches(&req));
     }
 }

@@ -23,6 +23,7 @@ use http::{Method, Response};
 use tako_ipc::{CacheInvalidation, CacheStats, RouteTable, WorkerToMaster};
 
 use crate::body::Body;
+use crate::compress::Negotiated;
 use admission::{admit, content_length, request_eligibility, Eligibility};
 use flight::{FlightGuard, Flights, Join};
 use key::{normalize_host, primary_key, vary_spec, VaryRecord, VarySpec};
@@ -414,7 +415,11 @@ impl Ticket {
                             status: parts.status,
                             headers: stored_headers,
                             body: bytes::Bytes::new(),
-                            vary: VaryRecord::record(&names, &req_headers),
+                            vary: VaryRecord::record(
+                                &names,
+                                &req_headers,
+                                parts.extensions.get::<Negotiated>().map(|n| n.0),
+                            ),
                             stored_at: now,
                             initial_age: fresh.upstream_age
                                 + now.saturating_duration_since(sent_at),

@@ -327,12 +327,12 @@ mod tests {
         let fr = lang("fr");
         s.insert(
             "/".into(),
-            entry("w", 1, VaryRecord::record(&names, &en), 60),
+            entry("w", 1, VaryRecord::record(&names, &en, None), 60),
             &en,
         );
         s.insert(
             "/".into(),
-            entry("w", 2, VaryRecord::record(&names, &fr), 60),
+            entry("w", 2, VaryRecord::record(&names, &fr, None), 60),
             &fr,
         );
         assert_eq!(s.len(), 2);
@@ -346,7 +346,7 @@ mod tests {
         ));
         s.insert(
             "/".into(),
-            entry("w", 3, VaryRecord::record(&names, &en), 60),
+            entry("w", 3, VaryRecord::record(&names, &en, None), 60),
             &en,
         );
         assert_eq!(s.len(), 2, "same variant replaced");
@@ -354,7 +354,7 @@ mod tests {
             let v = lang(&format!("l{i}"));
             s.insert(
                 "/".into(),
-                entry("w", 1, VaryRecord::record(&names, &v), 60),
+                entry("w", 1, VaryRecord::record(&names, &v, None), 60),
                 &v,
             );
         }
