@@ -14,6 +14,8 @@ pub struct Accept {
     /// Only an explicit `identity` member competes with the codings: servers compress for
     /// `gzip;q=0.5` alone, and so do we.
     identity: u16,
+    /// Compression is turned off: nothing is encoded and nothing varies.
+    off: bool,
 }
 
 impl Accept {
@@ -22,7 +24,18 @@ impl Accept {
         br: 0,
         gzip: 0,
         identity: 0,
+        off: false,
     };
+
+    /// Compression is off (`--no-compression`): answers go out as they are.
+    pub const OFF: Accept = Accept {
+        off: true,
+        ..Accept::IDENTITY
+    };
+
+    pub fn is_off(&self) -> bool {
+        self.off
+    }
 
     /// Reads every `Accept-Encoding` line of the request.
     pub fn of(headers: &HeaderMap) -> Accept {
@@ -71,6 +84,7 @@ impl Accept {
             br: q[0].or(star).unwrap_or(0),
             gzip: q[1].or(star).unwrap_or(0),
             identity: q[2].unwrap_or(0),
+            off: false,
         }
     }
 

@@ -18,7 +18,7 @@ use http::header::{
 use http::{Method, Response};
 
 pub use accept::Accept;
-pub use eligible::{compressible_type, eligible};
+pub use eligible::eligible;
 use encoder::Encoder;
 
 use crate::body::Body;
@@ -60,12 +60,14 @@ pub const ON_THE_FLY: [Coding; 2] = [Coding::Brotli, Coding::Gzip];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated(pub Coding);
 
-/// What a request lets us send. Identity when compression is off, for a HEAD (nothing to
-/// compress) and for a range request (ranges count bytes of the identity body).
+/// What a request lets us send: nothing when compression is off; identity for a HEAD
+/// (nothing to compress) and for a range request (ranges count bytes of the identity body).
 pub fn request_accepts(enabled: bool, method: &Method, headers: &HeaderMap) -> Accept {
+    if !enabled {
+        return Accept::OFF;
+    }
     // The header first: most requests that lack it need no other look.
-    if !enabled
-        || !headers.contains_key(ACCEPT_ENCODING)
+    if !headers.contains_key(ACCEPT_ENCODING)
         || method == Method::HEAD
         || headers.contains_key(RANGE)
     {
@@ -84,7 +86,7 @@ pub fn coding_for(headers: &HeaderMap) -> Coding {
 /// response gets `Vary: Accept-Encoding` even when it goes out unencoded, since another
 /// request would get it encoded.
 pub fn apply(resp: Response<Body>, accept: &Accept) -> Response<Body> {
-    if !eligible(resp.status(), resp.headers()) {
+    if accept.is_off() || !eligible(resp.status(), resp.headers()) {
         return resp;
     }
     let coding = accept.best(&ON_THE_FLY);

@@ -61,11 +61,7 @@ fn requests_that_get_identity() {
         request_accepts(true, &Method::GET, &h).best(&ON_THE_FLY),
         Coding::Brotli
     );
-    assert_eq!(
-        request_accepts(false, &Method::GET, &h),
-        Accept::IDENTITY,
-        "off"
-    );
+    assert_eq!(request_accepts(false, &Method::GET, &h), Accept::OFF, "off");
     assert_eq!(request_accepts(true, &Method::HEAD, &h), Accept::IDENTITY);
     h.insert(RANGE, HeaderValue::from_static("bytes=0-5"));
     assert_eq!(request_accepts(true, &Method::GET, &h), Accept::IDENTITY);
@@ -131,6 +127,11 @@ async fn identity_answers_still_vary() {
     assert_eq!(resp.headers()[CONTENT_ENCODING], "gzip");
     assert_eq!(resp.headers().get_all(VARY).iter().count(), 1);
     assert!(resp.extensions().get::<Negotiated>().is_none());
+
+    // Off: untouched, no Vary.
+    let resp = response(&[("content-type", "text/plain")], full(body.clone()));
+    let resp = apply(resp, &Accept::OFF);
+    assert!(!resp.headers().contains_key(VARY) && resp.extensions().get::<Negotiated>().is_none());
 
     // Not eligible: untouched, no Vary.
     let resp = response(&[("content-type", "image/png")], full(body));
