@@ -3,4 +3,5 @@
 set -euo pipefail
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-  wrk nginx-light haproxy caddy nghttp2-client socat netcat-openbsd curl openssl >/dev/null
+  wrk nginx-light libnginx-mod-http-brotli-filter haproxy caddy nghttp2-client socat netcat-openbsd \
+  curl openssl >/dev/null

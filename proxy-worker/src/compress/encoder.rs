@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use brotli::CompressorWriter;
@@ -25,6 +26,50 @@ pub const BROTLI_QUALITY: u32 = 4;
 pub const BROTLI_LGWIN: u32 = 18;
 /// The brotli writer's output staging buffer.
 const BROTLI_BUFFER: usize = 4096;
+/// Responses one worker compresses at once. An encoder holds up to about 2.5 MB (brotli on a
+/// large body; gzip about 0.4 MB), so this bounds the worker's memory for them near 320 MB;
+/// past it answers go out unencoded (docs/limits.md).
+pub const MAX_ENCODERS: usize = 128;
+
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the worker's [`MAX_ENCODERS`] places, given back when dropped.
+pub struct Permit(&'static AtomicUsize);
+
+impl Permit {
+    pub fn take() -> Option<Permit> {
+        Permit::take_from(&ACTIVE, MAX_ENCODERS)
+    }
+
+    fn take_from(active: &'static AtomicUsize, max: usize) -> Option<Permit> {
+        active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(active))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn permits_are_bounded_and_given_back() {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let held: Vec<Permit> = (0..3)
+        .filter_map(|_| Permit::take_from(&COUNT, 3))
+        .collect();
+    assert_eq!(held.len(), 3);
+    assert!(Permit::take_from(&COUNT, 3).is_none(), "a fourth at once");
+    drop(held);
+    assert_eq!(COUNT.load(Ordering::Acquire), 0);
+    assert!(Permit::take_from(&COUNT, 3).is_some());
+}
 
 enum Engine {
     Gzip(GzEncoder<Vec<u8>>),
@@ -85,19 +130,29 @@ pub struct Encoder {
     engine: Option<Engine>,
     /// Input went in since the last output: a flush would produce bytes.
     unflushed: bool,
+    /// Released with the engine, when the stream ends or the client goes away.
+    permit: Option<Permit>,
 }
 
 impl Encoder {
     /// `inner` encoded with `coding`; identity leaves it as it is.
-    pub fn wrap(inner: Body, coding: Coding) -> Body {
+    pub fn wrap(inner: Body, coding: Coding, permit: Permit) -> Body {
         match Engine::new(coding) {
             None => inner,
             Some(engine) => http_body_util::combinators::UnsyncBoxBody::new(Encoder {
                 inner,
                 engine: Some(engine),
                 unflushed: false,
+                permit: Some(permit),
             }),
         }
+    }
+
+    /// The stream is over (ended, failed): the engine's memory and the place go at once,
+    /// not when the body is dropped.
+    fn done(&mut self) {
+        self.engine = None;
+        self.permit = None;
     }
 }
 
@@ -126,7 +181,7 @@ impl HttpBody for Encoder {
                     // Trailers are dropped: the HTTP/1 path never sends them either.
                     if let Some(input) = frame.data_ref().filter(|d| !d.is_empty()) {
                         if let Err(e) = engine.write(input) {
-                            this.engine = None;
+                            this.done();
                             return failed(e);
                         }
                         this.unflushed = true;
@@ -142,7 +197,7 @@ impl HttpBody for Encoder {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.engine = None;
+                    this.done();
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {}
@@ -152,7 +207,7 @@ impl HttpBody for Encoder {
                     }
                     this.unflushed = false;
                     if let Err(e) = engine.flush() {
-                        this.engine = None;
+                        this.done();
                         return failed(e);
                     }
                     let out = engine.take();
@@ -167,7 +222,9 @@ impl HttpBody for Encoder {
             let Some(engine) = this.engine.take() else {
                 return Poll::Ready(None);
             };
-            return match engine.finish() {
+            let finished = engine.finish();
+            this.permit = None;
+            return match finished {
                 Ok(out) => data(out),
                 Err(e) => failed(e),
             };

@@ -19,7 +19,7 @@ use http::{Method, Response};
 
 pub use accept::Accept;
 pub use eligible::eligible;
-use encoder::Encoder;
+use encoder::{Encoder, Permit};
 
 use crate::body::Body;
 
@@ -89,16 +89,24 @@ pub fn apply(resp: Response<Body>, accept: &Accept) -> Response<Body> {
     if accept.is_off() || !eligible(resp.status(), resp.headers()) {
         return resp;
     }
-    let coding = accept.best(&ON_THE_FLY);
+    let mut coding = accept.best(&ON_THE_FLY);
+    // Past the worker's bound on encoders at once: this one goes out unencoded.
+    let permit = match coding {
+        Coding::Identity => None,
+        _ => Permit::take(),
+    };
+    if permit.is_none() {
+        coding = Coding::Identity;
+    }
     let (mut parts, body) = resp.into_parts();
     if add_vary(&mut parts.headers) {
         parts.extensions.insert(Negotiated(coding));
     }
-    if coding == Coding::Identity {
+    let Some(permit) = permit else {
         return Response::from_parts(parts, body);
-    }
+    };
     mark_encoded(&mut parts.headers, coding);
-    Response::from_parts(parts, Encoder::wrap(body, coding))
+    Response::from_parts(parts, Encoder::wrap(body, coding, permit))
 }
 
 /// The headers of a body sent with `coding`: its `Content-Encoding`, no length (the encoded

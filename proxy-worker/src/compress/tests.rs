@@ -186,7 +186,11 @@ async fn a_stream_goes_out_as_it_comes() {
             frames: events.iter().cloned().collect(),
             ready: false,
         };
-        let mut body = Encoder::wrap(http_body_util::BodyExt::boxed_unsync(inner), coding);
+        let mut body = Encoder::wrap(
+            http_body_util::BodyExt::boxed_unsync(inner),
+            coding,
+            Permit::take().unwrap(),
+        );
         // Each input frame is followed by a Pending of the inner body: the encoder flushes,
         // so every line can be decoded before the next one is sent.
         let mut seen = Vec::new();
@@ -224,7 +228,11 @@ impl HttpBody for Broken {
 #[tokio::test(flavor = "current_thread")]
 async fn an_upstream_error_ends_the_stream_with_it() {
     for coding in ON_THE_FLY {
-        let mut body = Encoder::wrap(http_body_util::BodyExt::boxed_unsync(Broken(0)), coding);
+        let mut body = Encoder::wrap(
+            http_body_util::BodyExt::boxed_unsync(Broken(0)),
+            coding,
+            Permit::take().unwrap(),
+        );
         let mut error = false;
         while let Some(frame) = body.frame().await {
             error |= frame.is_err();
