@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tako_server_global_optspecs
-    string join \n socket= port= tls-port= listen= data-dir= config= workers= proxy-user= app-user= app-uid-range= deploy-user= trusted-proxy= proxy-protocol= no-acme acme-staging acme-email= acme-directory= acme-ca-root= renewal-interval-hours= instance-port-offset= cache-size= sandbox= test-h2-timeouts-ms= h/help V/version
+    string join \n socket= port= tls-port= listen= data-dir= config= workers= proxy-user= app-user= app-uid-range= deploy-user= trusted-proxy= proxy-protocol= no-acme acme-staging acme-email= acme-directory= acme-ca-root= renewal-interval-hours= instance-port-offset= cache-size= no-compression sandbox= test-h2-timeouts-ms= h/help V/version
 end
 
 function __fish_tako_server_needs_command
@@ -47,6 +47,7 @@ complete -c tako-server -n "__fish_tako_server_needs_command" -l sandbox -d 'Pro
 complete -c tako-server -n "__fish_tako_server_needs_command" -l test-h2-timeouts-ms -d 'Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l no-acme -d 'No ACME account, issuance, renewal or challenge answers'
 complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-staging -d 'Use the Let\'s Encrypt staging directory'
+complete -c tako-server -n "__fish_tako_server_needs_command" -l no-compression -d 'Send every response as the app made it: no brotli or gzip on the fly and no precompressed static files [default: compression on]'
 complete -c tako-server -n "__fish_tako_server_needs_command" -s h -l help -d 'Print help'
 complete -c tako-server -n "__fish_tako_server_needs_command" -s V -l version -d 'Print version'
 complete -c tako-server -n "__fish_tako_server_needs_command" -f -a "ctl" -d 'Talk to a running server over its management socket'
