@@ -1,14 +1,12 @@
-//! Running the server: startup order, signals and graceful shutdown (docs/cli.md, "Startup",
-//! "Signals").
+//! Running the server: the startup order (docs/cli.md, "Startup") and the serving loop. The
+//! host setup, the periodic tasks and the signals with graceful shutdown are submodules.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::cli::{ConfigError, ServerFlags};
-use crate::clock::unix_now;
 use crate::datadir::{prepare_socket_dir, DataDir};
 use crate::master::Master;
 use crate::server_role::ServerRole;
@@ -16,48 +14,13 @@ use crate::state::{DataDirLock, ServerMode, StateHandle, Store};
 use crate::supervisor::{launcher, workers};
 use crate::upgrade;
 
-const WORKER_DRAIN: Duration = Duration::from_secs(30);
-const INSTANCE_GRACE: Duration = Duration::from_secs(10);
+mod background;
+mod host;
+mod shutdown;
 
-fn raise_nofile_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, "cannot raise the open-file limit");
-            }
-        }
-    }
-}
-
-/// Warns when `net.ipv4.tcp_migrate_req` is 0 (docs/operations.md, "Upgrade").
-fn warn_tcp_migrate_req() {
-    if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
-        if v.trim() == "0" {
-            tracing::warn!("net.ipv4.tcp_migrate_req is 0: connections queued on a closing listener may be reset during upgrades");
-        }
-    }
-}
-
-/// Tells systemd we are ready, when it asked (`NOTIFY_SOCKET`).
-fn notify_ready() {
-    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let r = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
-    } else {
-        sock.send_to(b"READY=1", &path)
-    };
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
+use background::{spawn_certificate_check, spawn_status_pusher};
+use host::{notify_ready, raise_nofile_limit, warn_tcp_migrate_req};
+use shutdown::{shutdown, wait_for_shutdown, Signals, Stop};
 
 pub fn run(flags: ServerFlags) -> i32 {
     // Before any thread exists: the environment is cleaned of LISTEN_* and the re-exec
@@ -404,201 +367,4 @@ async fn serve(boot: Boot) -> i32 {
         stop_listening,
     )
     .await
-}
-
-/// The certificate check (docs/tls.md, "The certificate check"): 60 s after start, then every
-/// renewal interval, (re)generate missing or expired self-signed certificates of private route
-/// hosts and queue the ACME orders that are due. A candidate leaves certificates to the primary.
-fn spawn_certificate_check(master: Arc<Master>) {
-    if !master.is_primary() {
-        return;
-    }
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        let period = Duration::from_secs(u64::from(master.settings.renewal_interval_hours) * 3600);
-        loop {
-            if master.is_shutting_down() {
-                return;
-            }
-            let routes: Vec<String> = {
-                let reg = master.apps.lock();
-                reg.apps
-                    .values()
-                    .filter(|a| a.visible)
-                    .flat_map(|a| a.config.routes.clone())
-                    .collect()
-            };
-            let _ = master.ensure_certificates(&routes);
-            crate::acme::queue_routes(&master, &routes);
-            tokio::time::sleep(period).await;
-        }
-    });
-}
-
-fn spawn_status_pusher(master: Arc<Master>) {
-    tokio::spawn(async move {
-        loop {
-            master.push_status();
-            tokio::select! {
-                _ = master.status_dirty.notified() => {
-                    // Coalesce bursts of changes into one push.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            if master.is_shutting_down() {
-                return;
-            }
-        }
-    });
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Stop {
-    Signal,
-    /// A re-executed successor took over.
-    HandedOver,
-}
-
-/// The signals the master acts on, registered once at startup.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-    usr2: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-            usr2: signal(SignalKind::user_defined2())?,
-        })
-    }
-}
-
-async fn wait_for_shutdown(master: &Arc<Master>, signals: &mut Signals) -> Stop {
-    let Signals {
-        term,
-        int,
-        hup,
-        usr2,
-    } = signals;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Stop::Signal; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Stop::Signal; }
-            _ = master.handed_over.notified() => {
-                tracing::info!("a new server took over; shutting down");
-                return Stop::HandedOver;
-            }
-            _ = usr2.recv() => {
-                tracing::info!("SIGUSR2: upgrading in place");
-                let m = master.clone();
-                tokio::spawn(async move {
-                    match crate::reexec::upgrade(&m).await {
-                        Ok(pid) => {
-                            tracing::info!(new_pid = pid, "upgrade handed over");
-                            m.handed_over.notify_one();
-                        }
-                        Err(e) => tracing::error!("{e}"),
-                    }
-                });
-            }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: rolling restart of the proxy workers");
-                let m = master.clone();
-                tokio::spawn(async move {
-                    match workers::restart_all(&m).await {
-                        Ok((generation, n)) => tracing::info!(generation, workers = n, "workers restarted"),
-                        Err(e) => tracing::warn!("{e}"),
-                    }
-                });
-            }
-        }
-    }
-}
-
-/// Graceful shutdown (docs/architecture.md, "Restarts and upgrades"); a second signal forces.
-async fn shutdown(
-    master: Arc<Master>,
-    mgmt: Arc<Notify>,
-    socket: std::path::PathBuf,
-    keep_socket: bool,
-    stop_listening: bool,
-) -> i32 {
-    master.begin_shutdown();
-    mgmt.notify_waiters();
-    // After a hand-over the socket file belongs to the successor.
-    if !keep_socket {
-        let _ = std::fs::remove_file(&socket);
-    }
-    // Apps' stray processes (helpers outside their instances) end with the server, unless
-    // another server runs the same apps under the same uids.
-    let sweep = master.sweep_at_shutdown(keep_socket).await;
-    let graceful = async {
-        workers::drain_all(&master, WORKER_DRAIN);
-        if stop_listening {
-            crate::listeners::stop_listening(&master.listeners);
-        }
-        workers::wait_all_gone(&master, WORKER_DRAIN + Duration::from_secs(2)).await;
-        let grace_ms = INSTANCE_GRACE.as_millis() as u64;
-        let _ = master.launcher.send(if sweep {
-            tako_ipc::MasterToLauncher::ShutdownAndSweep { grace_ms }
-        } else {
-            tako_ipc::MasterToLauncher::Shutdown { grace_ms }
-        });
-        let deadline = tokio::time::Instant::now() + INSTANCE_GRACE + Duration::from_secs(3);
-        while master.launcher.info().is_some_and(|l| l.ready)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        graceful.await;
-        return 0;
-    };
-    tokio::select! {
-        _ = graceful => {
-            tracing::info!("shutdown complete");
-            0
-        }
-        _ = term.recv() => force(&master),
-        _ = int.recv() => force(&master),
-    }
-}
-
-fn force(master: &Master) -> i32 {
-    tracing::warn!("second signal: forcing shutdown");
-    let reg = master.apps.lock();
-    for a in reg.apps.values() {
-        for i in a.instances.values() {
-            if let Some(pid) = i.pid {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-    for w in master.workers.lock().entries.iter() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(w.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    if let Some(l) = master.launcher.info() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(l.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = unix_now();
-    1
 }
