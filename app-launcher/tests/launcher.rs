@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use tako_ipc::{
 fn instances_installs_and_shutdown() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let world = World::new("main");
-    let mut m = Master::start(test_limits());
+    let mut m = start(test_limits());
     let fail_file = world.dir.join("sick-fails");
     let fail_file_s = fail_file.display().to_string();
 
@@ -301,7 +302,7 @@ fn instances_installs_and_shutdown() {
 fn master_gone_stops_instances() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let world = World::new("gone");
-    let mut m = Master::start(test_limits());
+    let mut m = start(test_limits());
     m.send(MasterToLauncher::Spawn(world.spec("app", 1, "ok", &[])));
     let pid = spawned_pid(m.event("app", 1, Duration::from_secs(5)));
     assert_ready(&mut m, "app", 1);
@@ -327,4 +328,57 @@ fn hello_version_mismatch_exits_1() {
     let mut rest = Vec::new();
     ours.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "no hello answer on a version mismatch");
+}
+
+/// Starts a launcher on a thread, without an app user, and exchanges hellos.
+fn start(limits: Limits) -> Master {
+    Master::start_with(
+        limits,
+        LauncherConfig {
+            app_user: None,
+            log_owner: None,
+        },
+        || {},
+    )
+}
+
+pub fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// Live (non-zombie) processes whose process group is one of `groups`.
+pub fn group_members(groups: &[i32]) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" {
+            if let Ok(pgrp) = fields[2].parse::<i32>() {
+                if groups.contains(&pgrp) {
+                    found.push(pid);
+                }
+            }
+        }
+    }
+    found
+}
+
+pub fn status_ok(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ =
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: tako.internal\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
 }

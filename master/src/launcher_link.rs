@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances};
+use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances, Violation};
 use tako_ipc::{InstallResult, InstallSpec, LauncherToMaster, MasterToLauncher, Sender};
 use tokio::sync::oneshot;
 
@@ -120,11 +120,9 @@ impl LauncherLink {
 
     /// Checks a frame of the launcher against what it was told, before anything of it is
     /// kept or acted on, and forgets an instance it reports ended.
-    pub fn check_frame(&self, msg: &LauncherToMaster) -> Result<(), String> {
+    pub fn check_frame(&self, msg: &LauncherToMaster) -> Result<(), Violation> {
         let mut st = self.lock();
-        if let Err(v) = check_launcher_frame(msg, &*st) {
-            return Err(format!("invalid frame: {v}"));
-        }
+        check_launcher_frame(msg, &*st)?;
         if let LauncherToMaster::Instance {
             app,
             instance_id,

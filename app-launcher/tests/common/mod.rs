@@ -1,16 +1,13 @@
 //! The fake master and helpers shared by the integration tests.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 use tako_app_launcher::{run_with_limits, Limits};
 use tako_ipc::frame::{decode_payload, encode_frame, parse_header};
 use tako_ipc::{
@@ -32,20 +29,9 @@ pub struct Master {
 }
 
 impl Master {
-    /// Starts a launcher on a thread and exchanges hellos.
-    pub fn start(limits: Limits) -> Master {
-        Self::start_with(
-            limits,
-            LauncherConfig {
-                app_user: None,
-                log_owner: None,
-            },
-            || {},
-        )
-    }
-
-    /// Like [`Master::start`], with `prepare` run on the launcher's thread before `run`
-    /// (capabilities are per thread, so a root test can restrict just that thread).
+    /// Starts a launcher on a thread and exchanges hellos, with `prepare` run on the
+    /// launcher's thread before `run` (capabilities are per thread, so a root test can
+    /// restrict just that thread).
     pub fn start_with(
         limits: Limits,
         config: LauncherConfig,
@@ -274,36 +260,6 @@ pub fn assert_ready(m: &mut Master, app: &str, id: u32) {
     assert_eq!(ev, InstanceEvent::Ready, "{app}/{id}");
 }
 
-pub fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-}
-
-/// Live (non-zombie) processes whose process group is one of `groups`.
-pub fn group_members(groups: &[i32]) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state ppid pgrp ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[0] != "Z" {
-            if let Ok(pgrp) = fields[2].parse::<i32>() {
-                if groups.contains(&pgrp) {
-                    found.push(pid);
-                }
-            }
-        }
-    }
-    found
-}
-
 pub fn read_logs(dir: &Path) -> String {
     let mut all = String::new();
     for name in ["app.log.2", "app.log.1", "app.log"] {
@@ -318,17 +274,6 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub fn status_ok(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ =
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: tako.internal\r\nConnection: close\r\n\r\n");
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
 }
 
 pub fn test_limits() -> Limits {

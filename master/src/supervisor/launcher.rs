@@ -108,8 +108,8 @@ async fn read_loop(
             Ok(None) => return None,
             Err(e) => return Some(e.to_string()),
         };
-        if let Err(reason) = master.launcher.check_frame(&msg) {
-            return Some(reason);
+        if let Err(v) = master.launcher.check_frame(&msg) {
+            return Some(format!("invalid frame: {v}"));
         }
         match msg {
             LauncherToMaster::Hello { .. } => {}

@@ -12,7 +12,6 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(40);
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
-    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -161,7 +160,6 @@ pub fn read_response<R: BufRead>(mut r: R, head_only: bool) -> io::Result<Respon
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-    let reason = parts.next().unwrap_or("").to_string();
     let mut headers = Vec::new();
     loop {
         let line = read_line(&mut r)?;
@@ -175,7 +173,6 @@ pub fn read_response<R: BufRead>(mut r: R, head_only: bool) -> io::Result<Respon
     }
     let mut resp = Response {
         status,
-        reason,
         headers,
         body: Vec::new(),
     };

@@ -1,7 +1,6 @@
 //! Harness for the black-box tests: starts the real `tako-server` binary on free ports in
 //! a temporary data dir, talks to it over its management socket and over HTTP(S), and
 //! makes sure nothing it started outlives the test.
-#![allow(dead_code)]
 
 pub mod certs;
 pub mod fixture;

@@ -6,7 +6,6 @@ use std::fs;
 /// The fields of `/proc/<pid>/status` the privilege tests look at.
 #[derive(Debug, Clone)]
 pub struct ProcStatus {
-    pub pid: i32,
     /// Real, effective, saved and filesystem uid.
     pub uids: [u32; 4],
     pub gids: [u32; 4],
@@ -40,7 +39,6 @@ fn ids4(v: &str) -> [u32; 4] {
 pub fn status(pid: i32) -> Option<ProcStatus> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let mut st = ProcStatus {
-        pid,
         uids: [u32::MAX; 4],
         gids: [u32::MAX; 4],
         groups: Vec::new(),
