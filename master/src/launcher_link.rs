@@ -11,6 +11,8 @@ use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances, Vi
 use tako_ipc::{InstallResult, InstallSpec, LauncherToMaster, MasterToLauncher, Sender};
 use tokio::sync::oneshot;
 
+use crate::sync::lock;
+
 #[derive(Debug, thiserror::Error)]
 #[error("the app launcher is not running")]
 pub struct LauncherGone;
@@ -54,7 +56,7 @@ pub struct LauncherInfo {
 
 impl LauncherLink {
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     pub fn send(&self, msg: MasterToLauncher) -> Result<(), LauncherGone> {

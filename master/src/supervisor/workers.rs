@@ -233,7 +233,7 @@ async fn read_loop(
             // before anything of the frame is kept or acted on.
             let mut table = master.workers.lock();
             let table = &mut *table;
-            let known = table.known.lock().unwrap_or_else(|e| e.into_inner());
+            let known = crate::sync::lock(&table.known);
             let Some(w) = table.entries.iter_mut().find(|w| w.pid == pid) else {
                 return Some("the worker is no longer registered".into());
             };

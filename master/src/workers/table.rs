@@ -10,6 +10,8 @@ use tako_ipc::validate::{AppBook, WorkerReports};
 use tako_ipc::{Encoded, MasterToWorker, RouteTable, Sender, WorkerToMaster};
 use tokio::sync::oneshot;
 
+use crate::sync::lock;
+
 /// How long a new worker has to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a draining worker may take.
@@ -168,7 +170,7 @@ impl WorkerTable {
     /// Records the apps, instances and epoch of a route table about to be sent
     /// (and which instances it removed: what acknowledgements are checked against).
     pub fn learn(&self, table: &RouteTable) {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = lock(&self.known);
         known.learn_table(table);
     }
 
