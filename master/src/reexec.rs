@@ -4,6 +4,7 @@
 //! serving) if it dies first.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +24,26 @@ pub enum ReexecError {
     #[error("Upgrade already in progress")]
     InProgress,
     #[error("Upgrade failed: {0}; this server keeps serving")]
-    Failed(String),
+    Failed(#[source] UpgradeFailure),
+}
+
+/// Why the successor did not take over.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeFailure {
+    #[error("only a primary can upgrade in place")]
+    NotPrimary,
+    #[error("cannot create a pipe: {0}")]
+    Pipe(#[source] nix::errno::Errno),
+    #[error("cannot start {}: {source}", exe.display())]
+    Start {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    /// `status` is the exit status as the OS words it (empty when it could not be read).
+    #[error("the new server exited before it was ready ({status})")]
+    ExitedEarly { status: String },
+    #[error("the new server was not ready within 120 s")]
+    NotReady,
 }
 
 /// Starts the successor and waits for its ready byte. On success the caller shuts down
@@ -40,12 +60,12 @@ pub async fn upgrade(master: &Arc<Master>) -> Result<u32, ReexecError> {
 }
 
 async fn run(master: &Arc<Master>) -> Result<u32, ReexecError> {
-    let fail = |m: String| ReexecError::Failed(m);
+    let fail = ReexecError::Failed;
     let Some(lock_fd) = master.lock_fd else {
-        return Err(fail("only a primary can upgrade in place".into()));
+        return Err(fail(UpgradeFailure::NotPrimary));
     };
     let (ready_rd, ready_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+        .map_err(|e| fail(UpgradeFailure::Pipe(e)))?;
     // The descriptors the successor finds at 3, 4, …: listeners, then the lock, then the pipe.
     let mut sources: Vec<RawFd> = master.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
     let names: Vec<String> = master
@@ -88,9 +108,12 @@ async fn run(master: &Arc<Master>) -> Result<u32, ReexecError> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("cannot start {}: {e}", exec.exe.display())))?;
+    let mut child = cmd.spawn().map_err(|source| {
+        fail(UpgradeFailure::Start {
+            exe: exec.exe.clone(),
+            source,
+        })
+    })?;
     drop(ready_wr);
     let pid = child.id().unwrap_or(0);
     tracing::info!(pid, exe = %exec.exe.display(), "started the new server; waiting for it to be ready");
@@ -108,17 +131,17 @@ async fn run(master: &Arc<Master>) -> Result<u32, ReexecError> {
             Ok(_) => {
                 let _ = child.start_kill();
                 let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
-                Err(fail(format!("the new server exited before it was ready ({status})")))
+                Err(fail(UpgradeFailure::ExitedEarly { status }))
             }
             Err(_) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                Err(fail("the new server was not ready within 120 s".into()))
+                Err(fail(UpgradeFailure::NotReady))
             }
         },
         status = child.wait() => {
             let status = status.map(|s| s.to_string()).unwrap_or_default();
-            Err(fail(format!("the new server exited before it was ready ({status})")))
+            Err(fail(UpgradeFailure::ExitedEarly { status }))
         }
     }
 }

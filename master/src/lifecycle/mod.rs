@@ -3,9 +3,9 @@
 //! launcher is lost, the restore at boot, and the app identities they run under. One job per
 //! file; each adds the methods of its job to [`crate::master::Master`].
 
-pub mod events;
 pub mod identity;
 pub mod idle;
+pub mod instance_events;
 mod launcher_loss;
 mod orphans;
 mod promotion;

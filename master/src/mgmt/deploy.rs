@@ -14,7 +14,7 @@ use crate::apps::registry::{App, AppConfig, Build, InstState};
 use crate::apps::release::Lease;
 use crate::clock::unix_now;
 use crate::datadir::Release;
-use crate::lifecycle::events::describe_exit;
+use crate::lifecycle::instance_events::describe_exit;
 use crate::master::Master;
 use crate::ports::free_base;
 use crate::state::{ReleaseKind, StoredApp};
