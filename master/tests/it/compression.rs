@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use crate::common::fixture::{chown, APP_JSON};
 use crate::common::http::{http, https};
 use crate::common::{Request, Response, Server, ServerOpts};
+use crate::python_app;
 use serde_json::{json, Value};
 
 const HOST: &str = "zip.example.com";
@@ -24,7 +25,8 @@ static DEPLOYING: Mutex<()> = Mutex::new(());
 /// `GET /doc?size=N` answers N bytes of JSON (the same bytes for the same N). Query knobs:
 /// `ct=<Content-Type>`, `status=<n>`, `h=<Name>:<Value>` (repeatable), `chunked=1` (no
 /// length, 4 KiB chunks). `/__counts` tells how many requests each target had.
-const APP_PY: &str = r#"import http.server, json, os, socketserver, threading, urllib.parse
+const APP_PY: &str = python_app!(
+    r#"import http.server, json, os, socketserver, threading, urllib.parse
 
 lock = threading.Lock()
 counts = {}
@@ -81,16 +83,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = answer
     do_HEAD = answer
-
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+"#
+);
 
 /// One worker (the cache is per worker), test certificates, `args`, and the app on [`HOST`]
 /// with `public` files (`(path, bytes)`) and symbolic links (`(path, target)`).
