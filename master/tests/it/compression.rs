@@ -252,13 +252,23 @@ fn proxied_answers_get_the_coding_the_client_prefers() {
     assert_eq!(decoded(&r), plain.body);
 }
 
+/// (what, method, target, an extra request header)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+);
+
+/// Header lines as curl saves them: lower-cased names, trimmed values.
+type Headers = Vec<(String, String)>;
+
 #[test]
 fn what_is_never_compressed() {
     let server = start(&[], &[], &[]);
     let both = ("Accept-Encoding", "gzip, br");
     let full = get(&server, "/doc?size=4096", &[]).body;
-    // (case, method, target, extra request header)
-    let cases: [(&str, &str, &str, Option<(&str, &str)>); 8] = [
+    let cases: [Case; 8] = [
         ("under 1 KiB", "GET", "/doc?size=1023", None),
         ("binary type", "GET", "/doc?size=4096&ct=image/png", None),
         (
@@ -526,11 +536,7 @@ fn static_files_use_their_precompressed_siblings() {
 
 /// `curl --http2` with `headers`: the status line and headers (names lower-cased) and the
 /// body as it came, undecoded.
-fn curl_h2(
-    server: &Server,
-    path: &str,
-    headers: &[&str],
-) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+fn curl_h2(server: &Server, path: &str, headers: &[&str]) -> Option<(Headers, Vec<u8>)> {
     let dir = crate::common::temp_dir();
     let (head_file, body_file) = (dir.join("head"), dir.join("body"));
     let mut cmd = Command::new("curl");
