@@ -16,6 +16,7 @@ use http::header::{
     HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, ETAG, RANGE, VARY,
 };
 use http::{Method, Response};
+use hyper::body::Body as _;
 
 pub use accept::Accept;
 pub use eligible::eligible;
@@ -86,7 +87,15 @@ pub fn coding_for(headers: &HeaderMap) -> Coding {
 /// response gets `Vary: Accept-Encoding` even when it goes out unencoded, since another
 /// request would get it encoded.
 pub fn apply(resp: Response<Body>, accept: &Accept) -> Response<Body> {
-    if accept.is_off() || !eligible(resp.status(), resp.headers()) {
+    // A short body of known length (the usual small answer) is settled without a header
+    // lookup; `eligible` applies the same bound to `Content-Length`. Not an empty one: a
+    // HEAD's answer still says what its GET would get.
+    let short = resp
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > 0 && n < eligible::MIN_LENGTH);
+    if accept.is_off() || short || !eligible(resp.status(), resp.headers()) {
         return resp;
     }
     let mut coding = accept.best(&ON_THE_FLY);
