@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::clock::unix_now;
 use crate::master::Master;
 use crate::supervisor::workers;
 
@@ -160,6 +159,5 @@ fn force(master: &Master) -> i32 {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let _ = unix_now();
     1
 }
