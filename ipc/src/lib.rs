@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod cidr;
+pub mod client_table;
 pub mod frame;
 pub mod messages;
 pub mod output;
@@ -17,7 +18,7 @@ pub use messages::*;
 
 /// Version of the IPC protocol between the master and its children. Bumped on any change of
 /// the message enums; a child built from another version refuses to talk.
-pub const IPC_VERSION: u32 = 1;
+pub const IPC_VERSION: u32 = 2;
 
 /// File descriptor number on which a child finds its IPC socket.
 pub const CHILD_IPC_FD: i32 = 3;

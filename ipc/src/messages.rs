@@ -38,6 +38,39 @@ pub struct WorkerConfig {
     /// Compress eligible responses on the fly and serve precompressed static files
     /// (docs/http.md, "Compression"); false with `--no-compression`.
     pub compression: bool,
+    /// Per-client limits (docs/limits.md, "Per-client limits").
+    pub client_limits: ClientLimits,
+}
+
+/// Per client address, over all workers (docs/limits.md, "Per-client limits"); 0 turns a
+/// limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// Open connections.
+    pub max_connections: u32,
+    /// Requests in flight (HTTP/2 streams included).
+    pub max_requests: u32,
+    /// Requests per second, on average.
+    pub rate: u32,
+    /// Requests at once above the rate.
+    pub burst: u32,
+}
+
+impl ClientLimits {
+    /// The defaults (docs/limits.md, "Per-client limits"): far above what a browser opens (6
+    /// connections per host over HTTP/1.1, one over HTTP/2, whose 128 streams per connection
+    /// bound its requests), so only a client that hoards connections or requests meets them.
+    /// The rate is off: what a normal client sends depends on the app.
+    pub const DEFAULT: ClientLimits = ClientLimits {
+        max_connections: 256,
+        max_requests: 512,
+        rate: 0,
+        burst: 100,
+    };
+
+    pub fn any(&self) -> bool {
+        self.max_connections > 0 || self.max_requests > 0 || self.rate > 0
+    }
 }
 
 /// How strictly a worker confines itself (`--sandbox`).
@@ -136,6 +169,12 @@ pub enum MasterToWorker {
     Hello {
         version: u32,
         config: WorkerConfig,
+    },
+    /// The per-client table (ipc/src/client_table.rs), one descriptor, and the column this
+    /// worker process writes to. Sent before the listeners.
+    ClientTable {
+        geometry: crate::client_table::Geometry,
+        column: u16,
     },
     /// The listening sockets, one descriptor per entry, in this order.
     Listeners {
@@ -241,6 +280,21 @@ pub struct EdgeStats {
     /// Refused, broken off or timed out.
     pub tls_handshakes_failed: u64,
     pub upstream_errors: Vec<AppUpstreamErrors>,
+    /// What the per-client limits refused.
+    pub client_limits: ClientLimitStats,
+}
+
+/// Refusals of the per-client limits, totals since the worker started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLimitStats {
+    /// Connections closed at once: the address had its open connections.
+    pub connections_refused: u64,
+    /// Requests answered 429: the address had its requests in flight.
+    pub requests_refused: u64,
+    /// Requests answered 429: the address was over its rate.
+    pub requests_rate_limited: u64,
+    /// Connections or requests that found no room in the table, so went unlimited.
+    pub table_full: u64,
 }
 
 /// Per-instance counters from one worker: totals since the worker started.

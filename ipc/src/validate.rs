@@ -455,6 +455,23 @@ fn check_edge(now: &EdgeStats, known: &dyn KnownApps, was: &EdgeStats) -> Result
         was.tls_handshakes_failed,
         now.tls_handshakes_failed,
     )?;
+    let (c, p) = (&now.client_limits, &was.client_limits);
+    for (what, was, now) in [
+        (
+            "connections refused",
+            p.connections_refused,
+            c.connections_refused,
+        ),
+        ("requests refused", p.requests_refused, c.requests_refused),
+        (
+            "requests rate-limited",
+            p.requests_rate_limited,
+            c.requests_rate_limited,
+        ),
+        ("client table full", p.table_full, c.table_full),
+    ] {
+        monotone(what, "", was, now)?;
+    }
     let mut seen = HashMap::new();
     for e in &now.upstream_errors {
         if !known.app_known(&e.app) {
@@ -778,12 +795,31 @@ mod tests {
                 connect: 1,
                 ..Default::default()
             }],
+            client_limits: Default::default(),
         });
         assert_eq!(check_worker_frame(&e, &book(), &prev), Ok(()));
+        // Refusal counts are totals: they never go back.
+        let mut later = WorkerReports::default();
+        later.record(&WorkerToMaster::EdgeStats(EdgeStats {
+            client_limits: tako_limits(5),
+            ..Default::default()
+        }));
+        let back = WorkerToMaster::EdgeStats(EdgeStats {
+            client_limits: tako_limits(4),
+            ..Default::default()
+        });
+        assert!(check_worker_frame(&back, &book(), &later).is_err());
         assert_eq!(
             check_worker_frame(&WorkerToMaster::RoutesApplied { epoch: 7 }, &book(), &prev),
             Ok(())
         );
+    }
+
+    fn tako_limits(n: u64) -> crate::ClientLimitStats {
+        crate::ClientLimitStats {
+            requests_rate_limited: n,
+            ..Default::default()
+        }
     }
 
     #[test]

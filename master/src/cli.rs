@@ -215,6 +215,22 @@ pub struct ServerFlags {
     /// without it, best-effort (the default) warns once and goes on, off applies none
     #[arg(long, value_name = "MODE", value_parser = parse_sandbox)]
     pub sandbox: Option<tako_ipc::SandboxMode>,
+    /// Open connections per client address over all workers, 0-1000000, 0 = no cap; a trusted proxy's own connections are not capped [default: 256]
+    #[arg(long = "client-max-connections", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=MAX_CLIENT_LIMIT as i64))]
+    pub client_max_connections: Option<u32>,
+    /// Requests in flight per client address over all workers (HTTP/2 streams included), 0-1000000, 0 = no cap [default: 512]
+    #[arg(long = "client-max-requests", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=MAX_CLIENT_LIMIT as i64))]
+    pub client_max_requests: Option<u32>,
+    /// Requests per second per client address, on average, 0-1000000; 0 = no rate limit [default: 0]
+    #[arg(long = "client-rate", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=MAX_CLIENT_LIMIT as i64))]
+    pub client_rate: Option<u32>,
+    /// Requests a client address may send at once above --client-rate, 1-1000000 [default: 100]
+    #[arg(long = "client-rate-burst", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CLIENT_LIMIT as i64))]
+    pub client_rate_burst: Option<u32>,
     /// Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds
     /// (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit.
     #[arg(long = "test-h2-timeouts-ms", value_name = "MS,MS,MS", hide = true,
@@ -237,9 +253,16 @@ pub struct ExplicitFlags {
     pub app_uid_range: bool,
     pub sandbox: bool,
     pub proxy_protocol: bool,
+    /// Any of the `--client-*` flags.
+    pub client_limits: bool,
 }
 
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Per-client limit defaults (docs/limits.md, "Per-client limits").
+pub const DEFAULT_CLIENT_LIMITS: tako_ipc::ClientLimits = tako_ipc::ClientLimits::DEFAULT;
+/// The largest value any per-client limit takes (the table counts up to 2^24 per field).
+pub const MAX_CLIENT_LIMIT: u32 = 1_000_000;
 
 /// The optional TOML config file (docs/cli.md, "Config file"). Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +295,11 @@ struct ServerSection {
     proxy_protocol: Option<Vec<String>>,
     /// `false` turns response compression off, like `--no-compression`.
     compression: Option<bool>,
+    /// Per-client limits, as the `--client-*` flags take them.
+    client_max_connections: Option<u32>,
+    client_max_requests: Option<u32>,
+    client_rate: Option<u32>,
+    client_rate_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +356,8 @@ pub struct Settings {
     pub h2_timeouts: Option<tako_ipc::H2Timeouts>,
     /// `--sandbox`: how the proxy workers confine themselves.
     pub sandbox: tako_ipc::SandboxMode,
+    /// Per client address (docs/limits.md, "Per-client limits").
+    pub client_limits: tako_ipc::ClientLimits,
 }
 
 impl Settings {
@@ -367,6 +397,10 @@ impl ServerFlags {
             app_uid_range: self.app_uid_range.is_some(),
             sandbox: self.sandbox.is_some(),
             proxy_protocol: !self.proxy_protocol.is_empty(),
+            client_limits: self.client_max_connections.is_some()
+                || self.client_max_requests.is_some()
+                || self.client_rate.is_some()
+                || self.client_rate_burst.is_some(),
         }
     }
 
@@ -459,6 +493,7 @@ impl ServerFlags {
             self.proxy_protocol.clone()
         };
         let proxy_protocol = proxy_listeners(&proxy_specs, &listen, [http_port, https_port])?;
+        let client_limits = client_limits(&self, &file.server)?;
         Ok(Settings {
             socket: self.socket,
             http_port,
@@ -486,6 +521,7 @@ impl ServerFlags {
             compression: !self.no_compression && file.server.compression.unwrap_or(true),
             h2_timeouts: self.test_h2_timeouts_ms,
             sandbox,
+            client_limits,
         })
     }
 
@@ -496,6 +532,53 @@ impl ServerFlags {
         };
         read_config(&path, required)
     }
+}
+
+/// The per-client limits: each flag, else the config file's entry, else the default.
+fn client_limits(
+    flags: &ServerFlags,
+    file: &ServerSection,
+) -> Result<tako_ipc::ClientLimits, ConfigError> {
+    let d = DEFAULT_CLIENT_LIMITS;
+    let pick = |flag: Option<u32>, entry: Option<u32>, key: &str, min: u32, default: u32| match flag
+        .or(entry)
+    {
+        Some(n) if n < min || n > MAX_CLIENT_LIMIT => Err(ConfigError::Usage(format!(
+            "[server] {key} must be {min}-{MAX_CLIENT_LIMIT} (it is {n})"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(tako_ipc::ClientLimits {
+        max_connections: pick(
+            flags.client_max_connections,
+            file.client_max_connections,
+            "client_max_connections",
+            0,
+            d.max_connections,
+        )?,
+        max_requests: pick(
+            flags.client_max_requests,
+            file.client_max_requests,
+            "client_max_requests",
+            0,
+            d.max_requests,
+        )?,
+        rate: pick(
+            flags.client_rate,
+            file.client_rate,
+            "client_rate",
+            0,
+            d.rate,
+        )?,
+        burst: pick(
+            flags.client_rate_burst,
+            file.client_rate_burst,
+            "client_rate_burst",
+            1,
+            d.burst,
+        )?,
+    })
 }
 
 fn read_config(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
@@ -660,6 +743,36 @@ mod tests {
         assert!(!off.resolve().unwrap().compression, "the flag wins");
         std::fs::write(&cfg, "[server]\ncompression = \"off\"\n").unwrap();
         assert!(flags(&["--config", config]).resolve().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn client_limits_come_from_flags_then_the_file_then_defaults() {
+        let dir = std::env::temp_dir().join(format!("tako-cli-cl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("c.toml");
+        let config = cfg.to_str().unwrap();
+        std::fs::write(&cfg, "").unwrap();
+        let s = flags(&["--config", config]).resolve().unwrap();
+        assert_eq!(s.client_limits, DEFAULT_CLIENT_LIMITS);
+        std::fs::write(
+            &cfg,
+            "[server]\nclient_max_connections = 10\nclient_rate = 5\n",
+        )
+        .unwrap();
+        let s = flags(&["--config", config, "--client-max-connections", "0"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.client_limits.max_connections, 0, "the flag wins, 0 = off");
+        assert_eq!(s.client_limits.rate, 5, "from the file");
+        assert_eq!(s.client_limits.burst, 100, "the default");
+        std::fs::write(&cfg, "[server]\nclient_rate_burst = 0\n").unwrap();
+        let e = flags(&["--config", config])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_rate_burst must be 1-1000000"), "{e}");
+        assert!(Cli::try_parse_from(["tako-server", "--client-rate", "1000001"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

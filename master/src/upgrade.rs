@@ -167,6 +167,30 @@ pub fn inherit_settings(
                 .collect();
         }
     }
+    // The same clients reach the candidate: it limits them as the primary does.
+    if !explicit.client_limits {
+        let n = |k: &str| {
+            v["client_limits"][k]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+        };
+        if let (Some(c), Some(r), Some(rate), Some(burst)) = (
+            n("max_connections"),
+            n("max_requests"),
+            n("rate"),
+            n("burst"),
+        ) {
+            let max = crate::cli::MAX_CLIENT_LIMIT;
+            if c <= max && r <= max && rate <= max && (1..=max).contains(&burst) {
+                settings.client_limits = tako_ipc::ClientLimits {
+                    max_connections: c,
+                    max_requests: r,
+                    rate,
+                    burst,
+                };
+            }
+        }
+    }
     // The apps' stored uids come from the primary's range: a candidate with another range
     // would give them new ones.
     if !explicit.app_uid_range {
@@ -204,6 +228,12 @@ pub fn settings_json(s: &Settings) -> String {
         "renewal_interval_hours": s.renewal_interval_hours,
         "proxy_protocol": s.proxy_protocol.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "sandbox": crate::cli::sandbox_name(s.sandbox),
+        "client_limits": {
+            "max_connections": s.client_limits.max_connections,
+            "max_requests": s.client_limits.max_requests,
+            "rate": s.client_limits.rate,
+            "burst": s.client_limits.burst,
+        },
         "socket": s.socket.display().to_string(),
         "trusted_proxies": s.trusted_proxies.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         "workers": s.workers,
@@ -310,6 +340,7 @@ pub fn server_info(
         o.remove("app_uid_range");
         o.remove("sandbox");
         o.remove("proxy_protocol");
+        o.remove("client_limits");
         o.insert("mode".into(), json!(mode));
         o.insert("role".into(), json!(role.as_str()));
         o.insert("privilege_separation".into(), json!(privilege_separation));

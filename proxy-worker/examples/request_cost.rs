@@ -142,6 +142,7 @@ fn main() {
             sandbox: tako_ipc::SandboxConfig::off(),
             proxy_protocol: Vec::new(),
             compression: true,
+            client_limits: tako_ipc::ClientLimits::DEFAULT,
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,
@@ -149,6 +150,22 @@ fn main() {
         })
         .await
         .expect("hello");
+        // The per-client table, as the master shares it: a request pays for its limits.
+        let geometry = tako_ipc::client_table::Geometry {
+            slots: tako_ipc::client_table::DEFAULT_SLOTS,
+            columns: 4,
+            seed: 1,
+        };
+        let (table_fd, _table) = tako_ipc::client_table::create(geometry).expect("client table");
+        tx.send_with_fds(
+            &MasterToWorker::ClientTable {
+                geometry,
+                column: 0,
+            },
+            &[table_fd],
+        )
+        .await
+        .expect("client table");
         let fds: Vec<OwnedFd> = vec![
             http.try_clone().expect("dup").into(),
             https.try_clone().expect("dup").into(),

@@ -32,6 +32,8 @@ pub struct AccessLog {
     pub request_id: HeaderValue,
     /// Where the request is counted for `/metrics` when it finishes.
     pub stats: Option<Arc<crate::counters::Counters>>,
+    /// The request's unit in the per-client table, given back with this record.
+    pub client: Option<crate::client_limits::RequestSlot>,
 }
 
 impl AccessLog {
@@ -49,6 +51,7 @@ impl AccessLog {
             cache: "-",
             request_id: HeaderValue::from_static(""),
             stats: None,
+            client: None,
         }
     }
 

@@ -11,6 +11,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's address as `X-Forwarded-For` names it: formatted once per connection.
     pub peer_value: HeaderValue,
+    /// Where the connection is counted in the per-client table (docs/limits.md,
+    /// "Per-client limits"): its requests count there too, without a lookup.
+    pub client: Option<tako_ipc::client_table::Pinned>,
 }
 
 impl ConnInfo {
@@ -22,6 +25,7 @@ impl ConnInfo {
             peer,
             tls,
             peer_value,
+            client: None,
         }
     }
 }

@@ -155,6 +155,9 @@ impl Control {
             MasterToWorker::Hello { .. } => {
                 tracing::warn!("Ignoring a second hello from the master");
             }
+            MasterToWorker::ClientTable { geometry, column } => {
+                self.client_table(geometry, column, fds)
+            }
             MasterToWorker::Listeners { kinds } => self.listeners(kinds, fds),
             MasterToWorker::Certs(entries) => {
                 let loaded = self.shared.certs.replace(&entries);
@@ -232,6 +235,34 @@ impl Control {
             tracing::info!("Worker ready");
         }
         None
+    }
+
+    fn client_table(
+        &mut self,
+        geometry: tako_ipc::client_table::Geometry,
+        column: u16,
+        fds: Vec<OwnedFd>,
+    ) {
+        let Some(fd) = fds.first() else {
+            tracing::error!(
+                "Per-client table sent without its descriptor; serving without per-client limits"
+            );
+            return;
+        };
+        let limits = self.shared.config.client_limits;
+        let counters = Arc::clone(&self.shared.counters);
+        if let Some(limiter) =
+            crate::client_limits::Limiter::open(fd, geometry, column, limits, counters)
+        {
+            // One per process, for the process's life: connections and requests hold plain
+            // references to it.
+            let limiter: &'static _ = Box::leak(Box::new(limiter));
+            if self.shared.limiter.set(limiter).is_err() {
+                tracing::warn!("Ignoring a second per-client table from the master");
+            } else {
+                tracing::info!(column, ?limits, "Per-client limits on");
+            }
+        }
     }
 
     fn listeners(&mut self, kinds: Vec<ListenerKind>, fds: Vec<OwnedFd>) {

@@ -43,7 +43,18 @@ pub struct Counters {
     tls_ok: AtomicU64,
     tls_failed: AtomicU64,
     upstream_errors: Mutex<HashMap<String, AppUpstreamErrors>>,
+    /// Per-client limit refusals, in [`ClientRefusal`] order.
+    client: [AtomicU64; 4],
     edge_dirty: AtomicBool,
+}
+
+/// What a per-client limit did, as `/metrics` counts it (docs/limits.md, "Per-client limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRefusal {
+    Connection = 0,
+    Requests = 1,
+    Rate = 2,
+    TableFull = 3,
 }
 
 /// Why a request to an instance failed, as `/metrics` labels it.
@@ -97,6 +108,12 @@ impl Counters {
         self.edge_dirty.store(true, Ordering::Release);
     }
 
+    /// Records one refusal (or table miss) of the per-client limits.
+    pub fn record_client(&self, what: ClientRefusal) {
+        self.client[what as usize].fetch_add(1, Ordering::Relaxed);
+        self.edge_dirty.store(true, Ordering::Release);
+    }
+
     /// Records one failed attempt to get a response from an instance of `app`.
     pub fn record_upstream_error(&self, app: &str, kind: UpstreamErrorKind) {
         if let Ok(mut map) = self.upstream_errors.lock() {
@@ -127,6 +144,12 @@ impl Counters {
             tls_handshakes_ok: self.tls_ok.load(Ordering::Relaxed),
             tls_handshakes_failed: self.tls_failed.load(Ordering::Relaxed),
             upstream_errors,
+            client_limits: tako_ipc::ClientLimitStats {
+                connections_refused: self.client[0].load(Ordering::Relaxed),
+                requests_refused: self.client[1].load(Ordering::Relaxed),
+                requests_rate_limited: self.client[2].load(Ordering::Relaxed),
+                table_full: self.client[3].load(Ordering::Relaxed),
+            },
         })
     }
 

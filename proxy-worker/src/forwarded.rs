@@ -121,6 +121,33 @@ pub fn effective_https(headers: &HeaderMap, tls: bool, trusted: bool, hostname: 
     is_private_host(hostname) && xff_present && !has_proto_info(headers)
 }
 
+/// The client a trusted forwarder speaks for: the rightmost `X-Forwarded-For` entry that is
+/// not itself a trusted proxy (entries to its left were written by the client and prove
+/// nothing). `None` when the header is absent, or its last entry is not an address: the
+/// request then counts against the forwarder (docs/limits.md, "Per-client limits").
+pub fn client_ip(
+    headers: &HeaderMap,
+    trusted: &[tako_ipc::cidr::Cidr],
+) -> Option<std::net::IpAddr> {
+    let mut found = None;
+    // From the right, without collecting: a trusted proxy's every request has this header.
+    'entries: for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(value) = value.to_str() else {
+            break;
+        };
+        for entry in value.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<std::net::IpAddr>() else {
+                break 'entries;
+            };
+            found = Some(ip);
+            if !tako_ipc::cidr::any_contains(trusted, ip) {
+                break 'entries;
+            }
+        }
+    }
+    found
+}
+
 /// The host a request was routed by cannot be a header value. Not reachable with a host
 /// that came from a parsed request, but checked rather than assumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -224,6 +251,34 @@ mod tests {
             );
         }
         m
+    }
+
+    #[test]
+    fn client_ip_is_the_last_untrusted_entry() {
+        let trusted: Vec<tako_ipc::cidr::Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |v: &[(&str, &str)]| client_ip(&h(v), &trusted).map(|a| a.to_string());
+        assert_eq!(ip(&[]), None);
+        assert_eq!(
+            ip(&[("x-forwarded-for", "192.0.2.9")]).as_deref(),
+            Some("192.0.2.9")
+        );
+        // The client wrote the first entry; the second came from a trusted proxy.
+        let chain = [("x-forwarded-for", "1.1.1.1, 192.0.2.9, 10.0.0.5")];
+        assert_eq!(ip(&chain).as_deref(), Some("192.0.2.9"));
+        let split = [
+            ("x-forwarded-for", "192.0.2.9"),
+            ("x-forwarded-for", "10.0.0.5"),
+        ];
+        assert_eq!(ip(&split).as_deref(), Some("192.0.2.9"));
+        assert_eq!(ip(&[("x-forwarded-for", "junk")]), None);
+        assert_eq!(
+            ip(&[("x-forwarded-for", "junk, 10.0.0.5")]).as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            ip(&[("x-forwarded-for", "2001:db8::1")]).as_deref(),
+            Some("2001:db8::1")
+        );
     }
 
     #[test]

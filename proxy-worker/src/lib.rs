@@ -6,6 +6,7 @@
 mod access;
 mod body;
 mod cache;
+mod client_limits;
 mod compress;
 mod conn_info;
 mod conns;

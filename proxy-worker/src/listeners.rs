@@ -5,12 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioExecutor;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tako_ipc::ListenerKind;
-use tokio::io::{AsyncRead, AsyncWrite};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_limits::ConnSlot;
 use crate::conn_info::ConnInfo;
 use crate::conns::ConnTracker;
 use crate::h1;
@@ -186,7 +190,26 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, proxy: bool, ser
                     } else {
                         peer
                     };
-                    let conn = ConnInfo::new(peer, kind == ListenerKind::Https);
+                    // docs/limits.md, "Per-client limits": over the cap, closed before
+                    // any byte (no TLS handshake).
+                    let client = match server.shared.limiter.get() {
+                        Some(limiter) => {
+                            match limiter.connection(peer.ip(), &server.shared.trusted) {
+                                Ok(slot) => slot,
+                                Err(()) => {
+                                    tracing::debug!(%peer, "Connection over the per-client cap; closing");
+                                    return;
+                                }
+                            }
+                        }
+                        None => None,
+                    };
+                    let mut conn = ConnInfo::new(peer, kind == ListenerKind::Https);
+                    conn.client = client.as_ref().map(|c| c.pinned());
+                    let stream = ClientStream {
+                        io: stream,
+                        _client: client,
+                    };
                     serve_stream(stream, conn, &server).await;
                 });
             }
@@ -207,12 +230,60 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, proxy: bool, ser
     tracing::info!(?kind, "Stopped accepting");
 }
 
+/// A client's connection with its place in the per-client table (docs/limits.md,
+/// "Per-client limits"), given back when the connection closes, wherever it went: a
+/// WebSocket tunnel keeps it as long as it runs.
+pub struct ClientStream {
+    io: TcpStream,
+    _client: Option<ConnSlot>,
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// Resolves once shutdown was ordered (or its sender is gone, which means the same).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn serve_stream(stream: TcpStream, conn: ConnInfo, server: &Server) {
+async fn serve_stream(stream: ClientStream, conn: ConnInfo, server: &Server) {
     if !conn.tls {
         serve_h1(stream, conn, server).await;
         return;

@@ -67,7 +67,16 @@ pub fn answer<'a>(
         let trusted = || any_contains(&shared.trusted, canonical_ip(conn.peer.ip()));
         let (worker, at) = (shared.config.index, log.started());
         log.request_id = request_id::assign(req.headers_mut(), trusted, worker, at);
-        let mut resp = route(&mut req, conn, shared, &mut log, timer).await;
+        let admitted = match shared.limiter.get() {
+            Some(limiter) => limiter
+                .request(conn, req.headers(), &shared.trusted, at)
+                .map(|slot| log.client = slot),
+            None => Ok(()),
+        };
+        let mut resp = match admitted {
+            Ok(()) => route(&mut req, conn, shared, &mut log, timer).await,
+            Err(refused) => refused.response(req.method() == Method::HEAD),
+        };
         let id = log.request_id.clone();
         resp.headers_mut()
             .insert(request_id::X_REQUEST_ID.clone(), id);

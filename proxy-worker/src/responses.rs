@@ -26,6 +26,8 @@ pub enum Canned {
     RequestTimeout,
     HeaderFieldsTooLarge,
     StaticReadFailed,
+    /// A per-client limit (docs/limits.md, "Per-client limits"); sent with `Retry-After`.
+    TooManyRequests,
 }
 
 impl Canned {
@@ -41,6 +43,7 @@ impl Canned {
             Canned::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Canned::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Canned::StaticReadFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            Canned::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -60,6 +63,7 @@ impl Canned {
             Canned::RequestTimeout => "Request Timeout",
             Canned::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Canned::StaticReadFailed => "Static asset read failed",
+            Canned::TooManyRequests => "Too Many Requests",
         }
     }
 
@@ -181,6 +185,7 @@ mod tests {
                 "Request Header Fields Too Large",
             ),
             (Canned::StaticReadFailed, 500, "Static asset read failed"),
+            (Canned::TooManyRequests, 429, "Too Many Requests"),
         ];
         for (c, status, text) in all {
             let (s, h, b) = collect(c.response(false)).await;

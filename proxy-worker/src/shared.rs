@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use tako_ipc::cidr::Cidr;
 use tako_ipc::{Sender, WorkerConfig, WorkerToMaster};
 
 use crate::cache::Cache;
+use crate::client_limits::Limiter;
 use crate::conns::ConnTracker;
 use crate::counters::Counters;
 use crate::hold::Holds;
@@ -38,6 +39,9 @@ pub struct Shared {
     pub cache: Arc<Cache>,
     /// Open connections and tunnels: draining waits for them.
     pub conns: Arc<ConnTracker>,
+    /// The per-client limits, once the master's table arrived (before the listeners); unset
+    /// when every limit is off. Lives as long as the process.
+    pub limiter: OnceLock<&'static Limiter>,
     outbox: Sender<WorkerToMaster>,
 }
 
@@ -77,6 +81,7 @@ impl Shared {
             upstream: Upstream::new(MAX_CONNECTIONS),
             cache,
             conns: Arc::new(ConnTracker::default()),
+            limiter: OnceLock::new(),
             outbox,
         }
     }

@@ -166,6 +166,7 @@ impl Master {
             sandbox: tako_ipc::SandboxConfig::off(),
             proxy_protocol: Vec::new(),
             compression: true,
+            client_limits: tako_ipc::ClientLimits::default(),
         };
         tx.send(&MasterToWorker::Hello {
             version: IPC_VERSION,
@@ -673,6 +674,7 @@ fn version_mismatch_exits_one() {
                 sandbox: tako_ipc::SandboxConfig::off(),
                 proxy_protocol: Vec::new(),
                 compression: true,
+                client_limits: tako_ipc::ClientLimits::default(),
             },
         })
         .await

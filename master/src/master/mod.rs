@@ -42,6 +42,8 @@ pub struct Master {
     pub store: StateHandle,
     pub certs: Certificates,
     pub workers: WorkerSet,
+    /// The per-client table shared with the workers; `None` when every limit is off.
+    pub client_columns: Option<crate::workers::client_columns::ClientColumns>,
     pub launcher: LauncherLink,
     pub apps: AppsRegistry,
     /// ACME account, orders, challenge answers and failures (docs/tls.md, "ACME").
@@ -74,6 +76,10 @@ impl Master {
         registry: Registry,
         role: ServerRole,
     ) -> Master {
+        let client_columns = crate::workers::client_columns::ClientColumns::create(
+            settings.workers,
+            settings.client_limits,
+        );
         Master {
             settings,
             users,
@@ -85,6 +91,7 @@ impl Master {
             store,
             certs: Certificates::new(certs),
             workers: WorkerSet::default(),
+            client_columns,
             launcher: LauncherLink::default(),
             apps: AppsRegistry::new(registry),
             acme: AcmeProgress::default(),

@@ -149,6 +149,26 @@ impl Master {
                 );
             }
         }
+        // docs/limits.md, "Per-client limits".
+        let cl = &edge.client_limits;
+        let _ = writeln!(
+            out,
+            "# HELP tako_client_limited_total Connections closed and requests answered 429 by the per-client limits: connections (open connections), requests (requests in flight), rate (request rate)."
+        );
+        let _ = writeln!(out, "# TYPE tako_client_limited_total counter");
+        for (limit, n) in [
+            ("connections", cl.connections_refused),
+            ("requests", cl.requests_refused),
+            ("rate", cl.requests_rate_limited),
+        ] {
+            let _ = writeln!(out, "tako_client_limited_total{{limit=\"{limit}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tako_client_table_full_total Connections and requests that found no room in the per-client table and went unlimited."
+        );
+        let _ = writeln!(out, "# TYPE tako_client_table_full_total counter");
+        let _ = writeln!(out, "tako_client_table_full_total {}", cl.table_full);
         let c = self.workers.lock().cache_totals();
         let _ = writeln!(
             out,

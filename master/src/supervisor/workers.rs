@@ -34,6 +34,7 @@ fn worker_config(master: &Master, index: u32, generation: u32) -> WorkerConfig {
         sandbox: s.worker_sandbox(),
         proxy_protocol: s.proxy_protocol.iter().map(|a| a.to_string()).collect(),
         compression: s.compression,
+        client_limits: s.client_limits,
     }
 }
 
@@ -45,6 +46,42 @@ fn listener_fds(master: &Master) -> std::io::Result<(Vec<tako_ipc::ListenerKind>
         fds.push(l.fd.try_clone()?);
     }
     Ok((kinds, fds))
+}
+
+/// A worker's column of the per-client table: given back (and cleared) when dropped, which
+/// [`run_one`] does only after the worker's process was reaped.
+struct ColumnLease<'a>(u16, &'a crate::workers::client_columns::ClientColumns);
+
+impl Drop for ColumnLease<'_> {
+    fn drop(&mut self) {
+        self.1.give_back(self.0);
+    }
+}
+
+/// A free column for a new worker (`None` when the table is off), waiting while every column
+/// is held by a live or draining worker.
+async fn lease_column<'a>(
+    master: &'a Master,
+    retired: &AtomicBool,
+) -> Result<Option<ColumnLease<'a>>, String> {
+    let Some(columns) = &master.client_columns else {
+        return Ok(None);
+    };
+    let mut logged = false;
+    loop {
+        if let Some(c) = columns.lease() {
+            return Ok(Some(ColumnLease(c, columns)));
+        }
+        // A rolling restart that gave up on this worker, or a shutdown: start nothing.
+        if master.is_shutting_down() || retired.load(Ordering::SeqCst) {
+            return Err("no free per-client table column".into());
+        }
+        if !logged {
+            logged = true;
+            tracing::warn!("Every per-client table column is held by a running or draining worker; the next worker waits for one");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Why a worker process ended.
@@ -104,6 +141,11 @@ async fn run_one(
     retired: Arc<AtomicBool>,
     ready: Option<oneshot::Sender<()>>,
 ) -> WorkerEnd {
+    // The worker's column of the per-client table, held until its process is reaped.
+    let column = match lease_column(master, &retired).await {
+        Ok(c) => c,
+        Err(reason) => return WorkerEnd::Crashed(reason),
+    };
     let role = ChildRole::Worker {
         index,
         generation,
@@ -142,6 +184,20 @@ async fn run_one(
     let tx = channel.sender();
 
     // Everything the worker needs before it can serve, in order.
+    if let (Some(columns), Some(column)) = (&master.client_columns, column.as_ref()) {
+        match columns.fd() {
+            Ok(fd) => {
+                let msg = MasterToWorker::ClientTable {
+                    geometry: columns.geometry(),
+                    column: column.0,
+                };
+                let _ = tx.send_with_fds(&msg, vec![fd]);
+            }
+            Err(error) => {
+                tracing::error!(worker = index, %error, "Cannot share the per-client table; this worker serves without per-client limits");
+            }
+        }
+    }
     match listener_fds(master) {
         Ok((kinds, fds)) => {
             let _ = tx.send_with_fds(&MasterToWorker::Listeners { kinds }, fds);

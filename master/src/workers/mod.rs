@@ -2,6 +2,7 @@
 //! reports, behind one lock. Starting and watching the processes is `crate::supervisor`'s
 //! job; this module is what the rest of the master reads and broadcasts through.
 
+pub mod client_columns;
 mod stats;
 mod table;
 

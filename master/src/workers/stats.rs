@@ -92,6 +92,13 @@ fn add_edge(into: &mut tako_ipc::EdgeStats, from: &tako_ipc::EdgeStats) {
     into.tls_handshakes_failed = into
         .tls_handshakes_failed
         .saturating_add(from.tls_handshakes_failed);
+    let (c, f) = (&mut into.client_limits, &from.client_limits);
+    c.connections_refused = c.connections_refused.saturating_add(f.connections_refused);
+    c.requests_refused = c.requests_refused.saturating_add(f.requests_refused);
+    c.requests_rate_limited = c
+        .requests_rate_limited
+        .saturating_add(f.requests_rate_limited);
+    c.table_full = c.table_full.saturating_add(f.table_full);
     let mut index: HashMap<String, usize> = into
         .upstream_errors
         .iter()

@@ -188,6 +188,7 @@ impl WorkerTable {
 fn message_name(msg: &MasterToWorker) -> &'static str {
     match msg {
         MasterToWorker::Hello { .. } => "hello",
+        MasterToWorker::ClientTable { .. } => "client table",
         MasterToWorker::Listeners { .. } => "listeners",
         MasterToWorker::Routes(_) => "routes",
         MasterToWorker::Certs(_) => "certs",

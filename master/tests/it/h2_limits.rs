@@ -32,11 +32,11 @@ const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug)]
-struct Frame {
+pub(crate) struct Frame {
     kind: u8,
     flags: u8,
     stream: u32,
-    payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Frame {
@@ -59,12 +59,12 @@ enum Next {
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-struct H2 {
+pub(crate) struct H2 {
     tls: Tls,
 }
 
 /// A TLS connection to the server that negotiated `h2`; nothing of HTTP/2 sent yet.
-fn connect(server: &Server) -> H2 {
+pub(crate) fn connect(server: &Server) -> H2 {
     let mut cfg = (*crate::common::http::tls_config()).clone();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let name = rustls_pki_types::ServerName::try_from(HOST.to_string()).expect("server name");
@@ -165,13 +165,13 @@ impl H2 {
     }
 
     /// The client preface and an empty SETTINGS frame.
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let mut out = PREFACE.to_vec();
         out.extend(frame_bytes(SETTINGS, 0, 0, &[]));
         self.send(&out).expect("send the preface");
     }
 
-    fn request(
+    pub(crate) fn request(
         &mut self,
         stream: u32,
         method: &str,
@@ -298,7 +298,7 @@ impl H2 {
 
     /// Reads until stream `id` ends; returns the frame that ended it (HEADERS or DATA with
     /// END_STREAM, or RST_STREAM).
-    fn stream_end(&mut self, id: u32, bound: Duration, what: &str) -> Frame {
+    pub(crate) fn stream_end(&mut self, id: u32, bound: Duration, what: &str) -> Frame {
         self.wait_for(bound, what, true, |n| match n {
             Next::Frame(f)
                 if f.stream == id

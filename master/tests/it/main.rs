@@ -9,6 +9,7 @@ mod app_hardening;
 mod app_isolation;
 mod cache;
 mod chaos;
+mod client_limits;
 mod compression;
 mod ctl_output;
 mod deploy;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tako_server_global_optspecs
-    string join \n socket= port= tls-port= listen= data-dir= config= workers= proxy-user= app-user= app-uid-range= deploy-user= trusted-proxy= proxy-protocol= no-acme acme-staging acme-email= acme-directory= acme-ca-root= renewal-interval-hours= instance-port-offset= cache-size= no-compression sandbox= test-h2-timeouts-ms= h/help V/version
+    string join \n socket= port= tls-port= listen= data-dir= config= workers= proxy-user= app-user= app-uid-range= deploy-user= trusted-proxy= proxy-protocol= no-acme acme-staging acme-email= acme-directory= acme-ca-root= renewal-interval-hours= instance-port-offset= cache-size= no-compression sandbox= client-max-connections= client-max-requests= client-rate= client-rate-burst= test-h2-timeouts-ms= h/help V/version
 end
 
 function __fish_tako_server_needs_command
@@ -44,6 +44,10 @@ complete -c tako-server -n "__fish_tako_server_needs_command" -l renewal-interva
 complete -c tako-server -n "__fish_tako_server_needs_command" -l instance-port-offset -d 'Added to every app instance port, 0-45552' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l cache-size -d 'Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l sandbox -d 'Proxy worker sandbox (Landlock, seccomp, rlimits): strict refuses to start on a kernel without it, best-effort (the default) warns once and goes on, off applies none' -r
+complete -c tako-server -n "__fish_tako_server_needs_command" -l client-max-connections -d 'Open connections per client address over all workers, 0-1000000, 0 = no cap; a trusted proxy\'s own connections are not capped [default: 256]' -r
+complete -c tako-server -n "__fish_tako_server_needs_command" -l client-max-requests -d 'Requests in flight per client address over all workers (HTTP/2 streams included), 0-1000000, 0 = no cap [default: 512]' -r
+complete -c tako-server -n "__fish_tako_server_needs_command" -l client-rate -d 'Requests per second per client address, on average, 0-1000000; 0 = no rate limit [default: 0]' -r
+complete -c tako-server -n "__fish_tako_server_needs_command" -l client-rate-burst -d 'Requests a client address may send at once above --client-rate, 1-1000000 [default: 100]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l test-h2-timeouts-ms -d 'Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l no-acme -d 'No ACME account, issuance, renewal or challenge answers'
 complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-staging -d 'Use the Let\'s Encrypt staging directory'
