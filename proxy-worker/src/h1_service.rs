@@ -1,17 +1,17 @@
-//! The pipeline as the HTTP/1 connection loop (h1/) calls it, with the worker's limits
-//! (docs/limits.md).
+//! The pipeline as the HTTP/1 connection loop (the http1 crate) calls it, with the worker's
+//! limits (docs/limits.md).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use http::{Request, Response};
+use tako_http1::server::{self as h1, HeadLimits, OwnBody, Refusal, Refused};
+use tako_http1::LazyTimer;
 
 use crate::access::AccessLog;
 use crate::body::Body;
 use crate::conn_info::ConnInfo;
 use crate::forwarded;
-use crate::h1::{self, HeadLimits, OwnBody, Refusal, Refused};
-use crate::lazy_timer::LazyTimer;
 use crate::limits::{
     BODY_IDLE, DRAIN_IDLE_GRACE, HEADER_READ_TIMEOUT, KEEP_ALIVE_IDLE, MAX_HEADER_BYTES,
     MAX_HEADER_FIELDS, MAX_TARGET_LEN,

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use tako_http1::LazyTimer;
 use tokio::time::Instant;
 
 use crate::body::BoxError;
-use crate::lazy_timer::LazyTimer;
 
 #[derive(Debug, thiserror::Error)]
 #[error("HTTP/2 request body idle for {0:?}")]

@@ -14,15 +14,12 @@ mod control;
 mod counters;
 mod fast_hash;
 mod forwarded;
-mod h1;
 mod h1_service;
 mod h2_body;
 mod h2_limits;
 mod hold;
 mod host;
-mod httpdate;
 mod internal_host;
-mod lazy_timer;
 mod limits;
 mod listeners;
 mod pipeline;
@@ -32,14 +29,12 @@ mod redirect;
 mod request_body;
 mod request_id;
 mod responses;
-mod rewind;
 pub mod sandbox;
 mod shared;
 mod static_files;
 mod table;
 mod tls;
 mod tunnel;
-mod upstream;
 
 /// Runs the worker on its IPC channel to the master until the master is gone or orders a
 /// drain. Returns the process exit code: 0 after a drain or when the master went away, 1 on
@@ -78,7 +73,7 @@ pub fn run(ipc: std::os::unix::net::UnixStream) -> i32 {
 /// was accepted.
 #[doc(hidden)]
 pub fn fuzz_check_head(head: &[u8]) -> bool {
-    h1::check_head(head, &h1_service::CONFIG.head).is_ok()
+    tako_http1::server::check_head(head, &h1_service::CONFIG.head).is_ok()
 }
 
 /// An instance's answer as the upstream client reads it: response head, body framing and,
@@ -86,12 +81,12 @@ pub fn fuzz_check_head(head: &[u8]) -> bool {
 /// was accepted.
 #[doc(hidden)]
 pub fn fuzz_upstream_response(data: &[u8]) -> bool {
-    upstream::fuzz_response(data)
+    tako_http1::upstream::fuzz_response(data)
 }
 
 /// A request head as the HTTP/1 connection loop parses it. Exposed for the fuzz target only;
 /// returns whether a complete head was accepted.
 #[doc(hidden)]
 pub fn fuzz_h1_request(data: &[u8]) -> bool {
-    h1::fuzz_request(data, &h1_service::CONFIG)
+    tako_http1::server::fuzz_request(data, &h1_service::CONFIG)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioExecutor;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tako_http1::{server as h1, LazyTimer};
 use tako_ipc::ListenerKind;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,10 +18,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::client_limits::ConnSlot;
 use crate::conn_info::ConnInfo;
 use crate::conns::ConnTracker;
-use crate::h1;
 use crate::h1_service;
 use crate::h2_limits;
-use crate::lazy_timer::LazyTimer;
 use crate::limits::{MAX_CONNECTIONS, MAX_HEADER_BYTES, TLS_HANDSHAKE_TIMEOUT};
 use crate::proxy_protocol::{self, Header};
 use crate::shared::Shared;
@@ -311,7 +310,7 @@ async fn serve_stream(stream: ClientStream, conn: ConnInfo, server: &Server) {
     }
 }
 
-/// HTTP/1 goes through our own connection loop (h1/).
+/// HTTP/1 goes through our own connection loop (the http1 crate, `server`).
 /// A plain function handing back the loop's future: an `async` wrapper would hold a second
 /// copy of the stream for the whole connection.
 fn serve_h1<I>(io: I, conn: ConnInfo, server: &Server) -> impl std::future::Future<Output = ()>

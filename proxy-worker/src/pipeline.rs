@@ -6,6 +6,8 @@ use std::sync::Arc;
 use http::header::UPGRADE;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
+use tako_http1::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
+use tako_http1::LazyTimer;
 use tako_ipc::cidr::{any_contains, canonical_ip};
 use tako_ipc::WorkerToMaster;
 
@@ -19,7 +21,6 @@ use crate::forwarded;
 use crate::hold::{self, HoldOutcome};
 use crate::host::{self, RequestHost};
 use crate::internal_host::{self, INTERNAL_HOST};
-use crate::lazy_timer::LazyTimer;
 use crate::limits::{MAX_BODY_BYTES, MAX_TARGET_LEN};
 use crate::redirect::{self, ACME_PREFIX};
 use crate::request_body::{ReplayBody, ReplayState, RequestBody};
@@ -29,7 +30,6 @@ use crate::shared::Shared;
 use crate::static_files;
 use crate::table::{AppEntry, Pick};
 use crate::tunnel;
-use crate::upstream::{strip_hop_by_hop, Outgoing, UpstreamError};
 
 /// How many times one request may find its pick removed by a newer table. Each time it
 /// picks from the table installed just before the removal, so a second time needs another

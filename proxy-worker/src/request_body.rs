@@ -21,8 +21,8 @@ pub enum RequestBody {
     Empty,
     /// HTTP/2, through hyper, with the body-idle limit (h2_limits.rs).
     Hyper(StreamBody),
-    /// HTTP/1, through our own connection loop (h1/).
-    Own(crate::h1::OwnBody),
+    /// HTTP/1, through our own connection loop (the http1 crate).
+    Own(tako_http1::server::OwnBody),
 }
 
 impl HttpBody for RequestBody {

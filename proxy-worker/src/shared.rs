@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
+use tako_http1::upstream::Upstream;
 use tako_ipc::cidr::Cidr;
 use tako_ipc::{Sender, WorkerConfig, WorkerToMaster};
 
@@ -19,7 +20,6 @@ use crate::internal_host::StatusSnapshot;
 use crate::limits::MAX_CONNECTIONS;
 use crate::table::Table;
 use crate::tls::CertStore;
-use crate::upstream::Upstream;
 
 pub struct Shared {
     pub config: WorkerConfig,

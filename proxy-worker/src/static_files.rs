@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
 use crate::body::{Body, BoxError};
 use crate::compress::{self, Accept, Coding};
-use crate::httpdate;
 use crate::responses::{empty, fixed, Canned};
+use tako_http1::date as httpdate;
 
 /// Bytes read from disk per body frame: big files stream instead of loading whole.
 const CHUNK: usize = 64 * 1024;

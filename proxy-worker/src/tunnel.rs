@@ -9,11 +9,11 @@ use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
 use http::Request;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tako_http1::server::{wants_upgrade, UpgradeSlot};
+use tako_http1::upstream::Upgraded;
 
 use crate::conns::ConnGuard;
 use crate::counters::InFlight;
-use crate::h1::{wants_upgrade, UpgradeSlot};
-use crate::upstream::Upgraded;
 
 /// The `Upgrade` value when this is an HTTP/1.1 upgrade request.
 pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {

@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 
 use super::directives::{Delta, Directives};
 use super::key::{vary_spec, VarySpec};
-use crate::httpdate as date;
+use tako_http1::date;
 
 /// Largest body one entry may hold.
 pub const MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;

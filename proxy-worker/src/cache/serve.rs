@@ -13,8 +13,8 @@ use http::{Response, StatusCode};
 
 use super::store::Entry;
 use crate::body::Body;
-use crate::httpdate as date;
 use crate::responses::{empty, full};
+use tako_http1::date;
 
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 

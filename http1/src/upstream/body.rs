@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::chunked::{ChunkedDecoder, Step};
 use super::head::Framing;
 use super::pool::Pool;
-use crate::body::BoxError;
+use crate::chunked::{ChunkedDecoder, Step};
 use crate::rewind::{poll_read_append, Rewind};
+use crate::BoxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -24,7 +24,7 @@ pub enum BodyError {
     #[error("reading the response body failed: {0}")]
     Io(#[from] io::Error),
     #[error("malformed chunked body: {0}")]
-    Chunked(#[from] super::chunked::ChunkError),
+    Chunked(#[from] crate::chunked::ChunkError),
 }
 
 enum Delimit {

@@ -1,6 +1,6 @@
 //! The client against a scripted instance on a real loopback socket.
 
-use crate::lazy_timer::LazyTimer;
+use crate::LazyTimer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

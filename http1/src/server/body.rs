@@ -6,12 +6,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use crate::body::BoxError;
+use crate::BoxError;
 
-pub type Sender = mpsc::Sender<Result<Bytes, BoxError>>;
+pub(super) type Sender = mpsc::Sender<Result<Bytes, BoxError>>;
 
 pub struct OwnBody {
     rx: mpsc::Receiver<Result<Bytes, BoxError>>,
@@ -21,7 +21,7 @@ pub struct OwnBody {
 }
 
 impl OwnBody {
-    pub fn channel(length: Option<u64>) -> (Sender, Self) {
+    pub(super) fn channel(length: Option<u64>) -> (Sender, Self) {
         let (tx, rx) = mpsc::channel(1);
         (
             tx,

@@ -11,12 +11,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
-use super::chunked;
 use super::head::{self, RequestFraming, ResponseHead};
 use super::pool::Pool;
 use super::{Outgoing, OutgoingBody, UpstreamError, CONNECT_TIMEOUT};
-use crate::body::BoxError;
+use crate::chunked;
 use crate::rewind::read_append;
+use crate::BoxError;
 
 #[derive(Debug, thiserror::Error)]
 enum Failure {

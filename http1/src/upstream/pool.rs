@@ -5,8 +5,8 @@
 //! back: with an app that accepts slowly (a small listen backlog), requests then share the
 //! connections that exist instead of each waiting for its own connect.
 
-use crate::fast_hash::FastMap;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
@@ -34,10 +34,32 @@ struct PortIdle {
 }
 
 pub struct Pool {
-    idle: Mutex<FastMap<u16, PortIdle>>,
+    idle: Mutex<HashMap<u16, PortIdle, BuildHasherDefault<PortHasher>>>,
     reaper_running: AtomicBool,
     /// Idle connections kept per instance; idle ones still close after `IDLE_TIMEOUT`.
     max_idle_per_port: usize,
+}
+
+/// Hashes a port number: the ports come from the caller's route table, not from clients, so
+/// no flooding resistance is needed, and the map is looked at twice per request.
+#[derive(Default)]
+struct PortHasher(u64);
+
+impl Hasher for PortHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u16(&mut self, port: u16) {
+        // Multiplied so the high bits the table indexes by differ from port to port.
+        self.0 = u64::from(port).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Resolves when another request hands back a connection to the port.

@@ -168,7 +168,7 @@ fn now_date() -> HeaderValue {
         match &cache.1 {
             Some(v) if cache.0 == secs => v.clone(),
             _ => {
-                let v = HeaderValue::from_str(&crate::httpdate::format(secs))
+                let v = HeaderValue::from_str(&crate::date::format(secs))
                     .unwrap_or_else(|_| HeaderValue::from_static(""));
                 *cache = (secs, Some(v.clone()));
                 v

@@ -7,7 +7,6 @@
 //! task, channel or wakeup, and the request head is written straight from the header map.
 
 mod body;
-pub(crate) mod chunked;
 mod exchange;
 mod head;
 mod pool;
@@ -22,12 +21,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Response};
-use hyper::body::Body as HttpBody;
+use http_body::Body as HttpBody;
 
 pub use body::{Upgraded, UpstreamBody};
 
-use crate::body::BoxError;
-use crate::lazy_timer::LazyTimer;
+use crate::BoxError;
+use crate::LazyTimer;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -129,15 +128,16 @@ impl Upstream {
     }
 }
 
-/// See [`crate::fuzz_upstream_response`].
+/// An instance's answer as the client reads it: response head, body framing and, when
+/// chunked, the chunk decoder. For fuzzing; returns whether a head was accepted.
 pub fn fuzz_response(data: &[u8]) -> bool {
     let mut buf = bytes::BytesMut::from(data);
     let Ok(Some(head)) = head::parse_response(&mut buf) else {
         return false;
     };
     if let Ok((head::Framing::Chunked, _)) = head::response_framing(false, &head) {
-        let mut decoder = chunked::ChunkedDecoder::new();
-        while let Ok(chunked::Step::Data(_)) = decoder.step(&mut buf) {}
+        let mut decoder = crate::chunked::ChunkedDecoder::new();
+        while let Ok(crate::chunked::Step::Data(_)) = decoder.step(&mut buf) {}
     }
     true
 }

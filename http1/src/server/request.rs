@@ -43,14 +43,38 @@ pub fn parse(
     limits: &HeadLimits,
     frequent: &[&'static HeaderName],
 ) -> Result<Option<Head>, Refusal> {
-    let len = match head_check::scan(buf, *searched, limits)? {
+    match find(buf, searched, limits)? {
+        Some(len) => take(buf, len, limits, frequent).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The length of the complete head at the front of `buf`, once it is there (within the size
+/// limit); `searched` as in [`parse`].
+pub fn find(
+    buf: &[u8],
+    searched: &mut usize,
+    limits: &HeadLimits,
+) -> Result<Option<usize>, Refusal> {
+    match head_check::scan(buf, *searched, limits)? {
         Scan::Partial { searched: s } => {
             *searched = s;
-            return Ok(None);
+            Ok(None)
         }
-        Scan::Head(len) => len,
-    };
-    *searched = 0;
+        Scan::Head(len) => {
+            *searched = 0;
+            Ok(Some(len))
+        }
+    }
+}
+
+/// Checks and takes the head of `len` bytes that [`find`] found at the front of `buf`.
+pub fn take(
+    buf: &mut BytesMut,
+    len: usize,
+    limits: &HeadLimits,
+    frequent: &[&'static HeaderName],
+) -> Result<Head, Refusal> {
     // The head leaves the buffer first: its target and header values share its bytes.
     let head = buf.split_to(len).freeze();
     // A field per line, less the request line and the blank one; room for the forwarded
@@ -83,12 +107,12 @@ pub fn parse(
         Version::HTTP_11
     };
     *request.headers_mut() = headers;
-    Ok(Some(Head {
+    Ok(Head {
         request,
         framing: checked.framing,
         keep_alive: checked.persistent(),
         expects_continue: checked.expects_continue,
-    }))
+    })
 }
 
 #[cfg(test)]
