@@ -10,7 +10,7 @@
 #   ROUNDS=3 DURATION=5 CONNS=16 bench/compression.sh
 #
 # Levels: nginx `gzip_comp_level 1` (its default, zlib) against our gzip level 2 (the pure-Rust
-# deflate's level 1 compresses JSON 10 % worse than zlib's), and `brotli_comp_level 3` with a
+# deflate's level 1 compresses JSON 7 % worse than zlib's), and `brotli_comp_level 3` with a
 # 256 KiB window against our brotli quality 3 with a 2^18 window, the same algorithm at the
 # same setting (proxy-worker/src/compress/encoder.rs). Build tako-server first
 # (`cargo build --release -p tako-server`). Needs wrk, nginx-light, openssl, curl and root for

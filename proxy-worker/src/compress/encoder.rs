@@ -16,7 +16,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use super::Coding;
 use crate::body::{Body, BoxError};
 
-/// gzip level 2: the pure-Rust deflate's level 1 is fast but leaves JSON 10 % larger than
+/// gzip level 2: the pure-Rust deflate's level 1 is fast but leaves JSON 7 % larger than
 /// zlib's level 1; its level 2 is smaller than that at about zlib's speed
 /// (BENCHMARKS.md, "Compression").
 pub const GZIP_LEVEL: u32 = 2;
