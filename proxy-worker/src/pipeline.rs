@@ -167,6 +167,9 @@ async fn route(
     };
     log.app = Some(Arc::clone(&app.name));
 
+    // docs/http.md, "Compression": what the answer may be encoded with, for both stages.
+    let accept = compress::request_accepts(shared.config.compression, req.method(), req.headers());
+
     // A file from the live release's public/ never reaches an instance (docs/http.md,
     // "Static files").
     // Boxed, like the hold below: a rare path's future would otherwise make every request's
@@ -174,8 +177,6 @@ async fn route(
     // `public/`: such a path goes to the app like any path without a file, so a probe for
     // `.env` or `.git/` gets the app's answer whether or not the release has one, and an
     // app that routes a dot path itself keeps working.
-    // docs/http.md, "Compression": what the answer may be encoded with, for both stages.
-    let accept = compress::request_accepts(shared.config.compression, req.method(), req.headers());
     if let Some(pattern) = static_pattern.filter(|_| !static_files::is_hidden(req.method(), path)) {
         let file = static_files::serve(
             req.method(),
