@@ -400,8 +400,8 @@ pub struct AppLimits {
 }
 
 /// Everything needed to start one instance. The environment is complete: the launcher
-/// adds nothing and inherits nothing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// adds nothing and inherits nothing. Its values may be app secrets: Debug names the keys.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpawnSpec {
     pub app: String,
     pub instance_id: u32,
@@ -416,7 +416,8 @@ pub struct SpawnSpec {
     pub ids: Option<AppIds>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An install command's run; Debug names the env keys, as for [`SpawnSpec`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstallSpec {
     pub request_id: u64,
     pub app: String,
@@ -428,6 +429,48 @@ pub struct InstallSpec {
     pub timeout_ms: u64,
     /// The app's own ids, as for its instances.
     pub ids: Option<AppIds>,
+}
+
+/// The keys of an environment, for Debug output that must not show the values.
+struct EnvKeys<'a>(&'a [(String, String)]);
+
+impl std::fmt::Debug for EnvKeys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SpawnSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpawnSpec")
+            .field("app", &self.app)
+            .field("instance_id", &self.instance_id)
+            .field("version", &self.version)
+            .field("argv", &self.argv)
+            .field("cwd", &self.cwd)
+            .field("env_keys", &EnvKeys(&self.env))
+            .field("port", &self.port)
+            .field("log_dir", &self.log_dir)
+            .field("ids", &self.ids)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for InstallSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallSpec")
+            .field("request_id", &self.request_id)
+            .field("app", &self.app)
+            .field("argv", &self.argv)
+            .field("cwd", &self.cwd)
+            .field("env_keys", &EnvKeys(&self.env))
+            .field("log_dir", &self.log_dir)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("ids", &self.ids)
+            .finish()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -539,5 +582,45 @@ pub enum LauncherToMaster {
 impl LauncherToMaster {
     pub fn is_hello(&self) -> bool {
         matches!(self, LauncherToMaster::Hello { .. })
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_names_env_keys_not_values() {
+        let env = vec![("TOKEN".to_string(), "hunter2".to_string())];
+        let spawn = SpawnSpec {
+            app: "web".into(),
+            instance_id: 1,
+            version: "v1".into(),
+            argv: vec!["python3".into()],
+            cwd: "/srv".into(),
+            env: env.clone(),
+            port: 3000,
+            log_dir: "/logs".into(),
+            ids: None,
+        };
+        let install = InstallSpec {
+            request_id: 1,
+            app: "web".into(),
+            argv: vec!["true".into()],
+            cwd: "/srv".into(),
+            env,
+            log_dir: "/logs".into(),
+            timeout_ms: 1,
+            ids: None,
+        };
+        for shown in [
+            format!("{:?}", MasterToLauncher::Spawn(spawn)),
+            format!("{:?}", MasterToLauncher::Install(install)),
+        ] {
+            assert!(
+                shown.contains("TOKEN") && !shown.contains("hunter2"),
+                "{shown}"
+            );
+        }
     }
 }

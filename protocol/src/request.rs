@@ -227,7 +227,48 @@ impl Request {
 /// `Invalid command: <parser message>`.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let text = std::str::from_utf8(line).map_err(|e| format!("Invalid command: {e}"))?;
-    serde_json::from_str(text).map_err(|e| format!("Invalid command: {e}"))
+    serde_json::from_str(text).map_err(|e| format!("Invalid command: {}", without_values(&e)))
+}
+
+/// What serde calls a value it did not expect, in the words it starts its description with.
+const VALUE_KINDS: [&str; 10] = [
+    "string",
+    "integer",
+    "floating point",
+    "boolean",
+    "character",
+    "byte array",
+    "unit value",
+    "null",
+    "sequence",
+    "map",
+];
+
+/// The parser's message without the input it quotes. serde describes a value of the wrong
+/// type or range with the value itself (``invalid type: string "hunter2", expected a map``);
+/// that value may be an app secret, and the message goes back to `ctl`, into its output and
+/// whatever logs that. Only the value's kind, the expectation and the position are kept.
+fn without_values(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = text.strip_prefix(prefix) else {
+            continue;
+        };
+        let kind = VALUE_KINDS
+            .iter()
+            .find(|k| rest.starts_with(*k))
+            .copied()
+            .unwrap_or("value");
+        // The expectation names our types and comes after the value, so the last one is it.
+        return match rest.rfind(", expected ") {
+            Some(i) => format!("{prefix}{kind}{}", &rest[i..]),
+            None if e.line() > 0 => {
+                format!("{prefix}{kind} at line {} column {}", e.line(), e.column())
+            }
+            None => format!("{prefix}{kind}"),
+        };
+    }
+    text
 }
 
 /// One answer line: `{"status":"ok","data":…}` or `{"status":"error","message":…}`. The
@@ -358,6 +399,27 @@ mod tests {
             "{wrong}"
         );
         let array = parse("[1]").unwrap_err();
+        // Values of the wrong type are named by kind, never quoted: they may be secrets.
+        for (line, want) in [
+            (
+                r#"{"command":"update_secrets","app":"web","secrets":"hunter2"}"#,
+                "Invalid command: invalid type: string, expected a map",
+            ),
+            (
+                r#"{"command":"update_secrets","app":"web","secrets":{"K":7654321}}"#,
+                "Invalid command: invalid type: integer, expected a string",
+            ),
+            (
+                r#"{"command":"update_secrets","app":"web","secrets":"hunter2, expected x"}"#,
+                "Invalid command: invalid type: string, expected a map",
+            ),
+        ] {
+            let err = parse(line).unwrap_err();
+            for secret in ["hunter2", "7654321", "expected x"] {
+                assert!(!err.contains(secret), "{line}: {err}");
+            }
+            assert_eq!(err, want, "{line}");
+        }
         assert!(array.starts_with("Invalid command: "), "{array}");
         let trailing = parse(r#"{"command":"list"} x"#).unwrap_err();
         assert!(

@@ -30,6 +30,7 @@ mod proxy_protocol;
 mod quickstart;
 mod release_paths;
 mod request_ids;
+mod secret_leaks;
 mod security_edge;
 mod status_exposure;
 mod worker_sandbox;
