@@ -6,9 +6,19 @@
 //! connections, the request `bench/run.sh` sends with wrk. The worker runs inside
 //! `worker_thread`, so `--toggle-collect=*worker_thread*` counts the worker and nothing else.
 //!
+//! The third argument picks the scenario (`keepalive` when absent, the series in
+//! BENCHMARKS.md):
+//! - `close`: a new connection per request, which asks `Connection: close`;
+//! - `body16k`: the upstream answers with a 16 KiB body;
+//! - `download1m`: the upstream answers with a 1 MiB body;
+//! - `upload1m`: each request is a `POST` with a 1 MiB body, answered with the usual 13 bytes.
+//!
+//! The worker thread's id goes to stderr (`worker_tid N`), so that a syscall trace of the
+//! whole process (`strace -f`) can be cut down to the worker's own calls.
+//!
 //!   cargo build --release --example request_cost -p tako-proxy-worker
 //!   valgrind --tool=callgrind --toggle-collect='*worker_thread*' \
-//!       target/release/examples/request_cost 10000 8
+//!       target/release/examples/request_cost 10000 8 [MODE]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,10 +35,73 @@ use tako_ipc::{
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\
 date: Fri, 27 Nov 2026 12:00:00 GMT\r\n\r\nHello, world!";
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: https\r\n\r\n";
+const REQUEST_CLOSE: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
 const WAIT: Duration = Duration::from_secs(30);
+const MIB: usize = 1024 * 1024;
+
+/// One scenario: what the client sends, what the upstream answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    KeepAlive,
+    Close,
+    Body16k,
+    Download1m,
+    Upload1m,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Self {
+        match s {
+            "keepalive" => Self::KeepAlive,
+            "close" => Self::Close,
+            "body16k" => Self::Body16k,
+            "download1m" => Self::Download1m,
+            "upload1m" => Self::Upload1m,
+            other => {
+                panic!("unknown mode {other}: keepalive, close, body16k, download1m, upload1m")
+            }
+        }
+    }
+
+    /// The upstream's answer: `RESPONSE`, or a head and a body of the mode's size.
+    fn response(self) -> Vec<u8> {
+        let len = match self {
+            Self::Body16k => 16 * 1024,
+            Self::Download1m => MIB,
+            _ => return RESPONSE.to_vec(),
+        };
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+             content-length: {len}\r\ndate: Fri, 27 Nov 2026 12:00:00 GMT\r\n\r\n"
+        )
+        .into_bytes();
+        r.extend((0..len).map(|i| b'a' + (i % 26) as u8));
+        r
+    }
+
+    /// The client's request, body included.
+    fn request(self) -> Vec<u8> {
+        match self {
+            Self::Close => REQUEST_CLOSE.to_vec(),
+            Self::Upload1m => {
+                let mut r = format!(
+                    "POST /upload HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: https\r\n\
+                     Content-Type: application/octet-stream\r\nContent-Length: {MIB}\r\n\r\n"
+                )
+                .into_bytes();
+                r.extend((0..MIB).map(|i| b'a' + (i % 26) as u8));
+                r
+            }
+            _ => REQUEST.to_vec(),
+        }
+    }
+}
 
 #[inline(never)]
 fn worker_thread(ipc: UnixStream) -> i32 {
+    // SAFETY: gettid has no preconditions.
+    eprintln!("worker_tid {}", unsafe { libc::gettid() });
     tako_proxy_worker::run(ipc)
 }
 
@@ -37,8 +110,18 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// Answers every head on every connection with `RESPONSE` (the requests have no body).
-fn upstream() -> u16 {
+/// The value of `Content-Length` in a head, 0 without one.
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Answers every request on every connection with `response`, after reading its body.
+fn upstream(response: &'static [u8]) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
     let port = l.local_addr().expect("upstream address").port();
     std::thread::spawn(move || {
@@ -46,11 +129,15 @@ fn upstream() -> u16 {
             let Ok(mut s) = s else { return };
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
+                let mut chunk = vec![0u8; 64 * 1024];
                 loop {
                     while let Some(end) = head_end(&buf) {
-                        buf.drain(..end);
-                        if s.write_all(RESPONSE).is_err() {
+                        let whole = end + content_length(&buf[..end]);
+                        if buf.len() < whole {
+                            break;
+                        }
+                        buf.drain(..whole);
+                        if s.write_all(response).is_err() {
                             return;
                         }
                     }
@@ -65,15 +152,24 @@ fn upstream() -> u16 {
     port
 }
 
-/// Sends `n` requests one after another on one connection, each answer read whole.
-fn client(addr: SocketAddr, n: usize) -> usize {
-    let mut s = TcpStream::connect(addr).expect("connect to the worker");
-    s.set_nodelay(true).expect("nodelay");
-    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+/// Sends `n` requests one after another, on one connection or (`close`) one each, each
+/// answer read whole.
+fn client(addr: SocketAddr, n: usize, mode: Mode, request: &[u8]) -> usize {
+    let connect = || {
+        let s = TcpStream::connect(addr).expect("connect to the worker");
+        s.set_nodelay(true).expect("nodelay");
+        s.set_read_timeout(Some(WAIT)).expect("read timeout");
+        s
+    };
+    let mut s = connect();
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = vec![0u8; 64 * 1024];
     for i in 0..n {
-        s.write_all(REQUEST).expect("send a request");
+        if mode == Mode::Close && i > 0 {
+            s = connect();
+            buf.clear();
+        }
+        s.write_all(request).expect("send a request");
         let end = loop {
             if let Some(end) = head_end(&buf) {
                 break end;
@@ -84,17 +180,17 @@ fn client(addr: SocketAddr, n: usize) -> usize {
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200"), "{head}");
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("a content-length");
+        let len = content_length(&buf[..end]);
         while buf.len() < end + len {
             let got = s.read(&mut chunk).expect("read a body");
             assert!(got > 0, "the worker closed in a body");
             buf.extend_from_slice(&chunk[..got]);
         }
         buf.drain(..end + len);
+        if mode == Mode::Close {
+            // The worker closes after the answer; the next request waits for that.
+            assert_eq!(s.read(&mut chunk).expect("read the close"), 0, "no close");
+        }
     }
     n
 }
@@ -110,7 +206,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let requests: usize = args.next().map_or(10_000, |a| a.parse().expect("REQUESTS"));
     let conns: usize = args.next().map_or(8, |a| a.parse().expect("CONNS"));
-    let upstream_port = upstream();
+    let mode = args.next().map_or(Mode::KeepAlive, |a| Mode::parse(&a));
+    let upstream_port = upstream(mode.response().leak());
+    let request: &'static [u8] = mode.request().leak();
 
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let worker = std::thread::spawn(move || worker_thread(theirs));
@@ -212,7 +310,7 @@ fn main() {
     let started = Instant::now();
     let per_conn = requests.div_ceil(conns.max(1));
     let clients: Vec<_> = (0..conns.max(1))
-        .map(|_| std::thread::spawn(move || client(http_addr, per_conn)))
+        .map(|_| std::thread::spawn(move || client(http_addr, per_conn, mode, request)))
         .collect();
     let done: usize = clients.into_iter().map(|c| c.join().expect("client")).sum();
     let took = started.elapsed();
