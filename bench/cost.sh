@@ -18,7 +18,7 @@
 # MODE picks the scenario (the example's third argument): keepalive (the default, the series
 # in BENCHMARKS.md), close (a new connection per request), body16k (a 16 KiB response body),
 # download1m and upload1m (a 1 MiB response or request body; fewer requests by default).
-# With SYSCALLS=1 it also runs both sizes under `strace -f` and reports the worker thread's
+# With SYSCALLS=1 it also runs both sizes under `strace -ff` and reports the worker thread's
 # system calls per request, the most frequent first (needs strace).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -76,7 +76,7 @@ count() { # bin requests -> instructions collected in the worker
 trace() { # bin requests -> "name count" lines for the worker thread's system calls
   local dir=$TMP/st.$RANDOM tid
   mkdir "$dir"
-  strace -f -qq -o "$dir/t" --output-separately "$1" "$2" "$CONNS" "$MODE" >/dev/null 2>"$dir/err"
+  strace -ff -qq -o "$dir/t" "$1" "$2" "$CONNS" "$MODE" >/dev/null 2>"$dir/err"
   tid=$(awk '/^worker_tid/ {print $2}' "$dir/err")
   # One line per call ("name(args) = result"; a call another thread interrupted is split
   # into "<unfinished ...>" and "<... name resumed>": the first half counts).
