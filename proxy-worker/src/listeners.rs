@@ -106,6 +106,13 @@ pub fn spawn(
     server: Arc<Server>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    // Set once here instead of once per connection: Linux gives an accepted socket the
+    // listening socket's TCP_NODELAY. Every worker sets the same on the shared socket.
+    if let Err(error) =
+        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)
+    {
+        tracing::warn!(?kind, %error, "TCP_NODELAY on the listener failed");
+    }
     let listener = TcpListener::from_std(listener)?;
     let local = listener.local_addr().ok();
     let proxy = local.is_some_and(|addr| expects_proxy_header(&server.shared.config, addr));
@@ -175,7 +182,6 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, proxy: bool, ser
         };
         match accepted {
             Ok((mut stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 let guard = server.tracker.enter();
                 let server = Arc::clone(&server);
                 tokio::spawn(async move {
