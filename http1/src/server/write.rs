@@ -21,6 +21,10 @@ use crate::BoxError;
 /// Body frames up to this size are copied next to the head (or chunk line) to go out in one
 /// write; larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
+/// On a connection that writes vectored (plain TCP), frames larger than this go out with the
+/// head in one `writev` instead of being copied next to it: the write buffer then stays small
+/// enough to keep between requests (conn.rs) and body bytes are not copied in user space.
+const COPY_VECTORED: usize = 1024;
 /// After a response that closes the connection, unread client bytes are drained this long
 /// (so closing does not reset the connection under the response).
 const LINGER: Duration = Duration::from_secs(1);
@@ -93,12 +97,16 @@ where
                 if chunked {
                     chunk_size_line(out, data.len());
                 }
-                if data.len() <= COALESCE {
+                let copy = if io.is_write_vectored() {
+                    data.len() <= COPY_VECTORED
+                } else {
+                    data.len() <= COALESCE
+                };
+                if copy {
                     out.extend_from_slice(&data);
                 } else {
-                    io.write_all(out).await?;
+                    write_both(io, out, &data).await?;
                     out.clear();
-                    io.write_all(&data).await?;
                 }
                 if chunked {
                     out.extend_from_slice(b"\r\n");
@@ -127,6 +135,30 @@ where
     }
     io.flush().await?;
     Ok(plan.keep_alive && plan.framing != Framing::UntilClose)
+}
+
+/// Writes `first`, then `second`: in one `writev` where the connection has it, so `second`
+/// need not be copied next to `first`.
+async fn write_both<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut first: &[u8],
+    mut second: &[u8],
+) -> io::Result<()> {
+    while !first.is_empty() {
+        let n = io
+            .write_vectored(&[io::IoSlice::new(first), io::IoSlice::new(second)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < first.len() {
+            first = &first[n..];
+        } else {
+            second = &second[n - first.len()..];
+            first = &[];
+        }
+    }
+    io.write_all(second).await
 }
 
 /// Closes after the last response: a FIN first, then whatever the client still sends is
