@@ -27,6 +27,40 @@ pub fn poll_read_append<R: AsyncRead + Unpin + ?Sized>(
     Poll::Ready(Ok(rb.filled().len()))
 }
 
+/// A body read goes straight into its buffer ([`poll_read_into`]) when at least this much
+/// of the body is still to come.
+pub const DIRECT_READ: u64 = 16 * 1024;
+/// At most this much per direct read: with a 1 MiB body, 16 reads instead of 64.
+pub const DIRECT_READ_MAX: usize = 64 * 1024;
+
+/// Reads once straight into `buf`'s spare room, which is first made at least `want` bytes
+/// (at most `want` are read): no copy through the stack as with [`poll_read_append`]. The
+/// room stays while the read waits, so this is for the rest of a body of known length, which
+/// is expected to come, and not for a wait between requests. Once the bytes handed out of
+/// `buf` are gone, the next read reuses the same allocation.
+pub fn poll_read_into<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(want);
+    let spare = buf.spare_capacity_mut();
+    let room = spare.len().min(want);
+    let mut rb = ReadBuf::uninit(&mut spare[..room]);
+    let start = rb.filled().as_ptr();
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    if rb.filled().as_ptr() != start {
+        // A reader that swapped the `ReadBuf` filled someone else's memory.
+        return Poll::Ready(Err(io::Error::other("reader replaced its read buffer")));
+    }
+    let n = rb.filled().len();
+    // SAFETY: `ReadBuf` counts as filled only bytes the reader initialised, and those are the
+    // first `n` bytes of `buf`'s spare room.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
+}
+
 /// [`poll_read_append`] as a future.
 pub async fn read_append<R: AsyncRead + Unpin + ?Sized>(
     io: &mut R,

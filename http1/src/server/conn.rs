@@ -13,7 +13,7 @@ use super::head_check::{Refusal, Refused};
 use super::request;
 use super::write::linger_close;
 use super::{Config, Io};
-use crate::rewind::poll_read_append;
+use crate::rewind::{poll_read_append, poll_read_into};
 use crate::LazyTimer;
 
 /// The read buffer is kept for the next head only while it never held more than this (small
@@ -126,7 +126,14 @@ impl<I: Io> Conn<I> {
                 self.wait_for_request(&mut stop, drain_close, deadline)
                     .await
             } else {
-                read_by(&mut self.io, &mut self.rbuf, &mut self.read_timer, deadline).await
+                read_by(
+                    &mut self.io,
+                    &mut self.rbuf,
+                    0,
+                    &mut self.read_timer,
+                    deadline,
+                )
+                .await
             };
             self.small_reads &= self.rbuf.len() <= KEEP_READ_BUFFER;
             match wait {
@@ -155,12 +162,19 @@ impl<I: Io> Conn<I> {
             // The read first: bytes that already arrived are a request to answer.
             tokio::select! {
                 biased;
-                wait = read_by(&mut self.io, &mut self.rbuf, &mut self.read_timer, deadline) => return wait,
+                wait = read_by(&mut self.io, &mut self.rbuf, 0, &mut self.read_timer, deadline) => return wait,
                 () = stop.stop.as_mut() => *stop.stopping = true,
             }
         }
         let deadline = deadline.min(drain_close);
-        read_by(&mut self.io, &mut self.rbuf, &mut self.read_timer, deadline).await
+        read_by(
+            &mut self.io,
+            &mut self.rbuf,
+            0,
+            &mut self.read_timer,
+            deadline,
+        )
+        .await
     }
 
     /// After an answer: the connection is idle from now on, and a large write buffer is let
@@ -187,18 +201,28 @@ impl<I: Io> Conn<I> {
     }
 }
 
-/// Reads once into `rbuf` (no buffer is held while waiting), unless `deadline` passes first.
-/// The timer is looked at only when the read has to wait.
+/// Reads once into `rbuf`, unless `deadline` passes first. With `direct` 0 no buffer is held
+/// while waiting; otherwise up to `direct` bytes are read straight into `rbuf`
+/// ([`poll_read_into`], for the rest of a large body). The timer is looked at only when the
+/// read has to wait.
 pub(super) async fn read_by<I: Io>(
     io: &mut I,
     rbuf: &mut BytesMut,
+    direct: usize,
     timer: &mut LazyTimer,
     deadline: Instant,
 ) -> Wait {
-    std::future::poll_fn(|cx| match poll_read_append(io, cx, rbuf) {
-        Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Wait::Data),
-        Poll::Ready(_) => Poll::Ready(Wait::Closed),
-        Poll::Pending => timer.poll_expired(cx, deadline).map(|()| Wait::TimedOut),
+    std::future::poll_fn(|cx| {
+        let read = if direct == 0 {
+            poll_read_append(io, cx, rbuf)
+        } else {
+            poll_read_into(io, cx, rbuf, direct)
+        };
+        match read {
+            Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Wait::Data),
+            Poll::Ready(_) => Poll::Ready(Wait::Closed),
+            Poll::Pending => timer.poll_expired(cx, deadline).map(|()| Wait::TimedOut),
+        }
     })
     .await
 }

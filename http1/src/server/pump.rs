@@ -12,6 +12,7 @@ use super::conn::{read_by, Wait};
 use super::head_check::BodyFraming;
 use super::Io;
 use crate::chunked::{ChunkedDecoder, Step};
+use crate::rewind::{DIRECT_READ, DIRECT_READ_MAX};
 use crate::{BoxError, LazyTimer};
 
 /// A request body the service did not read (an answer that needs none) is read and dropped
@@ -38,8 +39,14 @@ pub(super) struct BodyReads<'a> {
 }
 
 impl BodyReads<'_> {
-    async fn read<I: Io>(&mut self, io: &mut I, rbuf: &mut BytesMut) -> Result<(), BoxError> {
-        match read_by(io, rbuf, self.timer, self.last_byte + self.idle).await {
+    /// One read, `direct` as in [`read_by`].
+    async fn read<I: Io>(
+        &mut self,
+        io: &mut I,
+        rbuf: &mut BytesMut,
+        direct: usize,
+    ) -> Result<(), BoxError> {
+        match read_by(io, rbuf, direct, self.timer, self.last_byte + self.idle).await {
             Wait::Data => {
                 self.last_byte = Instant::now();
                 Ok(())
@@ -149,7 +156,14 @@ impl Pump {
                     }
                 }
             }
-            reads.read(io, rbuf).await?;
+            // The rest of a large body of known length is read straight into the buffer.
+            let direct = match self.chunked {
+                None if self.left >= DIRECT_READ => {
+                    usize::try_from(self.left).map_or(DIRECT_READ_MAX, |l| l.min(DIRECT_READ_MAX))
+                }
+                _ => 0,
+            };
+            reads.read(io, rbuf, direct).await?;
         }
     }
 

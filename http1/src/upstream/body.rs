@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::head::Framing;
 use super::pool::Pool;
 use crate::chunked::{ChunkedDecoder, Step};
-use crate::rewind::{poll_read_append, Rewind};
+use crate::rewind::{poll_read_append, poll_read_into, Rewind, DIRECT_READ, DIRECT_READ_MAX};
 use crate::BoxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,12 +102,20 @@ impl UpstreamBody {
         }
     }
 
-    /// Reads more into the buffer; `Ok(0)` at end of stream.
+    /// Reads more into the buffer; `Ok(0)` at end of stream. The rest of a large body of
+    /// known length is read straight into the buffer, in large reads.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, BodyError>> {
         let Some(stream) = self.stream.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        let n = ready!(poll_read_append(stream, cx, &mut self.buf))?;
+        let n = match self.delimit {
+            Delimit::Length(left) if left >= DIRECT_READ => {
+                let want =
+                    usize::try_from(left).map_or(DIRECT_READ_MAX, |l| l.min(DIRECT_READ_MAX));
+                ready!(poll_read_into(stream, cx, &mut self.buf, want))?
+            }
+            _ => ready!(poll_read_append(stream, cx, &mut self.buf))?,
+        };
         Poll::Ready(Ok(n))
     }
 }
