@@ -54,8 +54,8 @@ build() { # rev -> path of the example binary
     sha=$(git -C "$ROOT" rev-parse --short "$rev^{commit}")
     src=$TMP/src-$sha target=$ROOT/target/cost/$sha
     git -C "$ROOT" worktree add --quiet --detach "$src" "$sha"
-    # Older revisions predate the example: theirs is the same driver.
-    if [[ ! -f $src/$EXAMPLE ]]; then
+    # Older revisions predate the example (or its modes): theirs is the same driver.
+    if [[ ! -f $src/$EXAMPLE || $MODE != keepalive ]]; then
       mkdir -p "$(dirname "$src/$EXAMPLE")"
       cp "$ROOT/$EXAMPLE" "$src/$EXAMPLE"
     fi
