@@ -64,6 +64,9 @@ impl Seen {
     }
 }
 
+/// Room made in the write buffer before a head is encoded.
+const HEAD_ROOM: usize = 512;
+
 /// Decides the framing and writes the head into `out`.
 ///
 /// `body_len` is the body's exact length when it is known (size hint or end of stream).
@@ -76,6 +79,8 @@ pub fn encode(
     body_len: Option<u64>,
     keep_alive: bool,
 ) -> Plan {
+    // Room for a usual head at once: a new connection's buffer grew in five steps.
+    out.reserve(HEAD_ROOM);
     let mut seen = Seen::of(headers);
     let mut keep_alive = keep_alive && !seen.close;
     let no_body = head_request
