@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use crate::master::Master;
 use crate::supervisor::workers;
 
-const WORKER_DRAIN: Duration = Duration::from_secs(30);
+const WORKER_DRAIN: Duration = workers::SHUTDOWN_DRAIN;
 const INSTANCE_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, PartialEq, Eq)]

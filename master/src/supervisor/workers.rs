@@ -157,14 +157,79 @@ async fn run_one(
         Err(e) => return WorkerEnd::Crashed(format!("cannot start: {e}")),
     };
     let pid = spawned.pid;
-    let mut child = spawned.child;
+    let child = spawned.child;
+    master.workers.lock().starting += 1;
+    let registered = register(
+        master,
+        child,
+        pid,
+        spawned.ipc,
+        column.as_ref(),
+        index,
+        generation,
+        &retired,
+        ready,
+    )
+    .await;
+    master.workers.lock().starting -= 1;
+    let (mut channel, mut child) = match registered {
+        Ok(pair) => pair,
+        Err(end) => return end,
+    };
+
+    let end = read_loop(master, &mut channel, pid, index).await;
+    if let Some(reason) = &end {
+        // A broken rule or a worker that does not read: said once, with the worker named.
+        tracing::warn!(worker = index, pid, reason = %reason, "ending proxy worker");
+    }
+    // The worker is gone or misbehaved: make sure the process is too.
+    let _ = child.start_kill();
+    let status = child.wait().await;
+    drop(channel);
+    {
+        let mut table = master.workers.lock();
+        if let Some(pos) = table.entries.iter().position(|w| w.pid == pid) {
+            let entry = table.entries.remove(pos);
+            table.retire(entry);
+        }
+    }
+    master.on_workers_changed();
+    if retired.load(Ordering::SeqCst) {
+        return WorkerEnd::Retired;
+    }
+    match (end, status) {
+        (Some(reason), _) => WorkerEnd::Crashed(reason),
+        (None, Ok(st)) => WorkerEnd::Crashed(format!("exited: {st}")),
+        (None, Err(e)) => WorkerEnd::Crashed(e.to_string()),
+    }
+}
+
+/// The hello, the per-client table, the listeners and the first state, then the entry in the
+/// worker set. On failure the process is killed and reaped and the reason returned.
+#[allow(clippy::too_many_arguments)]
+async fn register(
+    master: &Arc<Master>,
+    mut child: tokio::process::Child,
+    pid: u32,
+    ipc: tokio::net::UnixStream,
+    column: Option<&ColumnLease<'_>>,
+    index: u32,
+    generation: u32,
+    retired: &Arc<AtomicBool>,
+    ready: Option<oneshot::Sender<()>>,
+) -> Result<
+    (
+        Channel<WorkerToMaster, MasterToWorker>,
+        tokio::process::Child,
+    ),
+    WorkerEnd,
+> {
     let hello = MasterToWorker::Hello {
         version: IPC_VERSION,
         config: worker_config(master, index, generation),
     };
-    let opened =
-        Channel::<WorkerToMaster, MasterToWorker>::open(spawned.ipc, &hello, Limits::MASTER).await;
-    let mut channel = match opened {
+    let opened = Channel::<WorkerToMaster, MasterToWorker>::open(ipc, &hello, Limits::MASTER).await;
+    let channel = match opened {
         Ok((channel, WorkerToMaster::Hello { pid: said, .. })) if said == pid => channel,
         Ok((_, other)) => {
             let _ = child.start_kill();
@@ -173,18 +238,18 @@ async fn run_one(
                 WorkerToMaster::Hello { pid, .. } => pid,
                 _ => 0,
             };
-            return WorkerEnd::Crashed(format!("its hello claims pid {said}"));
+            return Err(WorkerEnd::Crashed(format!("its hello claims pid {said}")));
         }
         Err(e) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            return WorkerEnd::Crashed(format!("no valid hello: {e}"));
+            return Err(WorkerEnd::Crashed(format!("no valid hello: {e}")));
         }
     };
     let tx = channel.sender();
 
     // Everything the worker needs before it can serve, in order.
-    if let (Some(columns), Some(column)) = (&master.client_columns, column.as_ref()) {
+    if let (Some(columns), Some(column)) = (&master.client_columns, column) {
         match columns.fd() {
             Ok(fd) => {
                 let msg = MasterToWorker::ClientTable {
@@ -205,7 +270,9 @@ async fn run_one(
         Err(e) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            return WorkerEnd::Crashed(format!("cannot duplicate listener sockets: {e}"));
+            return Err(WorkerEnd::Crashed(format!(
+                "cannot duplicate listener sockets: {e}"
+            )));
         }
     }
     {
@@ -241,33 +308,19 @@ async fn run_one(
             retired: retired.clone(),
             ready_tx: ready,
         });
-    }
-
-    let end = read_loop(master, &mut channel, pid, index).await;
-    if let Some(reason) = &end {
-        // A broken rule or a worker that does not read: said once, with the worker named.
-        tracing::warn!(worker = index, pid, reason = %reason, "ending proxy worker");
-    }
-    // The worker is gone or misbehaved: make sure the process is too.
-    let _ = child.start_kill();
-    let status = child.wait().await;
-    drop(channel);
-    {
-        let mut table = master.workers.lock();
-        if let Some(pos) = table.entries.iter().position(|w| w.pid == pid) {
-            let entry = table.entries.remove(pos);
-            table.retire(entry);
+        // A shutdown that began while this worker said hello drained only the workers
+        // listed then: this one drains now, and the shutdown's wait sees it in the table.
+        if master.is_shutting_down() {
+            if let Some(w) = table.entries.last_mut() {
+                w.retired.store(true, Ordering::SeqCst);
+                w.state = ProcState::Draining;
+                let _ = w.tx.send(&MasterToWorker::Drain {
+                    deadline_ms: SHUTDOWN_DRAIN.as_millis() as u64,
+                });
+            }
         }
     }
-    master.on_workers_changed();
-    if retired.load(Ordering::SeqCst) {
-        return WorkerEnd::Retired;
-    }
-    match (end, status) {
-        (Some(reason), _) => WorkerEnd::Crashed(reason),
-        (None, Ok(st)) => WorkerEnd::Crashed(format!("exited: {st}")),
-        (None, Err(e)) => WorkerEnd::Crashed(e.to_string()),
-    }
+    Ok((channel, child))
 }
 
 /// Why the worker must end (a broken channel, a frame that breaks the rules), or `None` at
@@ -439,6 +492,9 @@ async fn restart_rounds(master: &Arc<Master>, generation: u32) -> Result<usize, 
 }
 
 /// Tells every worker to drain (shutdown).
+/// How long a worker may take to finish its connections when the server stops.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+
 pub fn drain_all(master: &Master, deadline: Duration) {
     let mut table = master.workers.lock();
     for w in table.entries.iter_mut() {
@@ -454,8 +510,11 @@ pub fn drain_all(master: &Master, deadline: Duration) {
 pub async fn wait_all_gone(master: &Master, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if master.workers.lock().entries.is_empty() {
-            return true;
+        {
+            let table = master.workers.lock();
+            if table.entries.is_empty() && table.starting == 0 {
+                return true;
+            }
         }
         if Instant::now() >= deadline {
             return false;

@@ -68,6 +68,9 @@ pub struct WorkerTable {
     /// Request totals of workers that are gone, so counters never go backwards.
     pub retired_totals: HashMap<(String, u32), u64>,
     pub restart_in_progress: bool,
+    /// Worker processes started but not yet in `entries` (their hello is under way): a
+    /// shutdown waits for them too, or one could outlive the master.
+    pub starting: u32,
     pub crash_restarts: u64,
     pub rolling_restarts: u64,
     /// Cache counters of workers that are gone (bytes and entries excluded: they are gone too).
