@@ -1,7 +1,8 @@
 //! The limits of an HTTP/2 connection that hyper's server does not keep by itself
 //! (docs/limits.md, "HTTP/2 limits"): 10 s from the TLS handshake to the client preface and
 //! first SETTINGS, GOAWAY after 60 s without an open stream, and a request body that brings no
-//! byte for 60 s resets its stream. Streams, header lists and reset floods are bounded through
+//! byte for 60 s resets its stream, as does a response the client's flow-control window
+//! holds up for as long ([`crate::h2_send`]). Streams, header lists and reset floods are bounded through
 //! hyper's own settings (see [`builder`]).
 //!
 //! hyper runs the connection; this module watches it from outside: an IO wrapper sees the
@@ -20,7 +21,7 @@ use std::time::Duration;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::conn_info::ConnInfo;
 use crate::h2_body::{BodyIdle, StreamBody};
+use crate::h2_send::{SendClock, StreamExec};
 use crate::pipeline;
 use crate::request_body::RequestBody;
 use crate::shared::Shared;
@@ -80,9 +82,10 @@ impl Timers {
     }
 }
 
-/// hyper's HTTP/2 server with the stream, header and reset bounds.
-pub fn builder(max_header_list: u32) -> http2::Builder<TokioExecutor> {
-    let mut b = http2::Builder::new(TokioExecutor::new());
+/// hyper's HTTP/2 server with the stream, header and reset bounds; a response stream whose
+/// client keeps its window shut for `send_limit` is reset (see [`crate::h2_send`]).
+pub fn builder(max_header_list: u32, send_limit: Duration) -> http2::Builder<StreamExec> {
+    let mut b = http2::Builder::new(StreamExec { limit: send_limit });
     b.timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
         // The same bound as HTTP/1's header section. h2 also derives from it how many
@@ -150,10 +153,11 @@ impl Drop for StreamGuard {
     }
 }
 
-/// The response body with its stream's guard.
+/// The response body with its stream's guard and send clock.
 pub struct Tracked<B> {
     inner: B,
     _guard: StreamGuard,
+    send: Option<Arc<SendClock>>,
 }
 
 impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
@@ -164,7 +168,15 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(send) = &self.send {
+            // hyper asks for the next frame only once the last one fitted the window.
+            match &r {
+                Poll::Ready(Some(Ok(f))) if f.is_data() => send.chunk_taken(),
+                _ => send.asked(),
+            }
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -280,7 +292,7 @@ enum Phase {
 
 /// What a connection needs from its worker.
 pub struct Conn<'a> {
-    pub builder: &'a http2::Builder<TokioExecutor>,
+    pub builder: &'a http2::Builder<StreamExec>,
     pub timers: Timers,
     pub shared: &'a Arc<Shared>,
     pub shutdown: watch::Receiver<bool>,
@@ -317,15 +329,18 @@ where
             // Boxed: hyper keeps a service future per stream; unboxed it would be as large
             // as the whole pipeline.
             Box::pin(async move {
+                let peer = conn.peer;
                 let resp = pipeline::handle(req, conn, shared).await;
                 if timed_out.load(Ordering::Relaxed) {
                     // The answer would be for a request the client never finished: hyper
                     // resets the stream instead.
                     return Err(BodyIdle(body_idle));
                 }
+                let send = SendClock::current(peer);
                 Ok::<_, BodyIdle>(resp.map(|inner: Body| Tracked {
                     inner,
                     _guard: guard,
+                    send,
                 }))
             })
         })

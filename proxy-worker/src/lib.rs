@@ -17,6 +17,7 @@ mod forwarded;
 mod h1_service;
 mod h2_body;
 mod h2_limits;
+mod h2_send;
 mod hold;
 mod host;
 mod internal_host;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioExecutor;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tako_http1::{server as h1, LazyTimer};
@@ -76,7 +75,7 @@ pub struct Server {
     pub tls: TlsAcceptor,
     pub shutdown: watch::Receiver<bool>,
     pub tracker: Arc<ConnTracker>,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: hyper::server::conn::http2::Builder<crate::h2_send::StreamExec>,
     h2_timers: h2_limits::Timers,
 }
 
@@ -93,7 +92,7 @@ impl Server {
             tls,
             shutdown,
             tracker,
-            http2: h2_limits::builder(MAX_HEADER_BYTES as u32),
+            http2: h2_limits::builder(MAX_HEADER_BYTES as u32, h2_timers.body_idle),
             h2_timers,
         }
     }

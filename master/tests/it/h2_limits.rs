@@ -4,7 +4,8 @@
 //!
 //! The HTTP/2 client here is raw frames over rustls (ALPN `h2`), so the tests choose every
 //! frame, including the ones a well-behaved client library would never send. The minute-long
-//! timers are shortened with the hidden `--test-h2-timeouts-ms PREFACE,IDLE,BODY` flag.
+//! timers are shortened with the hidden `--test-h2-timeouts-ms PREFACE,IDLE,BODY` flag (BODY
+//! also bounds how long a response may wait for a shut flow-control window).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -618,4 +619,73 @@ fn h2_oversized_header_list_is_refused() {
         "the next request on the connection",
     );
     assert_ne!(next.kind, RST_STREAM, "{next:?}");
+}
+
+/// An app whose `/big` answers 8 MiB in 64 KiB writes and every other path `ok`.
+const BIG_APP_PY: &str = crate::python_app!(
+    r#"import http.server
+
+CHUNK = b"x" * 65536
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        big = self.path == "/big"
+        self.send_response(200)
+        self.send_header("Content-Length", str(128 * len(CHUNK) if big else 2))
+        self.end_headers()
+        try:
+            if big:
+                for _ in range(128):
+                    self.wfile.write(CHUNK)
+            else:
+                self.wfile.write(b"ok")
+        except OSError:
+            pass
+"#
+);
+
+#[test]
+fn h2_response_held_by_a_shut_window_is_reset() {
+    let server = server_with("10000,60000,1000");
+    let dir = crate::common::fixture::write_release_with(
+        &server.data_dir,
+        "big",
+        "v1",
+        server.deploy_owner(),
+        BIG_APP_PY,
+        crate::common::fixture::APP_JSON,
+    );
+    server.ok(&serde_json::json!({
+        "command": "deploy", "app": "big", "version": "v1",
+        "path": dir.display().to_string(), "routes": [HOST], "env": {},
+        "instances": 1, "idle_timeout": 300
+    }));
+    let r = server.app_get(HOST, "/hello").expect("first request");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut c = connect(&server);
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0 and never a WINDOW_UPDATE: the server may send the
+    // response's HEADERS but not one byte of its body.
+    let mut out = PREFACE.to_vec();
+    out.extend(frame_bytes(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    c.send(&out).expect("send the preface");
+    c.request(1, "GET", "/big", &[], true);
+    let asked = Instant::now();
+    let end = c.stream_end(1, Duration::from_secs(20), "the end of the blocked stream");
+    let at = asked.elapsed();
+    assert_eq!(end.kind, RST_STREAM, "the blocked stream is reset: {end:?}");
+    assert!(at >= Duration::from_millis(900), "reset too early: {at:?}");
+    crate::common::wait_for(Duration::from_secs(10), "the reset in the log", || {
+        server
+            .stderr_text()
+            .contains("flow-control window shut; stream reset")
+            .then_some(())
+    });
+    // The worker serves other connections, over HTTP/2 and HTTP/1.
+    h2_get_works(&server);
+    let r = server.app_get(HOST, "/hello").expect("HTTP/1 request");
+    assert_eq!(r.status, 200);
 }
