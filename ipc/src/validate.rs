@@ -160,6 +160,15 @@ pub enum Violation {
     },
     #[error("{what} is {len} bytes, more than {MAX_EVENT_TEXT}")]
     TextTooLong { what: &'static str, len: usize },
+    #[error(
+        "instance {instance_id} of app {app} reported pid {pid}, which is not the app's: {why}"
+    )]
+    ForeignPid {
+        app: Shown,
+        instance_id: u32,
+        pid: u32,
+        why: &'static str,
+    },
 }
 
 fn bounded(what: &'static str, app: &str, value: u64) -> Result<(), Violation> {

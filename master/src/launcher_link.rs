@@ -2,20 +2,31 @@
 //! the instances it may report on. Behind its own lock; `crate::supervisor::launcher` runs
 //! the process and feeds this link.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances, Violation};
-use tako_ipc::{InstallResult, InstallSpec, LauncherToMaster, MasterToLauncher, Sender};
+use tako_ipc::validate::{check_launcher_frame, ends_instance, KnownInstances, Shown, Violation};
+use tako_ipc::{
+    InstallResult, InstallSpec, InstanceEvent, LauncherToMaster, MasterToLauncher, Sender,
+};
 use tokio::sync::oneshot;
 
+use crate::spawned_pid::{self, Verdict};
 use crate::sync::lock;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the app launcher is not running")]
 pub struct LauncherGone;
+
+/// What to do with a launcher frame that broke no rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    Act,
+    /// Nothing in it to keep.
+    Skip,
+}
 
 #[derive(Default)]
 struct LinkState {
@@ -26,13 +37,13 @@ struct LinkState {
     ready: bool,
     pending: HashMap<u64, oneshot::Sender<InstallResult>>,
     /// Instances this launcher was told to start and has not reported ended: the only ones
-    /// it may report on.
-    live: HashSet<(String, u32)>,
+    /// it may report on; with the uid each runs as.
+    live: HashMap<(String, u32), u32>,
 }
 
 impl KnownInstances for LinkState {
     fn instance_live(&self, app: &str, instance_id: u32) -> bool {
-        self.live.contains(&(app.to_string(), instance_id))
+        self.live.contains_key(&(app.to_string(), instance_id))
     }
 
     fn install_pending(&self, request_id: u64) -> bool {
@@ -68,7 +79,12 @@ impl LauncherLink {
         };
         if sent.is_ok() {
             if let MasterToLauncher::Spawn(spec) = &msg {
-                st.live.insert((spec.app.clone(), spec.instance_id));
+                // Without ids of its own the app runs as the launcher, which runs as we do.
+                let uid = spec
+                    .ids
+                    .as_ref()
+                    .map_or_else(|| nix::unistd::geteuid().as_raw(), |ids| ids.uid);
+                st.live.insert((spec.app.clone(), spec.instance_id), uid);
             }
         }
         sent
@@ -121,21 +137,39 @@ impl LauncherLink {
     }
 
     /// Checks a frame of the launcher against what it was told, before anything of it is
-    /// kept or acted on, and forgets an instance it reports ended.
-    pub fn check_frame(&self, msg: &LauncherToMaster) -> Result<(), Violation> {
+    /// kept or acted on, and forgets an instance it reports ended. A `Spawned` pid must be
+    /// the launcher's child running as the app ([`spawned_pid`]); one already gone is
+    /// [`Frame::Skip`]ped, since the instance's exit follows.
+    pub fn check_frame(&self, msg: &LauncherToMaster) -> Result<Frame, Violation> {
         let mut st = self.lock();
         check_launcher_frame(msg, &*st)?;
-        if let LauncherToMaster::Instance {
+        let LauncherToMaster::Instance {
             app,
             instance_id,
             event,
         } = msg
-        {
-            if ends_instance(event) {
-                st.live.remove(&(app.clone(), *instance_id));
-            }
+        else {
+            return Ok(Frame::Act);
+        };
+        if let InstanceEvent::Spawned { pid } = event {
+            let uid = st.live.get(&(app.clone(), *instance_id)).copied();
+            return match uid.map(|uid| spawned_pid::check(*pid, st.pid, uid)) {
+                Some(Verdict::Ours) => Ok(Frame::Act),
+                Some(Verdict::Gone) => Ok(Frame::Skip),
+                Some(Verdict::Foreign(why)) => Err(Violation::ForeignPid {
+                    app: Shown::new(app),
+                    instance_id: *instance_id,
+                    pid: *pid,
+                    why,
+                }),
+                // `check_launcher_frame` refused instances that are not live.
+                None => Ok(Frame::Skip),
+            };
         }
-        Ok(())
+        if ends_instance(event) {
+            st.live.remove(&(app.clone(), *instance_id));
+        }
+        Ok(Frame::Act)
     }
 
     /// Hands an install's outcome to the command waiting for it.

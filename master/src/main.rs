@@ -25,6 +25,7 @@ mod reexec;
 mod role;
 mod sandbox_selftest;
 mod server_role;
+mod spawned_pid;
 mod state;
 mod status;
 mod supervisor;

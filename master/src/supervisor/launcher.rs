@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tako_ipc::{Channel, LauncherConfig, LauncherToMaster, Limits, MasterToLauncher, IPC_VERSION};
 
+use crate::launcher_link::Frame;
 use crate::master::Master;
 use crate::role::ChildRole;
 use crate::supervisor::spawn::{restart_delay, spawn_role};
@@ -108,8 +109,10 @@ async fn read_loop(
             Ok(None) => return None,
             Err(e) => return Some(e.to_string()),
         };
-        if let Err(v) = master.launcher.check_frame(&msg) {
-            return Some(format!("invalid frame: {v}"));
+        match master.launcher.check_frame(&msg) {
+            Ok(Frame::Act) => {}
+            Ok(Frame::Skip) => continue,
+            Err(v) => return Some(format!("invalid frame: {v}")),
         }
         match msg {
             LauncherToMaster::Hello { .. } => {}

@@ -14,7 +14,7 @@ use crate::common::hijack::{hijack_control_socket, resume};
 use crate::common::http::http;
 use crate::common::{kill, poll, procfs, wait_for, Request, Server};
 use tako_ipc::frame::encode_frame;
-use tako_ipc::{AppHttpStats, CacheInvalidation, WorkerToMaster};
+use tako_ipc::{AppHttpStats, CacheInvalidation, InstanceEvent, LauncherToMaster, WorkerToMaster};
 
 /// How long the master may take to end and replace a misbehaving worker.
 const REPLACE_WITHIN: Duration = Duration::from_secs(30);
@@ -237,5 +237,67 @@ fn child_that_stops_reading_is_replaced_not_buffered() {
             .any(|l| l.contains("WARN") && l.contains(&stalled.to_string())),
         "a warning names the stalled worker; stderr tail:\n{}",
         tail(&log, 30)
+    );
+}
+
+/// A compromised app launcher reports the pid of another process (a worker, the master)
+/// as its new instance: the master would later signal that pid. It ends the launcher
+/// instead, as for any other broken rule, and never records the pid.
+#[test]
+fn launcher_naming_a_foreign_pid_is_ended() {
+    let server = Server::start_default();
+    server.wait_http_ready();
+    server.deploy("web", "v1", &["web.example.com"], 1, &[]);
+    let instance = server.instances("web")[0].0 as u32;
+    let launcher = server.pids_of("launcher")[0];
+    let worker = worker_pids(&server)[0];
+
+    let mut sock = hijack_control_socket(launcher);
+    for pid in [worker, server.pid] {
+        let frame = encode_frame(
+            &LauncherToMaster::Instance {
+                app: "web".into(),
+                instance_id: instance,
+                event: InstanceEvent::Spawned { pid: pid as u32 },
+            },
+            0,
+        )
+        .expect("encode");
+        // The master may have closed the channel after the first.
+        let _ = sock.write_all(&frame);
+    }
+    drop(sock);
+    // The master kills the stopped launcher and starts another.
+    wait_for(REPLACE_WITHIN, "a new launcher", || {
+        let now = server.pids_of("launcher");
+        (!now.is_empty() && !now.contains(&launcher)).then_some(())
+    });
+    assert_eq!(server.peek_exit(), None, "the master must survive");
+    assert!(
+        kill(worker, 0),
+        "the worker named in the frame is still alive"
+    );
+    for (_, pid, _) in server.instances("web") {
+        assert!(
+            pid != Some(worker) && pid != Some(server.pid),
+            "a foreign pid was recorded for an instance: {pid:?}"
+        );
+    }
+    let log = server.stderr_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ending the app launcher") && l.contains("launcher's child")),
+        "a warning names the violation; stderr tail:\n{}",
+        tail(&log, 30)
+    );
+    // The app is served again by an instance the new launcher started.
+    let served = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let r = server.app_get("web.example.com", "/hello").ok()?;
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "the app is not served again; stderr tail:\n{}",
+        tail(&server.stderr_text(), 40)
     );
 }
