@@ -64,7 +64,7 @@ fn secrets_reach_no_answer_log_or_error_column() {
         // Malformed: a value of the wrong type, a NUL byte, a bad name beside the value.
         deploy(json!(SECRET)),
         deploy(json!({ "TOKEN": nul })),
-        deploy(json!({ "BAD NAME": SECRET })),
+        deploy(json!({ "BAD=NAME": SECRET })),
         json!({"command": "update_secrets", "app": "web", "secrets": SECRET}).to_string(),
         json!({"command": "update_secrets", "app": "web", "secrets": {"TOKEN": 7654321}})
             .to_string(),
