@@ -5,41 +5,13 @@
 //! error or the server's log.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::fixture::{self, APP_PY};
-use crate::common::{procfs, users, wait_for, Outcome, Server, BIN};
+use crate::common::{ctl, procfs, users, wait_for, Server};
 use serde_json::{json, Value};
-
-/// `ctl` with `args`, `stdin` fed to it, and `env` added to its environment.
-fn ctl(server: &Server, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Outcome {
-    let mut child = Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(&server.socket)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tako-server ctl");
-    if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin.as_bytes())
-            .expect("write ctl's stdin");
-    }
-    let out = child.wait_with_output().expect("wait for ctl");
-    Outcome {
-        code: crate::common::exit_code(out.status),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// A directory any user may write to (sticky, like /tmp): the install step writes there as
 /// the app user, whoever owns the release at that moment.

@@ -3,38 +3,11 @@
 //! value then appears in none of the socket's answers, `ctl`'s output, the server's log, the
 //! `list`/`status` answers and the state database's error columns.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use crate::common::{Outcome, Server, BIN};
+use crate::common::{ctl, Server};
 use serde_json::json;
 
 /// Recognisable, and not a substring of anything the server writes by itself.
 const SECRET: &str = "Zq7-s3cr3t-Vx9k";
-
-fn ctl(server: &Server, args: &[&str], stdin: &str) -> Outcome {
-    let mut child = Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(&server.socket)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tako-server ctl");
-    if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin.as_bytes())
-            .expect("write ctl's stdin");
-    }
-    let out = child.wait_with_output().expect("wait for ctl");
-    Outcome {
-        code: crate::common::exit_code(out.status),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn assert_clean(what: &str, text: &str) {
     assert!(
@@ -142,7 +115,7 @@ fn secrets_reach_no_answer_log_or_error_column() {
         (vec!["status", "web"], String::new()),
         (vec!["--json", "status", "web"], String::new()),
     ] {
-        let out = ctl(&server, &args, &stdin);
+        let out = ctl(&server, &args, &stdin, &[]);
         assert_clean(&format!("ctl {args:?} stdout"), &out.stdout);
         assert_clean(&format!("ctl {args:?} stderr"), &out.stderr);
     }

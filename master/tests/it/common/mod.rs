@@ -11,7 +11,7 @@ pub mod procfs;
 pub mod users;
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -769,6 +769,33 @@ impl Drop for Server {
         } else {
             let _ = fs::remove_dir_all(&self.data_dir);
         }
+    }
+}
+
+/// Runs `tako-server ctl --socket <server's socket> <args>` with `stdin` as its input and
+/// `env` added to its environment, and waits for it.
+pub fn ctl(server: &Server, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Outcome {
+    let mut child = Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tako-server ctl");
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .expect("write ctl's stdin");
+    }
+    let out = child.wait_with_output().expect("wait for ctl");
+    Outcome {
+        code: crate::common::exit_code(out.status),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
