@@ -232,13 +232,13 @@ pub struct ServerFlags {
           value_parser = clap::value_parser!(u32).range(1..=MAX_CLIENT_LIMIT as i64))]
     pub client_rate_burst: Option<u32>,
     /// Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds
-    /// (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit.
+    /// (`PREFACE,IDLE,BODY`; BODY also bounds how long a response may wait on a shut
+    /// flow-control window), so the integration tests need not wait a minute for a limit.
     #[arg(long = "test-h2-timeouts-ms", value_name = "MS,MS,MS", hide = true,
           value_parser = parse_h2_timeouts)]
     pub test_h2_timeouts_ms: Option<tako_ipc::H2Timeouts>,
 }
 
-/// The server's response-cache budget: 256 MiB (docs/http.md, "Response cache").
 /// Which server flags were given on the command line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ExplicitFlags {
@@ -257,6 +257,7 @@ pub struct ExplicitFlags {
     pub client_limits: bool,
 }
 
+/// The server's response-cache budget: 256 MiB (docs/http.md, "Response cache").
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Per-client limit defaults (docs/limits.md, "Per-client limits").
