@@ -48,7 +48,7 @@ complete -c tako-server -n "__fish_tako_server_needs_command" -l client-max-conn
 complete -c tako-server -n "__fish_tako_server_needs_command" -l client-max-requests -d 'Requests in flight per client address over all workers (HTTP/2 streams included), 0-1000000, 0 = no cap [default: 512]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l client-rate -d 'Requests per second per client address, on average, 0-1000000; 0 = no rate limit [default: 0]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l client-rate-burst -d 'Requests a client address may send at once above --client-rate, 1-1000000 [default: 100]' -r
-complete -c tako-server -n "__fish_tako_server_needs_command" -l test-h2-timeouts-ms -d 'Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds (`PREFACE,IDLE,BODY`), so the integration tests need not wait a minute for a limit' -r
+complete -c tako-server -n "__fish_tako_server_needs_command" -l test-h2-timeouts-ms -d 'Test only: the HTTP/2 preface, idle and body-idle timers in milliseconds (`PREFACE,IDLE,BODY`; BODY also bounds how long a response may wait on a shut flow-control window), so the integration tests need not wait a minute for a limit' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l no-acme -d 'No ACME account, issuance, renewal or challenge answers'
 complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-staging -d 'Use the Let\'s Encrypt staging directory'
 complete -c tako-server -n "__fish_tako_server_needs_command" -l no-compression -d 'Send every response as the app made it: no brotli or gzip on the fly and no precompressed static files [default: compression on]'
