@@ -25,26 +25,9 @@ ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} CONNS=${CONNS:-16} BASE_PORT=${BASE_
 HDR='X-Forwarded-Proto: https'
 BROTLI_MODULE=${BROTLI_MODULE:-/usr/lib/nginx/modules/ngx_http_brotli_filter_module.so}
 
-TMP=$(mktemp -d /tmp/tako-gz.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  [[ -f $TMP/nginx.pid ]] && kill -QUIT "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
-  for p in "${PIDS[@]}"; do for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-UP_TARGET=${XDG_CACHE_HOME:-$HOME/.cache}/bench-upstream-target
-cargo build --release --quiet --manifest-path "$HARNESS/upstream/Cargo.toml" --target-dir "$UP_TARGET"
-install -m 755 "$UP_TARGET/release/bench-upstream" "$TMP/bench-upstream"
-setsid "$TMP/bench-upstream" "127.0.0.1:$BASE_PORT" >"$TMP/upstream.log" 2>&1 &
-PIDS+=($!)
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$TMP/key.pem" \
-  -out "$TMP/cert.pem" -days 30 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null
-chmod 644 "$TMP/key.pem" "$TMP/cert.pem"
+# shellcheck source=harness/lib/side-by-side.sh
+source "$HARNESS/lib/side-by-side.sh"
+side_by_side_init tako-gz
 
 # nginx: the harness's config with compression added to its http block.
 CODINGS="identity gzip"
