@@ -68,25 +68,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Cache-Control", get("cc"))
         if get("expires_in") is not None:
             self.send_header("Expires", email.utils.formatdate(time.time() + int(get("expires_in")), usegmt=True))
-        for (k, v) in q:
-            if k == "h":
-                name, _, value = v.partition(":")
-                self.send_header(name, value)
-        chunked = get("chunked") == "1"
-        if chunked:
-            self.send_header("Transfer-Encoding", "chunked")
-        else:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        if chunked:
-            for i in range(0, len(body), 65536):
-                part = body[i:i + 65536]
-                self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
-        else:
-            self.wfile.write(body)
+        finish(self, q, body)
 
     do_GET = answer
     do_HEAD = answer

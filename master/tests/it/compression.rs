@@ -60,26 +60,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = doc(int(get("size", "2048")))
         self.send_response(int(get("status", "200")))
         self.send_header("Content-Type", get("ct", "application/json"))
-        for (k, v) in q:
-            if k == "h":
-                name, _, value = v.partition(":")
-                self.send_header(name, value)
-        chunked = get("chunked") == "1"
-        if chunked:
-            self.send_header("Transfer-Encoding", "chunked")
-        else:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        if chunked:
-            for i in range(0, len(body), 4096):
-                part = body[i:i + 4096]
-                self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-        else:
-            self.wfile.write(body)
+        finish(self, q, body, 4096)
 
     do_GET = answer
     do_HEAD = answer

@@ -13,8 +13,9 @@
 
 /// A Python 3 app from the text of its request handler: `$handler` is the program up to and
 /// including `class Handler(http.server.BaseHTTPRequestHandler)`, which must come last. The
-/// macro appends what every test app shares: no request log on stderr, a threaded server on
-/// `127.0.0.1:$PORT` with a deep accept queue, and a `listening on` line on stdout.
+/// macro appends what every test app shares: no request log on stderr, `finish(handler, q,
+/// body)` (query-driven extra headers, Content-Length or chunked framing, the body), a threaded
+/// server on `127.0.0.1:$PORT` with a deep accept queue, and a `listening on` line on stdout.
 #[macro_export]
 macro_rules! python_app {
     ($handler:literal) => {
@@ -25,6 +26,30 @@ macro_rules! python_app {
 import http.server, os, socketserver
 
 Handler.log_message = lambda self, *args: None
+
+def finish(handler, q, body, piece=65536):
+    """The rest of an answer: each `h=Name:value` of the query `q` as a header, then the body
+    by Content-Length, or chunked in `piece`-byte chunks with `chunked=1` (no body for HEAD)."""
+    for (k, v) in q:
+        if k == "h":
+            name, _, value = v.partition(":")
+            handler.send_header(name, value)
+    chunked = ("chunked", "1") in q
+    if chunked:
+        handler.send_header("Transfer-Encoding", "chunked")
+    else:
+        handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command == "HEAD":
+        return
+    if chunked:
+        for i in range(0, len(body), piece):
+            part = body[i:i + piece]
+            handler.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+            handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
+    else:
+        handler.wfile.write(body)
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
