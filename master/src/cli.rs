@@ -205,9 +205,9 @@ pub struct ServerFlags {
     #[arg(long = "instance-port-offset", value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=45552))]
     pub instance_port_offset: u16,
-    /// Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off
-    #[arg(long = "cache-size", value_name = "BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
-    pub cache_size: u64,
+    /// Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off [default: 268435456]
+    #[arg(long = "cache-size", value_name = "BYTES")]
+    pub cache_size: Option<u64>,
     /// Send every response as the app made it: no brotli or gzip on the fly and no precompressed static files [default: compression on]
     #[arg(long = "no-compression")]
     pub no_compression: bool,
@@ -255,6 +255,10 @@ pub struct ExplicitFlags {
     pub proxy_protocol: bool,
     /// Any of the `--client-*` flags.
     pub client_limits: bool,
+    pub cache_size: bool,
+    /// `--no-compression` (a config file's `compression` key counts too: see
+    /// `Settings::compression_given`).
+    pub compression: bool,
 }
 
 /// The server's response-cache budget: 256 MiB (docs/http.md, "Response cache").
@@ -353,6 +357,9 @@ pub struct Settings {
     /// Response compression (docs/http.md, "Compression"): on unless `--no-compression` or
     /// `[server] compression = false`.
     pub compression: bool,
+    /// The flag or the config file said whether to compress (an upgrade candidate that was
+    /// not told takes the primary's choice).
+    pub compression_given: bool,
     /// HTTP/2 timers from the hidden test flag; `None` = the documented limits.
     pub h2_timeouts: Option<tako_ipc::H2Timeouts>,
     /// `--sandbox`: how the proxy workers confine themselves.
@@ -402,6 +409,8 @@ impl ServerFlags {
                 || self.client_max_requests.is_some()
                 || self.client_rate.is_some()
                 || self.client_rate_burst.is_some(),
+            cache_size: self.cache_size.is_some(),
+            compression: self.no_compression,
         }
     }
 
@@ -518,8 +527,9 @@ impl ServerFlags {
             acme_ca_root: self.acme_ca_root,
             renewal_interval_hours: self.renewal_interval_hours,
             instance_port_offset: self.instance_port_offset,
-            cache_bytes: self.cache_size,
+            cache_bytes: self.cache_size.unwrap_or(DEFAULT_CACHE_BYTES),
             compression: !self.no_compression && file.server.compression.unwrap_or(true),
+            compression_given: self.no_compression || file.server.compression.is_some(),
             h2_timeouts: self.test_h2_timeouts_ms,
             sandbox,
             client_limits,

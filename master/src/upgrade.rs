@@ -191,6 +191,18 @@ pub fn inherit_settings(
             }
         }
     }
+    // The same responses leave the candidate: an operator who turned compression off (e.g.
+    // against BREACH-style attacks) or sized the cache keeps that through the upgrade.
+    if !explicit.compression && !settings.compression_given {
+        if let Some(on) = v["compression"].as_bool() {
+            settings.compression = on;
+        }
+    }
+    if !explicit.cache_size {
+        if let Some(bytes) = v["cache_bytes"].as_u64() {
+            settings.cache_bytes = bytes;
+        }
+    }
     // The apps' stored uids come from the primary's range: a candidate with another range
     // would give them new ones.
     if !explicit.app_uid_range {
@@ -217,6 +229,8 @@ pub fn settings_json(s: &Settings) -> String {
         "acme_staging": s.acme_staging,
         "app_uid_range": [s.app_uid_range.0, s.app_uid_range.1],
         "app_user": s.app_user,
+        "cache_bytes": s.cache_bytes,
+        "compression": s.compression,
         "data_dir": s.data_dir.display().to_string(),
         "deploy_user": s.deploy_user,
         "http_port": s.http_port,
@@ -487,6 +501,47 @@ mod tests {
         assert!(candidate.proxy_protocol.is_empty());
         inherit_settings(&mut candidate, &explicit, Some(&stored));
         assert_eq!(candidate.proxy_protocol, primary.proxy_protocol);
+    }
+
+    #[test]
+    fn a_candidate_keeps_the_primarys_compression_and_cache_size_unless_told_otherwise() {
+        let dir = std::env::temp_dir().join("tako-cli-test-compression-inherit");
+        let d = dir.to_str().unwrap();
+        let primary = flags(&["--data-dir", d, "--no-compression", "--cache-size", "0"])
+            .resolve()
+            .unwrap();
+        let stored = settings_json(&primary);
+        let plain = flags(&["--data-dir", d]);
+        let explicit = plain.explicit();
+        let mut candidate = plain.resolve().unwrap();
+        assert!(candidate.compression);
+        assert_eq!(candidate.cache_bytes, crate::cli::DEFAULT_CACHE_BYTES);
+        inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert!(!candidate.compression, "compression stays off");
+        assert_eq!(candidate.cache_bytes, 0, "the cache stays off");
+
+        // The candidate's own word wins: a flag, or a config file's key.
+        let own = flags(&["--data-dir", d, "--cache-size", "1024"]);
+        let explicit = own.explicit();
+        let mut candidate = own.resolve().unwrap();
+        inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert_eq!(candidate.cache_bytes, 1024);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("on.toml");
+        std::fs::write(&cfg, "[server]\ncompression = true\n").unwrap();
+        let own = flags(&["--data-dir", d, "--config", cfg.to_str().unwrap()]);
+        let explicit = own.explicit();
+        let mut candidate = own.resolve().unwrap();
+        inherit_settings(&mut candidate, &explicit, Some(&stored));
+        assert!(candidate.compression, "the config file says on");
+
+        // A primary with compression on does not turn off a candidate told to stay plain.
+        let on = settings_json(&flags(&["--data-dir", d]).resolve().unwrap());
+        let off = flags(&["--data-dir", d, "--no-compression"]);
+        let explicit = off.explicit();
+        let mut candidate = off.resolve().unwrap();
+        inherit_settings(&mut candidate, &explicit, Some(&on));
+        assert!(!candidate.compression);
     }
 
     fn flags(args: &[&str]) -> ServerFlags {

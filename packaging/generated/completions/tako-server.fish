@@ -42,7 +42,7 @@ complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-directory 
 complete -c tako-server -n "__fish_tako_server_needs_command" -l acme-ca-root -d 'Extra trusted root for the HTTPS connection to the ACME directory [default: none]' -r -F
 complete -c tako-server -n "__fish_tako_server_needs_command" -l renewal-interval-hours -d 'Certificate renewal check period in hours, 1-8760' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l instance-port-offset -d 'Added to every app instance port, 0-45552' -r
-complete -c tako-server -n "__fish_tako_server_needs_command" -l cache-size -d 'Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off' -r
+complete -c tako-server -n "__fish_tako_server_needs_command" -l cache-size -d 'Response cache budget in bytes for the whole server, split evenly over the workers; 0 turns the cache off [default: 268435456]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l sandbox -d 'Proxy worker sandbox (Landlock, seccomp, rlimits): strict refuses to start on a kernel without it, best-effort (the default) warns once and goes on, off applies none' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l client-max-connections -d 'Open connections per client address over all workers, 0-1000000, 0 = no cap; a trusted proxy\'s own connections are not capped [default: 256]' -r
 complete -c tako-server -n "__fish_tako_server_needs_command" -l client-max-requests -d 'Requests in flight per client address over all workers (HTTP/2 streams included), 0-1000000, 0 = no cap [default: 512]' -r
