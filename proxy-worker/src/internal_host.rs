@@ -55,7 +55,22 @@ pub fn respond(
             responses::fixed(code, "application/json", "no-cache, no-store", body, head)
         }
         "/metrics" if privileged => {
-            let body = metrics.cloned().unwrap_or_default();
+            // An empty 200 would read as a scrape in which every series vanished; before the
+            // master's first page the scraper should see a failed scrape and retry.
+            let Some(body) = metrics.cloned() else {
+                let mut resp = responses::fixed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "no-store",
+                    Bytes::from_static(b"metrics not ready yet\n"),
+                    head,
+                );
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return resp;
+            };
             let mut resp = responses::fixed(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -150,6 +165,13 @@ mod tests {
             respond("/metrics", false, false, None, Some(&m), 0).status(),
             404
         );
+        let early = respond("/metrics", false, true, None, None, 0);
+        assert_eq!(
+            early.status(),
+            503,
+            "no page yet: a failed scrape, not an empty one"
+        );
+        assert_eq!(early.headers()[http::header::RETRY_AFTER], "1");
         assert_eq!(respond("/other", false, true, None, None, 0).status(), 404);
         assert_eq!(
             respond("/status/", false, true, None, None, 0).status(),

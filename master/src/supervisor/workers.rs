@@ -276,8 +276,13 @@ async fn register(
         }
     }
     {
-        // Rendering the page takes the table lock itself: do it first.
+        // Rendering the pages takes the table lock itself: do it first. The metrics page
+        // goes out now rather than with the next push, so a scrape of a new worker never
+        // finds it without one.
         let status_page = master.status_page_snapshot();
+        let metrics_page = MasterToWorker::MetricsPage {
+            body: master.render_metrics(),
+        };
         // Registration and the initial state push happen under the table lock so that no
         // route update can slip between the snapshot and the registration.
         let mut table = master.workers.lock();
@@ -288,6 +293,7 @@ async fn register(
         let _ = tx.send(&MasterToWorker::AcmeTokens(master.acme.tokens()));
         let _ = tx.send(&MasterToWorker::Routes(routes));
         let _ = tx.send(&status_page);
+        let _ = tx.send(&metrics_page);
         let uid = master
             .users
             .as_ref()

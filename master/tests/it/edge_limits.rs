@@ -477,3 +477,30 @@ fn http2_over_tls_reaches_the_app_with_the_right_host() {
     );
     assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
 }
+
+/// A worker that replaced a killed one has the metrics page from its first request: before,
+/// it answered an empty `200` until the master's next push, up to a second later, which a
+/// scraper reads as every series gone.
+#[test]
+fn a_replaced_worker_serves_metrics_from_its_first_request() {
+    let server = Server::start(ServerOpts::default());
+    // A first scrape: the page is there and counts the uptime.
+    assert!(metrics(&server).contains("tako_uptime_seconds "));
+    let old = server.pids_of("worker");
+    assert!(!old.is_empty(), "no workers listed");
+    for pid in &old {
+        // SAFETY: plain kill(2) of a pid the server just listed as its worker.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    wait_for(Duration::from_secs(20), "replacement workers", || {
+        let now = server.pids_of("worker");
+        (now.len() == old.len() && now.iter().all(|p| !old.contains(p))).then_some(())
+    });
+    // The first request that reaches a new worker: a connection waits in the listener's
+    // backlog until a worker accepts it.
+    let text = metrics(&server);
+    assert!(
+        text.contains("tako_uptime_seconds "),
+        "a new worker's first /metrics answer lacks the page:\n{text}"
+    );
+}
