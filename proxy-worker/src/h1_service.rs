@@ -86,6 +86,11 @@ impl h1::Service for Pipeline {
         );
         canned.raw_close(head_request, &request_id)
     }
+
+    /// A plain connection is closed by its close alone; TLS sends `close_notify` first.
+    fn close_needs_shutdown(&self) -> bool {
+        self.conn.tls
+    }
 }
 
 #[cfg(test)]

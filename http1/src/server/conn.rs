@@ -2,11 +2,12 @@
 //! head, within the limits of the [`Config`].
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::head_check::{Refusal, Refused};
@@ -184,6 +185,23 @@ impl<I: Io> Conn<I> {
         self.wbuf.clear();
         if self.wbuf.capacity() > KEEP_WRITE_BUFFER {
             self.wbuf = Vec::new();
+        }
+    }
+
+    /// After the last answer to a client that said it sends nothing more: true when a read
+    /// would wait (or finds the client's FIN), so closing now resets nothing under the
+    /// answer. It does not wait, and with Tokio's readiness (cleared by the short read that
+    /// brought the head) it usually makes no system call. Bytes it finds are dropped: the
+    /// connection then lingers (write.rs, `linger_close`), which drops such bytes anyway.
+    pub fn nothing_unread(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [MaybeUninit::<u8>::uninit(); 64];
+        let mut buf = ReadBuf::uninit(&mut probe);
+        match Pin::new(&mut self.io).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(())) => buf.filled().is_empty(),
+            // Reset or broken: nothing to protect.
+            Poll::Ready(Err(_)) => true,
         }
     }
 

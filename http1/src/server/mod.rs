@@ -33,7 +33,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, CONNECTION, UPGRADE};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -84,6 +84,13 @@ pub trait Service: Send + 'static {
     /// The whole response, `Connection: close` included, to a request refused before it was
     /// parsed.
     fn refusal(&mut self, refusal: Refusal) -> Vec<u8>;
+
+    /// Whether closing the connection takes a `shutdown` first: TLS sends its `close_notify`
+    /// there. A plain socket's close sends the FIN by itself, so a connection closed at once
+    /// (nothing left to read from the client) can skip that system call.
+    fn close_needs_shutdown(&self) -> bool {
+        true
+    }
 }
 
 /// Any connection the loop can serve.
@@ -153,6 +160,7 @@ pub fn serve<I: Io, S: Service>(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let mut conn = Conn::new(io, config);
+        let close_needs_shutdown = service.close_needs_shutdown();
         // One wait for the drain per connection, not one registration per idle wait.
         let mut stop_rx = shutdown.clone();
         let stop = async move { stopped(&mut stop_rx).await };
@@ -255,7 +263,19 @@ pub fn serve<I: Io, S: Service>(
                     }
                 }
                 Ok(false) => {
-                    linger_close(&mut conn.io).await;
+                    // The client said it sends nothing more (`Connection: close`, or HTTP/1.0
+                    // without keep-alive) and all it sent was read: no lingering, as nginx.
+                    let all_read = !exchange.keep_alive
+                        && exchange.pump.is_none()
+                        && body == BodyRead::Done
+                        && conn.rbuf.is_empty();
+                    if all_read && conn.nothing_unread() {
+                        if close_needs_shutdown {
+                            let _ = conn.io.shutdown().await;
+                        }
+                    } else {
+                        linger_close(&mut conn.io).await;
+                    }
                     return;
                 }
                 Err(error) => {

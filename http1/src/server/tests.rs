@@ -147,6 +147,44 @@ async fn pipelined_requests_are_answered_in_order() {
     assert!(text.ends_with("GET /c "), "closed after the last: {text}");
 }
 
+/// A client that said `Connection: close` and whose bytes were all read gets its answer and
+/// the close at once: the server keeps no end open to drain more.
+#[tokio::test]
+async fn a_close_request_read_whole_closes_without_lingering() {
+    let mut c = start();
+    c.send(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        .await;
+    let text = c.rest().await;
+    assert_eq!(bodies(&text), ["POST /a ok"], "{text}");
+    // The server's end is gone with the close: a late byte finds no reader.
+    let late = c.io.write_all(b"x").await;
+    assert_eq!(
+        late.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::BrokenPipe)
+    );
+    c.served.await.unwrap();
+}
+
+/// Bytes behind a `Connection: close` request (pipelined, or a body the service left unread)
+/// are drained after the answer, so that closing does not reset the connection under it.
+#[tokio::test]
+async fn unread_bytes_behind_a_close_request_are_drained_after_the_answer() {
+    for raw in [
+        &b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n"[..],
+        b"POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\nabc",
+    ] {
+        let mut c = start();
+        c.send(raw).await;
+        let text = c.rest().await;
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 1, "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        // The server still reads (and drops) what the client sends after the answer.
+        c.io.write_all(b"more").await.unwrap();
+        drop(c.io);
+        c.served.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_chunked_body_reaches_the_service_decoded() {
     let mut c = start();

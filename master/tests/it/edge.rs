@@ -599,6 +599,33 @@ fn smuggling_patterns_and_header_limits_get_spec_answers() {
     let a = raw(p, b"POST /status HTTP/1.1\r\nHost: tako.internal\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nGET \r\n0\r\n\r\nGET /status HTTP/1.1\r\nHost: tako.internal\r\nConnection: close\r\n\r\n");
     assert_eq!(a.matches("HTTP/1.1 200").count(), 2, "{a}");
 
+    // `Connection: close` ends the connection with the answer, which arrives whole and then
+    // the server's FIN, never a reset: with nothing behind the request (closed at once) as
+    // with bytes behind it (drained, not answered, while the client reads).
+    for behind in [0, 256 * 1024] {
+        let mut req =
+            b"GET /status HTTP/1.1\r\nHost: tako.internal\r\nConnection: close\r\n\r\n".to_vec();
+        req.resize(req.len() + behind, b'x');
+        let mut s = connect(p);
+        s.write_all(&req)
+            .expect("write the request and what follows it");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)
+            .unwrap_or_else(|e| panic!("{behind} bytes behind: not a clean close: {e}"));
+        let a = String::from_utf8_lossy(&out);
+        assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
+        assert_eq!(a.matches("HTTP/1.1 ").count(), 1, "{a}");
+        let (head, body) = a.split_once("\r\n\r\n").expect("a whole head");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("\r\nconnection: close"), "{a}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no length: {a}"));
+        assert_eq!(body.len(), len, "{a}");
+    }
+
     // A refused head pipelined behind good ones is answered after their answers, in order:
     // the bodies that look like request lines are bodies, and the third head is refused.
     let first = "POST /status HTTP/1.1\r\nHost: tako.internal\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
