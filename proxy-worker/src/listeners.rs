@@ -180,42 +180,31 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, proxy: bool, ser
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((mut stream, peer)) => {
+            Ok((stream, peer)) => {
                 let guard = server.tracker.enter();
                 let server = Arc::clone(&server);
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    // The header comes before anything else, the TLS ClientHello included.
-                    let peer = if proxy {
-                        match proxied_peer(&mut stream, peer, &server).await {
-                            Some(client) => client,
-                            None => return,
+                // A task per kind: a plain connection's future is then sized for plain HTTP
+                // alone, not for the TLS handshake and HTTP/2 as well, and spawning it copies
+                // that much less (bench/cost.sh, MODE=close).
+                if kind == ListenerKind::Https {
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Some((stream, conn)) =
+                            admit(stream, peer, proxy, true, &server).await
+                        {
+                            serve_tls(stream, conn, &server).await;
                         }
-                    } else {
-                        peer
-                    };
-                    // docs/limits.md, "Per-client limits": over the cap, closed before
-                    // any byte (no TLS handshake).
-                    let client = match server.shared.limiter.get() {
-                        Some(limiter) => {
-                            match limiter.connection(peer.ip(), &server.shared.trusted) {
-                                Ok(slot) => slot,
-                                Err(()) => {
-                                    tracing::debug!(%peer, "Connection over the per-client cap; closing");
-                                    return;
-                                }
-                            }
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Some((stream, conn)) =
+                            admit(stream, peer, proxy, false, &server).await
+                        {
+                            serve_h1(stream, conn, &server).await;
                         }
-                        None => None,
-                    };
-                    let mut conn = ConnInfo::new(peer, kind == ListenerKind::Https);
-                    conn.client = client.as_ref().map(|c| c.pinned());
-                    let stream = ClientStream {
-                        io: stream,
-                        _client: client,
-                    };
-                    serve_stream(stream, conn, &server).await;
-                });
+                    });
+                }
             }
             // The master shut the socket down for good (graceful shutdown without a
             // successor): nothing more will arrive on it.
@@ -287,11 +276,43 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn serve_stream(stream: ClientStream, conn: ConnInfo, server: &Server) {
-    if !conn.tls {
-        serve_h1(stream, conn, server).await;
-        return;
-    }
+/// A new connection's client (from the PROXY header on such a listener) and its place in
+/// the per-client table; `None` closes it.
+async fn admit(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    proxy: bool,
+    tls: bool,
+    server: &Server,
+) -> Option<(ClientStream, ConnInfo)> {
+    // The header comes before anything else, the TLS ClientHello included.
+    let peer = if proxy {
+        proxied_peer(&mut stream, peer, server).await?
+    } else {
+        peer
+    };
+    // docs/limits.md, "Per-client limits": over the cap, closed before any byte (no TLS
+    // handshake).
+    let client = match server.shared.limiter.get() {
+        Some(limiter) => match limiter.connection(peer.ip(), &server.shared.trusted) {
+            Ok(slot) => slot,
+            Err(()) => {
+                tracing::debug!(%peer, "Connection over the per-client cap; closing");
+                return None;
+            }
+        },
+        None => None,
+    };
+    let mut conn = ConnInfo::new(peer, tls);
+    conn.client = client.as_ref().map(|c| c.pinned());
+    let stream = ClientStream {
+        io: stream,
+        _client: client,
+    };
+    Some((stream, conn))
+}
+
+async fn serve_tls(stream: ClientStream, conn: ConnInfo, server: &Server) {
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, server.tls.accept(stream)).await {
         Ok(Ok(s)) => {
             server.shared.counters.record_handshake(true);
