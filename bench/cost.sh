@@ -17,7 +17,9 @@
 #
 # MODE picks the scenario (the example's third argument): keepalive (the default, the series
 # in BENCHMARKS.md), close (a new connection per request), body16k (a 16 KiB response body),
-# download1m and upload1m (a 1 MiB response or request body; fewer requests by default).
+# download1m and upload1m (a 1 MiB response or request body; fewer requests by default),
+# json16k (a 16 KiB JSON answer compression would take, to a client that accepts only
+# identity), json16k-gzip and json16k-br (the same answer encoded).
 # With SYSCALLS=1 it also runs both sizes under `strace -ff` and reports the worker thread's
 # system calls per request, the most frequent first (needs strace).
 set -euo pipefail

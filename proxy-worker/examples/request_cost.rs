@@ -11,7 +11,11 @@
 //! - `close`: a new connection per request, which asks `Connection: close`;
 //! - `body16k`: the upstream answers with a 16 KiB body;
 //! - `download1m`: the upstream answers with a 1 MiB body;
-//! - `upload1m`: each request is a `POST` with a 1 MiB body, answered with the usual 13 bytes.
+//! - `upload1m`: each request is a `POST` with a 1 MiB body, answered with the usual 13 bytes;
+//! - `json16k`: a 16 KiB JSON answer, which compression would take, to a client that sends
+//!   `Accept-Encoding: identity` (the eligible answer's unencoded path);
+//! - `json16k-gzip`, `json16k-br`: the same answer to a client that takes gzip or brotli (the
+//!   encoder's cost per response).
 //!
 //! The worker thread's id goes to stderr (`worker_tid N`), so that a syscall trace of the
 //! whole process (`strace -f`) can be cut down to the worker's own calls.
@@ -48,6 +52,8 @@ enum Mode {
     Body16k,
     Download1m,
     Upload1m,
+    /// A 16 KiB JSON answer; the client accepts this coding.
+    Json16k(&'static str),
 }
 
 impl Mode {
@@ -58,14 +64,21 @@ impl Mode {
             "body16k" => Self::Body16k,
             "download1m" => Self::Download1m,
             "upload1m" => Self::Upload1m,
-            other => {
-                panic!("unknown mode {other}: keepalive, close, body16k, download1m, upload1m")
-            }
+            "json16k" => Self::Json16k("identity"),
+            "json16k-gzip" => Self::Json16k("gzip"),
+            "json16k-br" => Self::Json16k("br"),
+            other => panic!(
+                "unknown mode {other}: keepalive, close, body16k, download1m, upload1m, \
+                 json16k, json16k-gzip, json16k-br"
+            ),
         }
     }
 
     /// The upstream's answer: `RESPONSE`, or a head and a body of the mode's size.
     fn response(self) -> Vec<u8> {
+        if let Self::Json16k(_) = self {
+            return json_response(16 * 1024);
+        }
         let len = match self {
             Self::Body16k => 16 * 1024,
             Self::Download1m => MIB,
@@ -93,9 +106,43 @@ impl Mode {
                 r.extend((0..MIB).map(|i| b'a' + (i % 26) as u8));
                 r
             }
+            Self::Json16k(coding) => format!(
+                "GET /16k.json HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: https\r\n\
+                 Accept-Encoding: {coding}\r\n\r\n"
+            )
+            .into_bytes(),
             _ => REQUEST.to_vec(),
         }
     }
+}
+
+/// An `application/json` answer of `len` body bytes: records with fields from a fixed
+/// pseudo-random sequence, so that an encoder works as on real data and not on a pattern.
+fn json_response(len: usize) -> Vec<u8> {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut body = String::from("[");
+    while body.len() < len {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = seed >> 33;
+        body.push_str(&format!(
+            "{{\"id\":{},\"name\":\"user{}\",\"score\":{},\"active\":{}}},",
+            r % 100_000,
+            r % 977,
+            r % 10_007,
+            r.is_multiple_of(2)
+        ));
+    }
+    body.truncate(len - 1);
+    body.push(']');
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\
+         date: Fri, 27 Nov 2026 12:00:00 GMT\r\n\r\n"
+    )
+    .into_bytes();
+    r.extend_from_slice(body.as_bytes());
+    r
 }
 
 #[inline(never)]
@@ -118,6 +165,23 @@ fn content_length(head: &[u8]) -> usize {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The length of a whole chunked body at the start of `buf`, `None` while it is incomplete.
+fn chunked_len(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&buf[at..at + line]).expect("chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        at += line + 2 + size + 2;
+        if buf.len() < at {
+            return None;
+        }
+        if size == 0 {
+            return Some(at);
+        }
+    }
 }
 
 /// Answers every request on every connection with `response`, after reading its body.
@@ -180,13 +244,20 @@ fn client(addr: SocketAddr, n: usize, mode: Mode, request: &[u8]) -> usize {
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200"), "{head}");
-        let len = content_length(&buf[..end]);
-        while buf.len() < end + len {
+        let whole = loop {
+            let len = if head.contains("transfer-encoding: chunked") {
+                chunked_len(&buf[end..])
+            } else {
+                Some(content_length(&buf[..end])).filter(|&l| buf.len() >= end + l)
+            };
+            if let Some(len) = len {
+                break end + len;
+            }
             let got = s.read(&mut chunk).expect("read a body");
             assert!(got > 0, "the worker closed in a body");
             buf.extend_from_slice(&chunk[..got]);
-        }
-        buf.drain(..end + len);
+        };
+        buf.drain(..whole);
         if mode == Mode::Close {
             // The worker closes after the answer; the next request waits for that.
             assert_eq!(s.read(&mut chunk).expect("read the close"), 0, "no close");
