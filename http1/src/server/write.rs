@@ -214,6 +214,81 @@ mod tests {
         }
     }
 
+    /// A connection that takes at most `step` bytes per write, vectored or not.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn head_and_large_body_survive_partial_vectored_writes() {
+        let body: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        // Steps that end writes inside the head, on its last byte, and inside the body.
+        for step in [1, 7, 50, 51, 52, 4096, 1 << 20] {
+            let mut conn = Trickle {
+                got: Vec::new(),
+                step,
+                writes: 0,
+            };
+            let mut buf = Vec::new();
+            let resp = with_date(Full::new(Bytes::from(body.clone())));
+            let kept = write_response(&mut conn, &mut buf, resp, Version::HTTP_11, false, true)
+                .await
+                .unwrap();
+            assert!(kept);
+            let head = b"HTTP/1.1 200 OK\r\ndate: D\r\ncontent-length: 20000\r\n\r\n";
+            assert_eq!(&conn.got[..head.len()], head, "step {step}");
+            assert!(
+                conn.got[head.len()..] == body[..],
+                "step {step}: body bytes"
+            );
+            if step == 1 << 20 {
+                assert_eq!(conn.writes, 1, "head and body in one write");
+            }
+        }
+    }
+
     async fn write<B>(resp: Response<B>, version: Version, head: bool) -> (String, io::Result<bool>)
     where
         B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Unpin,

@@ -15,7 +15,7 @@ use super::head::{self, RequestFraming, ResponseHead};
 use super::pool::Pool;
 use super::{Outgoing, OutgoingBody, UpstreamError, CONNECT_TIMEOUT};
 use crate::chunked;
-use crate::rewind::read_append;
+use crate::rewind::{read_append_up_to, HEAD_READ_SIZE};
 use crate::BoxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -314,10 +314,61 @@ async fn read_head<R: AsyncRead + Unpin>(
                 Err(e) => return Err(ExchangeError::new(e.into(), true)),
             }
         }
-        match read_append(rd, buf).await {
+        match read_append_up_to::<HEAD_READ_SIZE, _>(rd, buf).await {
             Ok(0) => return Err(ExchangeError::new(Failure::Closed, received)),
             Ok(_) => {}
             Err(e) => return Err(ExchangeError::new(Failure::Read(e), received)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// Hands out `data` as fast as the reader's buffer allows, counting the reads.
+    struct Counted {
+        data: Vec<u8>,
+        reads: usize,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.data.len().min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data.drain(..n);
+            self.reads += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_16k_answer_that_is_there_is_read_with_its_head_in_one_read() {
+        let body = vec![b'x'; 16 * 1024];
+        let mut data = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+             content-length: {}\r\ndate: Fri, 27 Nov 2026 12:00:00 GMT\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        data.extend_from_slice(&body);
+        let mut rd = Counted { data, reads: 0 };
+        let mut buf = BytesMut::new();
+        let Ok(head) = read_head(&mut rd, &mut buf).await else {
+            panic!("no head read");
+        };
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(rd.reads, 1);
+        assert_eq!(buf.len(), body.len(), "the whole body is already read");
+        assert!(buf[..] == body[..]);
     }
 }
