@@ -23,6 +23,7 @@ mod host;
 mod internal_host;
 mod limits;
 mod listeners;
+mod no_public;
 mod pipeline;
 #[doc(hidden)]
 pub mod proxy_protocol;

@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
 use crate::body::{Body, BoxError};
 use crate::compress::{self, Accept, Coding};
+use crate::no_public;
 use crate::responses::{empty, fixed, Canned};
 use tako_http1::date as httpdate;
 
@@ -205,6 +206,8 @@ struct Found {
 enum Lookup {
     Found(Found),
     Missing,
+    /// The release has no `public/` (or not a directory).
+    NoPublic,
     ReadFailed(std::io::Error),
 }
 
@@ -290,10 +293,10 @@ fn sibling(found: &Found, codings: &[Coding]) -> Option<Found> {
 
 fn lookup(release: &str, decoded: Vec<Vec<u8>>, codings: &[Coding]) -> Lookup {
     let Ok(root) = std::fs::canonicalize(Path::new(release).join("public")) else {
-        return Lookup::Missing;
+        return Lookup::NoPublic;
     };
     if !root.is_dir() {
-        return Lookup::Missing;
+        return Lookup::NoPublic;
     }
     for rel in decoded {
         match resolve(&root, &rel) {
@@ -329,16 +332,19 @@ pub async fn serve(
             Decoded::File(rel) => decoded.push(rel),
         }
     }
-    if decoded.is_empty() {
+    if decoded.is_empty() || no_public::recently_absent(release) {
         return None;
     }
-    let release = release.to_string();
+    let owned = release.to_string();
     // The codings a sibling may have, best first; none for a HEAD or a range (identity).
     let codings = accept.ranked(&PRECOMPRESSED);
-    let found = match tokio::task::spawn_blocking(move || lookup(&release, decoded, &codings)).await
-    {
+    let found = match tokio::task::spawn_blocking(move || lookup(&owned, decoded, &codings)).await {
         Ok(Lookup::Found(f)) => f,
         Ok(Lookup::Missing) => return None,
+        Ok(Lookup::NoPublic) => {
+            no_public::record_absent(release);
+            return None;
+        }
         Ok(Lookup::ReadFailed(error)) => {
             tracing::warn!(path, %error, "Static asset read failed");
             return Some(Canned::StaticReadFailed.response(head));
