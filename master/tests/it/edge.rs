@@ -181,6 +181,40 @@ fn status_ok(server: &Server) {
 }
 
 #[test]
+fn a_public_dir_created_in_a_live_release_is_served_soon() {
+    // docs/http.md, "Static files": a release seen without public/ is looked at again
+    // within a second, so an answer from the app does not hide a file added later. One
+    // worker: every request sees the same memo.
+    let server = Server::start(ServerOpts {
+        workers: 1,
+        ..ServerOpts::default()
+    });
+    let release = edge_release(&server, "late", "v1", &[]);
+    deploy(&server, "late", &release, &["late.example.com"], json!({}));
+    let r = get(&server, "late.example.com", "/late.txt", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("\"path\""),
+        "the app answers: {}",
+        r.text()
+    );
+
+    let public = release.join("public");
+    fs::create_dir(&public).expect("create public/");
+    fs::write(public.join("late.txt"), "from public").expect("write a public file");
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o755)).expect("chmod public/");
+    fs::set_permissions(public.join("late.txt"), fs::Permissions::from_mode(0o644))
+        .expect("chmod the file");
+    let owner = server.deploy_owner();
+    chown(&public, owner);
+    chown(&public.join("late.txt"), owner);
+    wait_for(Duration::from_secs(10), "the file from public/", || {
+        let r = get(&server, "late.example.com", "/late.txt", &[]);
+        (r.status == 200 && r.text() == "from public").then_some(())
+    });
+}
+
+#[test]
 fn static_files_follow_the_rules_and_never_leave_public() {
     let server = Server::start_default();
     let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
