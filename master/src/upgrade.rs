@@ -473,17 +473,12 @@ mod tests {
             .resolve()
             .unwrap();
         let stored = settings_json(&primary);
-        let plain = flags(&["--data-dir", d]);
-        let explicit = plain.explicit();
-        let mut candidate = plain.resolve().unwrap();
-        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
-        inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::Off);
-        let own = flags(&["--data-dir", d, "--sandbox", "best-effort"]);
-        let explicit = own.explicit();
-        let mut candidate = own.resolve().unwrap();
-        inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert_eq!(candidate.sandbox, tako_ipc::SandboxMode::BestEffort);
+        let own = flags(&["--data-dir", d]).resolve().unwrap();
+        assert_eq!(own.sandbox, tako_ipc::SandboxMode::BestEffort);
+        let plain = candidate(&["--data-dir", d], &stored);
+        assert_eq!(plain.sandbox, tako_ipc::SandboxMode::Off);
+        let told = candidate(&["--data-dir", d, "--sandbox", "best-effort"], &stored);
+        assert_eq!(told.sandbox, tako_ipc::SandboxMode::BestEffort);
     }
 
     #[test]
@@ -494,13 +489,9 @@ mod tests {
         let mut with = base.to_vec();
         with.extend(["--proxy-protocol", "127.0.0.1:8080"]);
         let primary = flags(&with).resolve().unwrap();
-        let stored = settings_json(&primary);
-        let plain = flags(&base);
-        let explicit = plain.explicit();
-        let mut candidate = plain.resolve().unwrap();
-        assert!(candidate.proxy_protocol.is_empty());
-        inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert_eq!(candidate.proxy_protocol, primary.proxy_protocol);
+        assert!(flags(&base).resolve().unwrap().proxy_protocol.is_empty());
+        let plain = candidate(&base, &settings_json(&primary));
+        assert_eq!(plain.proxy_protocol, primary.proxy_protocol);
     }
 
     #[test]
@@ -511,37 +502,39 @@ mod tests {
             .resolve()
             .unwrap();
         let stored = settings_json(&primary);
-        let plain = flags(&["--data-dir", d]);
-        let explicit = plain.explicit();
-        let mut candidate = plain.resolve().unwrap();
-        assert!(candidate.compression);
-        assert_eq!(candidate.cache_bytes, crate::cli::DEFAULT_CACHE_BYTES);
-        inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert!(!candidate.compression, "compression stays off");
-        assert_eq!(candidate.cache_bytes, 0, "the cache stays off");
+        let own = flags(&["--data-dir", d]).resolve().unwrap();
+        assert!(own.compression);
+        assert_eq!(own.cache_bytes, crate::cli::DEFAULT_CACHE_BYTES);
+        let plain = candidate(&["--data-dir", d], &stored);
+        assert!(!plain.compression, "compression stays off");
+        assert_eq!(plain.cache_bytes, 0, "the cache stays off");
 
         // The candidate's own word wins: a flag, or a config file's key.
-        let own = flags(&["--data-dir", d, "--cache-size", "1024"]);
-        let explicit = own.explicit();
-        let mut candidate = own.resolve().unwrap();
-        inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert_eq!(candidate.cache_bytes, 1024);
+        let told = candidate(&["--data-dir", d, "--cache-size", "1024"], &stored);
+        assert_eq!(told.cache_bytes, 1024);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("on.toml");
         std::fs::write(&cfg, "[server]\ncompression = true\n").unwrap();
-        let own = flags(&["--data-dir", d, "--config", cfg.to_str().unwrap()]);
-        let explicit = own.explicit();
-        let mut candidate = own.resolve().unwrap();
-        inherit_settings(&mut candidate, &explicit, Some(&stored));
-        assert!(candidate.compression, "the config file says on");
+        let told = candidate(
+            &["--data-dir", d, "--config", cfg.to_str().unwrap()],
+            &stored,
+        );
+        assert!(told.compression, "the config file says on");
 
         // A primary with compression on does not turn off a candidate told to stay plain.
         let on = settings_json(&flags(&["--data-dir", d]).resolve().unwrap());
-        let off = flags(&["--data-dir", d, "--no-compression"]);
-        let explicit = off.explicit();
-        let mut candidate = off.resolve().unwrap();
-        inherit_settings(&mut candidate, &explicit, Some(&on));
-        assert!(!candidate.compression);
+        let told = candidate(&["--data-dir", d, "--no-compression"], &on);
+        assert!(!told.compression);
+    }
+
+    /// A candidate started with `args`, once it took what it may from the primary's stored
+    /// settings.
+    fn candidate(args: &[&str], stored: &str) -> Settings {
+        let flags = flags(args);
+        let explicit = flags.explicit();
+        let mut settings = flags.resolve().unwrap();
+        inherit_settings(&mut settings, &explicit, Some(stored));
+        settings
     }
 
     fn flags(args: &[&str]) -> ServerFlags {
