@@ -256,9 +256,6 @@ pub struct ExplicitFlags {
     /// Any of the `--client-*` flags.
     pub client_limits: bool,
     pub cache_size: bool,
-    /// `--no-compression` (a config file's `compression` key counts too: see
-    /// `Settings::compression_given`).
-    pub compression: bool,
 }
 
 /// The server's response-cache budget: 256 MiB (docs/http.md, "Response cache").
@@ -410,7 +407,6 @@ impl ServerFlags {
                 || self.client_rate.is_some()
                 || self.client_rate_burst.is_some(),
             cache_size: self.cache_size.is_some(),
-            compression: self.no_compression,
         }
     }
 

@@ -193,7 +193,8 @@ pub fn inherit_settings(
     }
     // The same responses leave the candidate: an operator who turned compression off (e.g.
     // against BREACH-style attacks) or sized the cache keeps that through the upgrade.
-    if !explicit.compression && !settings.compression_given {
+    // `compression_given` covers `--no-compression` and the config file's key alike.
+    if !settings.compression_given {
         if let Some(on) = v["compression"].as_bool() {
             settings.compression = on;
         }

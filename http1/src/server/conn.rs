@@ -127,14 +127,7 @@ impl<I: Io> Conn<I> {
                 self.wait_for_request(&mut stop, drain_close, deadline)
                     .await
             } else {
-                read_by(
-                    &mut self.io,
-                    &mut self.rbuf,
-                    0,
-                    &mut self.read_timer,
-                    deadline,
-                )
-                .await
+                self.read_more(deadline).await
             };
             self.small_reads &= self.rbuf.len() <= KEEP_READ_BUFFER;
             match wait {
@@ -163,11 +156,15 @@ impl<I: Io> Conn<I> {
             // The read first: bytes that already arrived are a request to answer.
             tokio::select! {
                 biased;
-                wait = read_by(&mut self.io, &mut self.rbuf, 0, &mut self.read_timer, deadline) => return wait,
+                wait = self.read_more(deadline) => return wait,
                 () = stop.stop.as_mut() => *stop.stopping = true,
             }
         }
-        let deadline = deadline.min(drain_close);
+        self.read_more(deadline.min(drain_close)).await
+    }
+
+    /// Reads what comes of the next request into the buffer, until `deadline`.
+    fn read_more(&mut self, deadline: Instant) -> impl Future<Output = Wait> + '_ {
         read_by(
             &mut self.io,
             &mut self.rbuf,
@@ -175,7 +172,6 @@ impl<I: Io> Conn<I> {
             &mut self.read_timer,
             deadline,
         )
-        .await
     }
 
     /// After an answer: the connection is idle from now on, and a large write buffer is let
