@@ -603,3 +603,90 @@ fn http2_answers_are_compressed_too() {
     assert_eq!(header(&h, "content-encoding"), None);
     assert_eq!(body, plain);
 }
+
+/// An upgrade candidate started as the Tako CLI starts it (no `--no-compression` of its own)
+/// serves with the primary's compression off (docs/operations.md, "Upgrade"): before, the
+/// operator's choice lapsed while the candidate covered the primary's restart.
+#[test]
+fn an_upgrade_candidate_keeps_the_primarys_compression_off() {
+    crate::common::users::require_root("a root candidate");
+    let mut server = start(&["--no-compression"], &[], &[]);
+    let plain = get(&server, "/doc?size=4096", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert_eq!(plain.header("content-encoding"), None);
+
+    let owner = format!("upgrade-ci-zip-{}", std::process::id());
+    server.ok(&json!({"command": "enter_upgrading", "owner": owner}));
+    let cand_socket = server.socket.with_file_name(format!("tako-{owner}.sock"));
+    let log = server.data_dir.join("candidate.log");
+    let log_file = fs::File::create(&log).expect("candidate log");
+    let status = Command::new(crate::common::BIN)
+        .args([
+            "--socket",
+            &cand_socket.display().to_string(),
+            "--data-dir",
+            &server.data_dir.display().to_string(),
+            "--port",
+            &server.http_port.to_string(),
+            "--tls-port",
+            &server.tls_port.to_string(),
+            "--instance-port-offset",
+            "10000",
+            "--no-acme",
+        ])
+        // The daemon keeps what it inherits open: no pipes to wait on.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .status()
+        .expect("start the candidate");
+    // The daemonizing parent exits 0 once the candidate is ready.
+    assert!(
+        status.success(),
+        "candidate: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let candidate: Vec<i32> = crate::common::procfs::all_pids()
+        .into_iter()
+        .filter(|p| {
+            crate::common::procfs::cmdline(*p)
+                .iter()
+                .any(|a| a.contains(&cand_socket.display().to_string()))
+        })
+        .collect();
+    assert!(!candidate.is_empty(), "no candidate process found");
+
+    // With the primary gone, the candidate alone answers on the ports.
+    server.stop();
+    let r = crate::common::wait_for(
+        std::time::Duration::from_secs(30),
+        "the candidate's answer",
+        || {
+            let r = http(
+                server.http_port,
+                &request("GET", "/doc?size=4096", &[("Accept-Encoding", "gzip")]),
+            )
+            .ok()?;
+            (r.status == 200).then_some(r)
+        },
+    );
+    let stopped = r.header("content-encoding").map(str::to_string);
+    for p in &candidate {
+        crate::common::kill(*p, libc::SIGTERM);
+    }
+    crate::common::wait_for(
+        std::time::Duration::from_secs(45),
+        "the candidate's exit",
+        || {
+            candidate
+                .iter()
+                .all(|p| !crate::common::procfs::alive(*p))
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        stopped, None,
+        "the candidate compressed: --no-compression lapsed"
+    );
+    assert_eq!(r.body, plain.body);
+}
