@@ -620,20 +620,7 @@ fn an_upgrade_candidate_keeps_the_primarys_compression_off() {
     let cand_socket = server.socket.with_file_name(format!("tako-{owner}.sock"));
     let log = server.data_dir.join("candidate.log");
     let log_file = fs::File::create(&log).expect("candidate log");
-    let status = Command::new(crate::common::BIN)
-        .args([
-            "--socket",
-            &cand_socket.display().to_string(),
-            "--data-dir",
-            &server.data_dir.display().to_string(),
-            "--port",
-            &server.http_port.to_string(),
-            "--tls-port",
-            &server.tls_port.to_string(),
-            "--instance-port-offset",
-            "10000",
-            "--no-acme",
-        ])
+    let status = crate::common::candidate_command(&server, &cand_socket)
         // The daemon keeps what it inherits open: no pipes to wait on.
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -1137,22 +1137,8 @@ fn cli_upgrade_sequence(
     // 3: the candidate, as the CLI starts it.
     let cand_socket = run.join(format!("tako-{owner}.sock"));
     let log = server.data_dir.join(format!("candidate-{owner}.log"));
-    let mut cmd = Command::new(crate::common::BIN);
-    cmd.args([
-        "--socket",
-        &cand_socket.display().to_string(),
-        "--data-dir",
-        &server.data_dir.display().to_string(),
-        "--port",
-        &server.http_port.to_string(),
-        "--tls-port",
-        &server.tls_port.to_string(),
-        "--renewal-interval-hours",
-        "12",
-        "--instance-port-offset",
-        "10000",
-        "--no-acme",
-    ]);
+    let mut cmd = crate::common::candidate_command(&server, &cand_socket);
+    cmd.args(["--renewal-interval-hours", "12"]);
     if let Some(name) = as_user {
         let u = users::user(name);
         cmd.uid(u.uid)

@@ -774,6 +774,27 @@ impl Drop for Server {
 
 /// Runs `tako-server ctl --socket <server's socket> <args>` with `stdin` as its input and
 /// `env` added to its environment, and waits for it.
+/// An upgrade candidate of `server` as the Tako CLI starts it (docs/operations.md,
+/// "Upgrade"): the primary's data dir and ports, its own socket, instance ports shifted, and
+/// none of the primary's other flags (it takes them over from the state).
+pub fn candidate_command(server: &Server, socket: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args([
+        "--socket",
+        &socket.display().to_string(),
+        "--data-dir",
+        &server.data_dir.display().to_string(),
+        "--port",
+        &server.http_port.to_string(),
+        "--tls-port",
+        &server.tls_port.to_string(),
+        "--instance-port-offset",
+        "10000",
+        "--no-acme",
+    ]);
+    cmd
+}
+
 pub fn ctl(server: &Server, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Outcome {
     let mut child = Command::new(BIN)
         .arg("ctl")
